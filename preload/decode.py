@@ -1,0 +1,465 @@
+"""One file -> one slot: read, check, decode, resize, convert color, transpose.
+
+Everything OpenCV-specific lives here, including OpenCV's ``(width, height)``
+order; the rest of preload speaks ``(height, width)``.
+
+The path of one image, and why each step is where it is:
+
+1. The whole file is read in one call and its header parsed
+   (:mod:`preload.headers`): bombs, truncation and unknown data are caught
+   before OpenCV allocates anything.
+2. JPEGs are decoded at 1/2, 1/4 or 1/8 scale when the geometry still leaves
+   at least as many pixels as the output needs (libjpeg-turbo scales in the
+   IDCT, which is both the cheapest decode and a good antialiasing filter),
+   and straight into the wanted channel order.
+3. The geometry (stretch / fit / cover / shorter) is a crop rectangle in the
+   decoded image and a destination rectangle in the slot, so cropping costs
+   nothing and ``cv2.resize`` writes straight into the slot (NHWC) or into a
+   small per-thread scratch image that ``cv2.split`` spreads over the slot's
+   planes (NCHW). No full-size temporary is made per image.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .errors import ImageDecodeError, OptionError, Reason
+from .headers import ImageInfo, parse
+
+LAYOUTS = ("NHWC", "NCHW")
+COLORS = ("rgb", "bgr", "gray")
+RESIZE_MODES = ("stretch", "fit", "cover", "shorter")
+INTERPOLATIONS = {
+    "area": cv2.INTER_AREA,
+    "linear": cv2.INTER_LINEAR,
+    "nearest": cv2.INTER_NEAREST,
+    "cubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: above any camera, far below a bomb's gigapixels
+
+
+def _choice(name: str, value, allowed) -> str:
+    text = str(value)
+    for option in allowed:
+        if text.lower() == option.lower():
+            return option
+    message = f"{name}={value!r} is not accepted; use one of {', '.join(map(repr, allowed))}"
+    raise OptionError(message)
+
+
+def normalize_size(size) -> tuple[int, int] | None:
+    """``int`` -> square, ``(height, width)`` -> itself, ``None`` -> keep each image's size."""
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        pair = (int(size), int(size))
+    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size
+    ):
+        pair = (int(size[0]), int(size[1]))
+    else:
+        message = f"size={size!r} is not accepted; use an int, a (height, width) pair of ints, or None"
+        raise OptionError(message)
+    if min(pair) < 1:
+        message = f"size={size!r} is not accepted; height and width must be at least 1"
+        raise OptionError(message)
+    return pair
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How every image is turned into a slot; one object shared by all workers.
+
+    Build it with :meth:`create`, which validates and normalises user values.
+    """
+
+    size: tuple[int, int] | None = None
+    layout: str = "NHWC"
+    color: str = "rgb"
+    resize: str = "stretch"
+    interpolation: int | None = None
+    fill: tuple[int, ...] = (0, 0, 0)
+    exif: bool = True
+    reduce: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        size=None,
+        layout="NHWC",
+        color="rgb",
+        resize="stretch",
+        interpolation=None,
+        fill=0,
+        exif=True,
+        reduce=True,
+        max_pixels=DEFAULT_MAX_PIXELS,
+    ) -> DecodeOptions:
+        """Validate user-facing values.
+
+        Examples
+        --------
+        >>> DecodeOptions.create(size=224, layout="nchw").slot_shape()
+        (3, 224, 224)
+        """
+        color = _choice("color", color, COLORS)
+        channels = 1 if color == "gray" else 3
+        if interpolation is not None:
+            interpolation = INTERPOLATIONS[_choice("interpolation", interpolation, tuple(INTERPOLATIONS))]
+        if isinstance(fill, (int, np.integer)) and 0 <= fill <= 255:
+            fill_tuple = (int(fill),) * channels
+        elif isinstance(fill, (tuple, list)) and len(fill) == channels and all(0 <= int(v) <= 255 for v in fill):
+            fill_tuple = tuple(int(v) for v in fill)
+        else:
+            message = f"fill={fill!r} is not accepted; use an int 0..255 or {channels} such values (in {color} order)"
+            raise OptionError(message)
+        if not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+            message = f"max_pixels={max_pixels!r} is not accepted; use a positive int"
+            raise OptionError(message)
+        return cls(
+            size=normalize_size(size),
+            layout=_choice("layout", layout, LAYOUTS),
+            color=color,
+            resize=_choice("resize", resize, RESIZE_MODES),
+            interpolation=interpolation,
+            fill=fill_tuple,
+            exif=bool(exif),
+            reduce=bool(reduce),
+            max_pixels=int(max_pixels),
+        )
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+    def slot_shape(self, size: tuple[int, int] | None = None) -> tuple[int, int, int]:
+        """Shape of one row of the array; ``size`` overrides ``self.size`` (for size=None)."""
+        height, width = size or self.size
+        if self.layout == "NCHW":
+            return (self.channels, height, width)
+        return (height, width, self.channels)
+
+
+# ----------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Crop ``src`` (y0, y1, x0, x1) of the decoded image, resized into ``dst`` of the slot."""
+
+    src: tuple[int, int, int, int]
+    dst: tuple[int, int, int, int]
+
+    @property
+    def src_size(self) -> tuple[int, int]:
+        return self.src[1] - self.src[0], self.src[3] - self.src[2]
+
+    @property
+    def dst_size(self) -> tuple[int, int]:
+        return self.dst[1] - self.dst[0], self.dst[3] - self.dst[2]
+
+    @property
+    def shrinks(self) -> bool:
+        """True unless the resize enlarges both axes (then linear beats area)."""
+        (sh, sw), (dh, dw) = self.src_size, self.dst_size
+        return not (dh > sh and dw > sw)
+
+
+def plan_geometry(height: int, width: int, size: tuple[int, int], mode: str) -> Geometry:
+    """Where an image of ``height`` x ``width`` goes in a slot of ``size``.
+
+    * ``stretch``: the whole image onto the whole slot (aspect not kept).
+    * ``fit``: scaled to fit inside, centered; the rest of the slot is ``fill``.
+    * ``cover``: scaled to cover the slot, the centre cropped.
+    * ``shorter``: the shorter side scaled to ``max(size)``, the centre cropped;
+      for a square size this equals ``cover``.
+
+    Examples
+    --------
+    >>> plan_geometry(100, 200, (50, 50), "cover")
+    Geometry(src=(0, 100, 50, 150), dst=(0, 50, 0, 50))
+    >>> plan_geometry(100, 200, (50, 50), "fit")
+    Geometry(src=(0, 100, 0, 200), dst=(12, 37, 0, 50))
+    """
+    out_h, out_w = size
+    if mode == "stretch":
+        return Geometry((0, height, 0, width), (0, out_h, 0, out_w))
+    if mode == "fit":
+        scale = min(out_h / height, out_w / width)
+        new_h = min(out_h, max(1, round(height * scale)))
+        new_w = min(out_w, max(1, round(width * scale)))
+        top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+        return Geometry((0, height, 0, width), (top, top + new_h, left, left + new_w))
+    if mode == "cover":
+        scale = max(out_h / height, out_w / width)
+    else:  # shorter
+        scale = max(out_h, out_w) / min(height, width)
+    crop_h = min(height, max(1, round(out_h / scale)))
+    crop_w = min(width, max(1, round(out_w / scale)))
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return Geometry((top, top + crop_h, left, left + crop_w), (0, out_h, 0, out_w))
+
+
+def reduction_for(height: int, width: int, size: tuple[int, int], mode: str) -> int:
+    """Largest JPEG scale-down (8, 4, 2 or 1) that still leaves the crop at least output-sized.
+
+    libjpeg's output at scale 1/f is ``ceil(side / f)``.
+
+    Examples
+    --------
+    >>> reduction_for(375, 500, (224, 224), "stretch"), reduction_for(1200, 1600, (256, 256), "cover")
+    (1, 4)
+    """
+    for factor in (8, 4, 2):
+        geometry = plan_geometry(math.ceil(height / factor), math.ceil(width / factor), size, mode)
+        (sh, sw), (dh, dw) = geometry.src_size, geometry.dst_size
+        if sh >= dh and sw >= dw:
+            return factor
+    return 1
+
+
+_REDUCED_FLAG = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_COLOR_FLAG = {"rgb": cv2.IMREAD_COLOR_RGB, "bgr": cv2.IMREAD_COLOR_BGR, "gray": cv2.IMREAD_GRAYSCALE}
+_CONVERT = {
+    ("gray", "rgb"): cv2.COLOR_GRAY2RGB,
+    ("gray", "bgr"): cv2.COLOR_GRAY2BGR,
+    ("bgr", "rgb"): cv2.COLOR_BGR2RGB,
+    ("bgr", "gray"): cv2.COLOR_BGR2GRAY,
+}
+
+
+def open_error(path: str, exc: OSError) -> ImageDecodeError:
+    """Map an OSError from opening or reading ``path`` to a failure reason."""
+    if isinstance(exc, FileNotFoundError):
+        return ImageDecodeError(path, Reason.MISSING, "no such file")
+    if isinstance(exc, IsADirectoryError):
+        return ImageDecodeError(path, Reason.UNREADABLE, "it is a directory, not a file")
+    if isinstance(exc, PermissionError):
+        return ImageDecodeError(path, Reason.UNREADABLE, "permission denied")
+    return ImageDecodeError(path, Reason.UNREADABLE, f"read error: {exc.strerror or exc}")
+
+
+def read_file(path: str) -> bytes:
+    """The whole file in one read (one allocation, no copy into NumPy later)."""
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            return handle.read()
+    except OSError as exc:
+        raise open_error(path, exc) from exc
+
+
+class Decoder:
+    """Decode files into slots according to one :class:`DecodeOptions`.
+
+    Thread-safe: per-thread scratch memory is kept in thread-local storage.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "red.png")
+    >>> _ = cv2.imwrite(path, np.full((40, 60, 3), (0, 0, 255), np.uint8))  # BGR red
+    >>> slot = np.empty((3, 20, 30), np.uint8)
+    >>> Decoder(DecodeOptions.create(size=(20, 30), layout="NCHW")).decode_into(path, slot)
+    >>> int(slot[0].min()), int(slot[2].max())
+    (255, 0)
+    """
+
+    def __init__(self, options: DecodeOptions):
+        self.options = options
+        self._local = threading.local()
+
+    # -- reading and decoding -------------------------------------------------
+
+    def decode(self, path: str, size: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
+        """Read and decode ``path``; returns the image and its channel order ("rgb"/"bgr"/"gray").
+
+        ``size`` is the slot size the image is headed for (for the JPEG scale).
+        """
+        data = read_file(path)
+        info = parse(data, path, complete=True)
+        self._check_pixels(path, info)
+        options = self.options
+        flags = 0 if options.exif else cv2.IMREAD_IGNORE_ORIENTATION
+        if info.format == "jpeg":
+            factor = 1
+            oriented = info.oriented_size(options.exif)
+            if options.reduce and size is not None and oriented is not None:
+                factor = reduction_for(*oriented, size, options.resize)
+            flags |= _COLOR_FLAG[options.color] | _REDUCED_FLAG[factor]
+            order = options.color
+        else:
+            # Keep 16 bits and the native channel count: OpenCV's own 16->8 bit
+            # conversion rounds, while preload promises value >> 8.
+            flags |= cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+            order = None
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        except cv2.error as exc:
+            detail = _opencv_reason(exc)
+            raise ImageDecodeError(path, Reason.CORRUPT, f"the {info.format} decoder failed: {detail}") from None
+        if image is None or image.size == 0:
+            if info.format == "other":
+                raise ImageDecodeError(path, Reason.NOT_AN_IMAGE, "not an image, or a format OpenCV cannot decode")
+            raise ImageDecodeError(path, Reason.CORRUPT, f"corrupt {info.format.upper()} data (the decoder gave up)")
+        if order is None:
+            image, order = _to_8bit(image, path)
+        return image, order
+
+    def _check_pixels(self, path: str, info: ImageInfo) -> None:
+        if info.height is None or info.width is None:
+            return
+        pixels = info.height * info.width
+        if pixels == 0:
+            raise ImageDecodeError(path, Reason.CORRUPT, f"the header gives a size of {info.width}x{info.height}")
+        if pixels > self.options.max_pixels:
+            detail = (
+                f"the header announces {info.width}x{info.height} = {pixels:,} pixels, "
+                f"more than max_pixels={self.options.max_pixels:,}"
+            )
+            raise ImageDecodeError(path, Reason.TOO_LARGE, detail)
+
+    # -- writing into a slot --------------------------------------------------
+
+    def decode_into(self, path: str, slot: np.ndarray) -> None:
+        """Decode ``path`` and write it into ``slot`` (one row of the target)."""
+        options = self.options
+        size = options.size or _slot_size(slot, options.layout)
+        image, order = self.decode(path, size)
+        if options.size is None and image.shape[:2] != size:
+            detail = f"decoded size {image.shape[0]}x{image.shape[1]} differs from the header's {size[0]}x{size[1]}"
+            raise ImageDecodeError(path, Reason.CORRUPT, detail)
+        geometry = plan_geometry(image.shape[0], image.shape[1], size, options.resize)
+        self.write(image, order, geometry, slot)
+
+    def write(self, image: np.ndarray, order: str, geometry: Geometry, slot: np.ndarray) -> None:
+        """Resize the crop of ``image`` into the slot and convert its channels on the way."""
+        options = self.options
+        if geometry.dst_size != _slot_size(slot, options.layout):
+            _fill_margins(slot, geometry, options)
+        y0, y1, x0, x1 = geometry.src
+        crop = image[y0:y1, x0:x1]
+        planes = _planes(slot, geometry, options.layout)  # one 2-D view per output channel
+        if order == options.color and options.layout == "NHWC":
+            self._resize(crop, geometry, _dst_view(slot, geometry))
+            return
+        resized = crop if geometry.src_size == geometry.dst_size else self._resize(crop, geometry, None)
+        if order == options.color:  # NCHW, channels already right
+            _split_into(resized, planes)
+        elif order == "gray":  # one plane to three channels
+            if options.layout == "NCHW":
+                for plane in planes:
+                    np.copyto(plane, resized)
+            else:
+                _into(_dst_view(slot, geometry), cv2.cvtColor(resized, _CONVERT[("gray", options.color)]))
+        elif options.color == "gray":  # bgr source, gray output
+            _into(planes[0], cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY))
+        elif options.layout == "NCHW":  # bgr source, rgb output: swap planes for free
+            _split_into(resized, planes[::-1])
+        else:
+            _into(_dst_view(slot, geometry), cv2.cvtColor(resized, cv2.COLOR_BGR2RGB))
+
+    def _resize(self, crop: np.ndarray, geometry: Geometry, dst: np.ndarray | None) -> np.ndarray:
+        """Resize ``crop`` to the destination size, into ``dst`` or a reused scratch image."""
+        dh, dw = geometry.dst_size
+        if dst is None:
+            dst = self._scratch((dh, dw) + crop.shape[2:])
+        if geometry.src_size == geometry.dst_size:
+            np.copyto(dst, crop.reshape(dst.shape))
+            return dst
+        interpolation = self.options.interpolation
+        if interpolation is None:
+            interpolation = cv2.INTER_AREA if geometry.shrinks else cv2.INTER_LINEAR
+        result = cv2.resize(crop, (dw, dh), dst=dst.reshape((dh, dw) + crop.shape[2:]), interpolation=interpolation)
+        _into(dst, result)
+        return dst
+
+    def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A per-thread buffer, grown only when a larger shape is asked for."""
+        need = math.prod(shape)
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.size < need:
+            buffer = np.empty(need, np.uint8)
+            self._local.buffer = buffer
+        return buffer[:need].reshape(shape)
+
+
+def _slot_size(slot: np.ndarray, layout: str) -> tuple[int, int]:
+    return tuple(slot.shape[1:3]) if layout == "NCHW" else tuple(slot.shape[0:2])
+
+
+def _dst_view(slot: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """NHWC destination rectangle; 2-D for one channel so OpenCV sees a matching shape."""
+    y0, y1, x0, x1 = geometry.dst
+    view = slot[y0:y1, x0:x1]
+    return view[:, :, 0] if view.shape[2] == 1 else view
+
+
+def _planes(slot: np.ndarray, geometry: Geometry, layout: str) -> list[np.ndarray]:
+    y0, y1, x0, x1 = geometry.dst
+    if layout == "NCHW":
+        return [slot[c, y0:y1, x0:x1] for c in range(slot.shape[0])]
+    return [slot[y0:y1, x0:x1, c] for c in range(slot.shape[2])]
+
+
+def _fill_margins(slot: np.ndarray, geometry: Geometry, options: DecodeOptions) -> None:
+    """Paint the letterbox ``fill`` colour (the image rectangle is overwritten next)."""
+    for c, value in enumerate(options.fill):
+        plane = slot[c] if options.layout == "NCHW" else slot[:, :, c]
+        plane[...] = value
+
+
+def _into(dst: np.ndarray, result: np.ndarray) -> None:
+    """Copy OpenCV's result into ``dst`` unless OpenCV already wrote it there."""
+    if result is dst or (result.shape == dst.shape and result.ctypes.data == dst.ctypes.data):
+        return
+    np.copyto(dst, result.reshape(dst.shape))
+
+
+def _split_into(image: np.ndarray, planes: list[np.ndarray]) -> None:
+    """HWC image -> one plane per channel, written by cv2.split in place when it can."""
+    if image.ndim == 2:
+        _into(planes[0], image)
+        return
+    result = cv2.split(image, planes)
+    for plane, part in zip(planes, result):
+        _into(plane, part)
+
+
+def _to_8bit(image: np.ndarray, path: str) -> tuple[np.ndarray, str]:
+    """16-bit -> 8-bit by ``>> 8`` (never clipped); name the channel order OpenCV gave."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        detail = f"pixel type {image.dtype} is not supported (only 8- and 16-bit integer images)"
+        raise ImageDecodeError(path, Reason.NOT_AN_IMAGE, detail)
+    if image.ndim == 2 or image.shape[2] == 1:
+        return image.reshape(image.shape[:2]), "gray"
+    return image[:, :, :3], "bgr"
+
+
+def _opencv_reason(exc: cv2.error) -> str:
+    """The one meaningful line of an OpenCV error, without its source-file prefix."""
+    text = str(exc).strip().splitlines()
+    for line in text:
+        if line.startswith(">"):
+            return line.lstrip("> ").strip()
+    last = text[-1] if text else "unknown error"
+    return last.split("error:", 1)[-1].strip()
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (honours affinity masks and containers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

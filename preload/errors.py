@@ -1,0 +1,92 @@
+"""Exception types and failure records shared by every module.
+
+Every error preload raises on purpose derives from :class:`PreloadError`, so
+``except preload.PreloadError`` catches all of them; the value problems also
+derive from :class:`ValueError` and the resource problems from
+:class:`MemoryError` / :class:`OSError`, so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class PreloadError(Exception):
+    """Base class of every error raised by preload."""
+
+
+class OptionError(PreloadError, ValueError):
+    """An argument has a value preload does not accept."""
+
+
+class SourceError(PreloadError, ValueError):
+    """The source (folder, path list or CSV) cannot be turned into a manifest."""
+
+
+class SizeMismatchError(PreloadError, ValueError):
+    """``size=None`` was given but the images do not all have one size."""
+
+
+class TargetError(PreloadError, ValueError):
+    """The ``out=`` target has the wrong shape, dtype or kind."""
+
+
+class InsufficientMemoryError(PreloadError, MemoryError):
+    """The array would not fit in the memory that is available."""
+
+
+class InsufficientDiskError(PreloadError, OSError):
+    """The ``.npy`` target would not fit on its file system."""
+
+
+class Reason(str, enum.Enum):
+    """Why one file could not be loaded (``Failure.reason``)."""
+
+    MISSING = "missing"  # no such file
+    UNREADABLE = "unreadable"  # permission denied, a directory, an I/O error
+    EMPTY = "empty"  # zero bytes
+    NOT_AN_IMAGE = "not-an-image"  # unknown signature, or no decoder accepted it
+    TRUNCATED = "truncated"  # the file ends before the image does
+    TOO_LARGE = "too-large"  # header announces more pixels than max_pixels
+    CORRUPT = "corrupt"  # recognised format, but the decoder failed
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ImageDecodeError(PreloadError):
+    """One file could not be read or decoded.
+
+    Attributes
+    ----------
+    path : str
+        The file, as it appears in the manifest.
+    reason : Reason
+        The category of the problem.
+    detail : str
+        A human-readable explanation.
+    """
+
+    def __init__(self, path: str, reason: Reason, detail: str):
+        self.path = path
+        self.reason = Reason(reason)
+        self.detail = detail
+        message = f"cannot load '{path}': {detail} [{self.reason}]"
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file that ``on_error="skip"`` or ``"zero"`` did not load.
+
+    ``index`` is the file's position in the manifest (before any skipping).
+    """
+
+    index: int
+    path: str
+    reason: Reason
+    detail: str
+
+    def __str__(self) -> str:
+        return f"'{self.path}': {self.detail} [{self.reason}]"

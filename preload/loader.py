@@ -1,0 +1,403 @@
+"""Fill the target in parallel: the ``load`` verb, its progress bar and error policy.
+
+Order of work in :func:`load`:
+
+1. resolve the source to a manifest (:mod:`preload.sources`);
+2. if ``size=None``, read every header to find the one common size;
+3. allocate the whole target once (:mod:`preload.target`), after checking
+   that it fits;
+4. decode file ``i`` straight into ``out[i]`` on a pool of threads
+   (:mod:`preload.decode`); OpenCV releases the GIL while it decodes and
+   resizes, so threads scale without copying pixels between processes;
+5. apply the error policy and describe the result (:class:`Dataset`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from . import headers
+from .dataset import Dataset
+from .decode import DEFAULT_MAX_PIXELS, DecodeOptions, Decoder, cpu_count
+from .errors import Failure, ImageDecodeError, OptionError, Reason, SizeMismatchError
+from .sources import Manifest, manifest
+from .target import allocate
+
+logger = logging.getLogger("preload")
+
+ON_ERROR = ("raise", "skip", "zero")
+
+
+def load(
+    source,
+    *,
+    size=None,
+    layout: str = "NHWC",
+    color: str = "rgb",
+    resize: str = "stretch",
+    interpolation: str | None = None,
+    fill=0,
+    exif: bool = True,
+    reduce: bool = True,
+    labels=None,
+    out=None,
+    workers: int | None = None,
+    progress: bool | None = None,
+    on_error: str = "raise",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Dataset:
+    """Load every image of ``source`` into one preallocated uint8 array.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, sequence of paths, or Manifest
+        A folder of class sub-folders, a flat folder, a CSV file (``path`` and
+        optional ``label`` columns) or a list of paths. See
+        :mod:`preload.sources` for the order of the rows.
+    size : int, (height, width) or None
+        Output size. ``None`` keeps the images' own size, which must then be
+        the same for all of them.
+    layout : {"NHWC", "NCHW"}
+        Axis order of the array (any letter case).
+    color : {"rgb", "bgr", "gray"}
+        Channel order; "gray" gives one channel. Gray sources are repeated
+        into three channels, alpha is dropped, 16-bit samples become
+        ``value >> 8``.
+    resize : {"stretch", "fit", "cover", "shorter"}
+        "stretch" resizes to exactly ``size``; "fit" keeps the aspect ratio
+        inside ``size`` and pads with ``fill``; "cover" keeps it and crops the
+        centre; "shorter" scales the shorter side to ``max(size)`` and crops
+        the centre (the usual resize-then-center-crop).
+    interpolation : {"area", "linear", "nearest", "cubic", "lanczos"} or None
+        None picks area when shrinking and linear when enlarging both axes.
+    fill : int or tuple of int
+        Padding value for ``resize="fit"``, per channel in ``color`` order.
+    exif : bool
+        Apply the EXIF orientation tag (rotate/flip as a camera meant it).
+        ``False`` keeps the pixels in stored order.
+    reduce : bool
+        Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the output is at
+        least that much smaller (faster, and itself an antialiasing filter).
+    labels : sequence of int or str, optional
+        Labels for a list of paths.
+    out : None, numpy.ndarray, or path ending in ".npy"
+        Where the pixels go: a new RAM array, an existing array or memmap of
+        the right shape (filled in place), or a new ``.npy`` file that
+        ``np.load(path, mmap_mode="r")`` opens anywhere.
+    workers : int or None
+        Threads decoding in parallel; None uses every core, 1 runs serially.
+    progress : bool or None
+        Show a progress bar on stderr; None shows it when stderr is a terminal.
+    on_error : {"raise", "skip", "zero"}
+        On a file that cannot be loaded: raise :class:`ImageDecodeError`;
+        drop it (images, labels and paths stay aligned); or leave its slot
+        zero. Skipped and zeroed files are listed in ``Dataset.failed``.
+    max_pixels : int
+        Refuse images whose header announces more pixels than this before
+        anything is allocated (decompression bombs).
+
+    Returns
+    -------
+    Dataset
+        ``images``, ``labels``, ``classes``, ``paths``, ``failed``.
+
+    Raises
+    ------
+    SourceError, OptionError, TargetError
+        Bad source, option value or ``out=``.
+    InsufficientMemoryError, InsufficientDiskError
+        The array does not fit; raised before any decoding.
+    ImageDecodeError
+        A file failed and ``on_error="raise"``.
+    SizeMismatchError
+        ``size=None`` and the images differ in size.
+
+    Examples
+    --------
+    >>> import tempfile, os, cv2, numpy as np
+    >>> root = tempfile.mkdtemp()
+    >>> for name in ("cat", "dog"):
+    ...     os.mkdir(os.path.join(root, name))
+    ...     _ = cv2.imwrite(os.path.join(root, name, "1.png"), np.zeros((30, 40, 3), np.uint8))
+    >>> ds = load(root, size=16, layout="NCHW", progress=False)
+    >>> ds.images.shape, ds.labels.tolist(), ds.classes
+    ((2, 3, 16, 16), [0, 1], ['cat', 'dog'])
+    """
+    options = DecodeOptions.create(
+        size=size,
+        layout=layout,
+        color=color,
+        resize=resize,
+        interpolation=interpolation,
+        fill=fill,
+        exif=exif,
+        reduce=reduce,
+        max_pixels=max_pixels,
+    )
+    policy = _policy(on_error)
+    threads = _workers(workers)
+    files = manifest(source, labels=labels)
+    total = len(files)
+    decoder = Decoder(options)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+
+    with _quiet_opencv() as console:
+        failed: list[Failure] = []
+        origin = np.arange(len(files))  # manifest index of each row, for Failure.index
+        slot_size = options.size
+        if slot_size is None:
+            slot_size, keep, failed = _common_size(files, options, policy, threads)
+            if len(keep) != len(files):
+                files, origin = files.select(keep), origin[keep]
+        shape = (len(files),) + options.slot_shape(slot_size)
+        target = allocate(out, shape)
+        try:
+            bar = tqdm(total=len(files), desc="loading", unit="img", file=console, disable=not show)
+            with bar:
+                errors = fill_slots(decoder, files.paths, target.array, policy=policy, workers=threads, advance=bar.update)
+            errors = [Failure(int(origin[f.index]), f.path, f.reason, f.detail) for f in errors]
+            keep = np.arange(len(files))
+            if policy == "skip" and errors:
+                bad = {f.index for f in errors}
+                keep = np.asarray([i for i in range(len(files)) if int(origin[i]) not in bad], dtype=np.int64)
+                _compact(target.array, keep)
+                files = files.select(keep)
+            images = target.finalize(len(keep))
+        except BaseException:
+            target.discard()
+            raise
+    failed = sorted(failed + errors, key=lambda f: f.index)
+    if failed:
+        logger.warning("%d of %d files were not loaded (first: %s); see Dataset.failed", len(failed), total, failed[0])
+    return Dataset(images, files.labels, files.classes, files.paths, failed, options)
+
+
+def fill_slots(
+    decoder: Decoder,
+    paths: list[str],
+    array: np.ndarray,
+    *,
+    policy: str = "raise",
+    workers: int = 1,
+    advance: Callable[[int], object] = lambda n: None,
+    indices: np.ndarray | None = None,
+) -> list[Failure]:
+    """Decode ``paths[i]`` into ``array[i]`` for every ``i`` in ``indices`` (default: all).
+
+    Work is handed out in contiguous chunks, so a million files make a few
+    thousand tasks, not a million futures. Under ``policy="raise"`` the first
+    failure (lowest index among those seen) is raised once running chunks
+    stop; otherwise failed slots are zeroed and the failures returned with
+    their indices. ``advance(k)`` is called as chunks finish (progress bars).
+    """
+    todo = np.arange(len(paths)) if indices is None else np.asarray(indices)
+    if len(todo) == 0:
+        return []
+    chunk = int(min(64, max(1, len(todo) // (workers * 8))))
+    chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
+    stop = threading.Event()
+
+    def run(rows: np.ndarray) -> tuple[int, list[Failure]]:
+        failures = []
+        for i in rows:
+            if stop.is_set():
+                break
+            try:
+                try:
+                    decoder.decode_into(paths[i], array[i])
+                except cv2.error as exc:  # resize or color conversion refused the data
+                    raise ImageDecodeError(paths[i], Reason.CORRUPT, f"OpenCV failed: {exc}") from None
+            except ImageDecodeError as exc:
+                failures.append(Failure(int(i), exc.path, exc.reason, exc.detail))
+                if policy == "raise":
+                    stop.set()
+                    break
+                array[i] = 0
+        return len(rows), failures
+
+    failures: list[Failure] = []
+    if workers == 1:
+        for rows in chunks:
+            done, found = run(rows)
+            failures.extend(found)
+            advance(done)
+            if stop.is_set():
+                break
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preload") as pool:
+            futures = [pool.submit(run, rows) for rows in chunks]
+            try:
+                for future in as_completed(futures):
+                    done, found = future.result()
+                    failures.extend(found)
+                    advance(done)
+                    if stop.is_set():
+                        break
+            finally:  # also on Ctrl-C: queued chunks are dropped, running ones stop early
+                stop.set()
+                for future in futures:
+                    future.cancel()
+    if policy == "raise" and failures:
+        first = min(failures, key=lambda f: f.index)
+        raise ImageDecodeError(first.path, first.reason, first.detail)
+    return sorted(failures, key=lambda f: f.index)
+
+
+def _common_size(
+    files: Manifest, options: DecodeOptions, policy: str, workers: int
+) -> tuple[tuple[int, int], np.ndarray, list[Failure]]:
+    """For ``size=None``: the one (height, width) of all images, from their headers.
+
+    Files whose header is unreadable are dropped under ``skip`` (and returned
+    as failures), kept under ``zero`` (the fill records them), raised under ``raise``.
+    """
+    def measure(i: int):
+        path = files.paths[i]
+        try:
+            info = headers.probe(path)
+            size = info.oriented_size(options.exif)
+            if size is None:  # a header we do not parse: ask the decoder
+                size = Decoder(options).decode(path)[0].shape[:2]
+            return tuple(size), None
+        except ImageDecodeError as exc:
+            return None, Failure(i, exc.path, exc.reason, exc.detail)
+
+    with ThreadPoolExecutor(max_workers=max(workers, 4)) as pool:
+        results = list(pool.map(measure, range(len(files))))
+    failures = [failure for _, failure in results if failure is not None]
+    if failures and policy == "raise":
+        first = failures[0]
+        raise ImageDecodeError(first.path, first.reason, first.detail)
+    sizes = {}
+    for i, (size, _) in enumerate(results):
+        if size is not None:
+            sizes.setdefault(size, i)
+            if len(sizes) > 1:
+                (size_a, a), (size_b, b) = list(sizes.items())[:2]
+                message = (
+                    f"size=None needs all images to have one size, but '{files.paths[a]}' is "
+                    f"{size_a[0]}x{size_a[1]} and '{files.paths[b]}' is {size_b[0]}x{size_b[1]} "
+                    "(height x width); pass size=(height, width) to resize them"
+                )
+                raise SizeMismatchError(message)
+    if not sizes:
+        message = f"size=None: none of the {len(files)} files has a readable size (first: {failures[0]})"
+        raise SizeMismatchError(message)
+    size = next(iter(sizes))
+    if policy == "skip":
+        keep = np.asarray([i for i, (s, _) in enumerate(results) if s is not None], dtype=np.int64)
+        return size, keep, failures
+    return size, np.arange(len(files)), []
+
+
+def _compact(array: np.ndarray, keep: np.ndarray) -> None:
+    """Move the kept rows to the front, in order (rows only ever move down)."""
+    for write, read in enumerate(keep):
+        if write != read:
+            array[write] = array[read]
+
+
+def _policy(on_error: str) -> str:
+    if on_error in ON_ERROR:
+        return on_error
+    message = f"on_error={on_error!r} is not accepted; use one of {', '.join(map(repr, ON_ERROR))}"
+    raise OptionError(message)
+
+
+def _workers(workers: int | None) -> int:
+    if workers is None:
+        return cpu_count()
+    if isinstance(workers, (int, np.integer)) and not isinstance(workers, bool) and workers >= 1:
+        return int(workers)
+    message = f"workers={workers!r} is not accepted; use a positive int, or None for every core"
+    raise OptionError(message)
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_console = None
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator:
+    """While loading: OpenCV single-threaded and silent; yields the stream for progress bars.
+
+    Our threads are the parallelism; OpenCV's own pool on top would
+    oversubscribe the cores. libjpeg, libpng and libtiff print warnings with
+    ``fprintf(stderr)``, out of OpenCV's logger's reach, so file descriptor 2
+    is pointed at a temporary file for the duration and the lines are
+    summarised in one log record afterwards; the progress bar writes to the
+    real terminal through a duplicate of the original descriptor. Both
+    settings are process-wide, so nested or concurrent loads share the
+    outermost one's.
+    """
+    global _quiet_depth, _quiet_console
+    with _quiet_lock:
+        _quiet_depth += 1
+        outermost = _quiet_depth == 1
+        if outermost:
+            state = _silence()
+            _quiet_console = state[-1]
+        console = _quiet_console
+    try:
+        yield console
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if outermost:
+                _restore(*state)
+
+
+def _silence():
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    log_level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    saved = capture = None
+    console = sys.stderr
+    try:
+        uses_fd2 = sys.stderr is not None and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # Jupyter, pytest's capsys, closed stderr
+        uses_fd2 = False
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        capture = tempfile.TemporaryFile()
+        os.dup2(capture.fileno(), 2)
+        if uses_fd2:
+            console = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+    except (OSError, AttributeError, ValueError):
+        saved = capture = None
+    return threads, log_level, saved, capture, console
+
+
+def _restore(threads, log_level, saved, capture, console) -> None:
+    cv2.setNumThreads(threads)
+    cv2.utils.logging.setLogLevel(log_level)
+    if saved is None:
+        return
+    if console is not sys.stderr:
+        console.close()
+    os.dup2(saved, 2)
+    os.close(saved)
+    capture.seek(0)
+    lines = [line.strip() for line in capture.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    capture.close()
+    if lines:
+        distinct = list(dict.fromkeys(lines))
+        logger.warning(
+            "the image decoders printed %d message(s) during the load, e.g. %s",
+            len(lines),
+            "; ".join(repr(line) for line in distinct[:3]),
+        )

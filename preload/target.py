@@ -1,0 +1,171 @@
+"""Allocate the output array: the one place that knows what ``out=`` means.
+
+``out`` has a closed set of meanings:
+
+* ``None`` -> a new C-contiguous array in RAM (``np.empty``: pages are only
+  committed as slots are written, so the array costs nothing before decoding);
+* a NumPy array or ``np.memmap`` -> checked for shape, dtype, contiguity and
+  writability, then filled in place;
+* a ``str`` / ``os.PathLike`` ending in ``.npy`` -> a memory-mapped ``.npy``
+  created with :func:`numpy.lib.format.open_memmap` under a temporary name in
+  the same folder (``<name>.npy.partial``) and renamed into place only after
+  a successful load, so a file at the final path is always complete.
+
+Before anything is allocated the byte count ``N*C*H*W`` is compared with the
+memory psutil reports as available (RAM target) or the free space of the
+target's file system (``.npy`` target).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+from numpy.lib import format as npy_format
+
+from .errors import InsufficientDiskError, InsufficientMemoryError, TargetError
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _gb(count: int) -> str:
+    return f"{count / 1e9:.2f} GB ({count:,} bytes)"
+
+
+@dataclass
+class Target:
+    """The allocated output and how to finish it."""
+
+    array: np.ndarray
+    kind: str  # "ram", "array" or "npy"
+    path: str | None = None  # final .npy path
+    temp_path: str | None = None  # where the .npy is written until finalize()
+
+    def finalize(self, rows: int) -> np.ndarray:
+        """Keep the first ``rows`` rows and make the result visible at its final place.
+
+        For a ``.npy`` target whose row count shrank (skipped images) the header
+        is rewritten and the file truncated before it is renamed into place.
+        """
+        if self.kind == "ram":
+            return self.array[:rows]
+        if self.kind == "array":
+            self.array[rows:] = 0
+            return self.array[:rows]
+        total = self.array.shape[0]
+        self.array.flush()
+        del self.array  # unmap before truncating: touching a cut mapping is SIGBUS
+        if rows != total:
+            _shrink_npy(self.temp_path, rows)
+        os.replace(self.temp_path, self.path)
+        return np.load(self.path, mmap_mode="r+")
+
+    def discard(self) -> None:
+        """Remove a ``.npy`` that will never be complete (load failed)."""
+        if self.kind == "npy":
+            self.array = None
+            try:
+                os.remove(self.temp_path)
+            except FileNotFoundError:
+                pass
+
+
+def allocate(out, shape: tuple[int, ...], *, check_space: bool = True) -> Target:
+    """Resolve ``out=`` to a :class:`Target` of ``shape`` and dtype uint8.
+
+    Raises
+    ------
+    TargetError
+        ``out`` is an array of another shape/dtype, read-only, non-contiguous,
+        a path not ending in ``.npy``, or of an unsupported type.
+    InsufficientMemoryError, InsufficientDiskError
+        The array would not fit (checked before allocating).
+
+    Examples
+    --------
+    >>> allocate(None, (2, 4, 4, 3)).array.shape
+    (2, 4, 4, 3)
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64))
+    if out is None:
+        if check_space:
+            available = psutil.virtual_memory().available
+            if nbytes > available:
+                message = (
+                    f"the array needs {_gb(nbytes)} (N*C*H*W = {' x '.join(map(str, shape))}) but only "
+                    f"{_gb(available)} of memory is available; load into a memory-mapped file instead, "
+                    f"e.g. out=\"images.npy\""
+                )
+                raise InsufficientMemoryError(message)
+        return Target(np.empty(shape, np.uint8), "ram")
+    if isinstance(out, np.ndarray):
+        _check_array(out, shape)
+        return Target(out, "array")
+    if isinstance(out, (str, os.PathLike)):
+        path = os.fspath(out)
+        if not path.lower().endswith(".npy"):
+            message = f"out='{path}' is not accepted; a file target must end in .npy"
+            raise TargetError(message)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            message = f"out='{path}': the folder '{folder}' does not exist"
+            raise TargetError(message)
+        if check_space:
+            free = psutil.disk_usage(folder).free
+            if nbytes > free:
+                message = f"out='{path}' needs {_gb(nbytes)} but its file system has {_gb(free)} free"
+                raise InsufficientDiskError(message)
+        temp = path + PARTIAL_SUFFIX
+        try:
+            array = npy_format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
+        except OSError as exc:
+            message = f"cannot create '{temp}': {exc.strerror or exc}"
+            raise TargetError(message) from exc
+        return Target(array, "npy", path, temp)
+    message = (
+        f"out= of type {type(out).__name__} is not accepted; use None (RAM), "
+        "a NumPy array or memmap, or a path ending in .npy"
+    )
+    raise TargetError(message)
+
+
+def _check_array(out: np.ndarray, shape: tuple[int, ...]) -> None:
+    problems = []
+    if out.shape != tuple(shape):
+        problems.append(f"shape {out.shape} (need {tuple(shape)})")
+    if out.dtype != np.uint8:
+        problems.append(f"dtype {out.dtype} (need uint8)")
+    if not out.flags.c_contiguous:
+        problems.append("it is not C-contiguous")
+    if not out.flags.writeable:
+        problems.append("it is read-only")
+    if problems:
+        message = f"out= array does not fit: {'; '.join(problems)}"
+        raise TargetError(message)
+
+
+def _shrink_npy(path: str, rows: int) -> None:
+    """Rewrite a ``.npy`` header for ``rows`` rows, keeping its length, and truncate the data."""
+    with open(path, "r+b") as handle:
+        version = npy_format.read_magic(handle)
+        header_start = handle.tell()
+        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        data_start = handle.tell()
+        new_shape = (rows,) + tuple(shape[1:])
+        header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": fortran, "shape": new_shape}
+        text = repr(header)
+        # The old header is padded with spaces to a 64-byte boundary; fewer digits
+        # in the shape only add padding, so the data offset never moves.
+        length_field = 2 if version == (1, 0) else 4
+        room = data_start - header_start - length_field
+        padded = text + " " * (room - len(text) - 1) + "\n"
+        if len(padded) != room or ast.literal_eval(padded) != header:
+            message = f"cannot rewrite the header of '{path}' for {rows} rows"
+            raise TargetError(message)
+        handle.seek(header_start + length_field)
+        handle.write(padded.encode("latin1"))
+        handle.truncate(data_start + rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
