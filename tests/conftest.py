@@ -1,0 +1,40 @@
+"""Shared test helpers: images are generated into tmp_path with a seeded RNG."""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def smooth_image(rng: np.random.Generator, height: int, width: int, channels: int = 3) -> np.ndarray:
+    """A smooth random BGR (or gray) image: JPEG keeps it nearly lossless, resizes stay meaningful."""
+    small = rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), channels), dtype=np.uint8)
+    image = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    return image if channels > 1 else image.reshape(height, width)
+
+
+def write(path, image: np.ndarray, *params) -> str:
+    assert cv2.imwrite(str(path), image, list(params)), path
+    return str(path)
+
+
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """Insert an APP1 EXIF segment holding only the Orientation tag after SOI."""
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + ifd
+    payload = b"Exif\x00\x00" + tiff
+    segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

@@ -1,0 +1,255 @@
+"""Pixels: every layout, color mode and resize mode against an OpenCV reference built here."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import psnr, smooth_image, with_exif_orientation, write
+
+import preload
+from preload.decode import DecodeOptions, plan_geometry, reduction_for
+
+# --------------------------------------------------------------------- reference
+
+
+def reference(bgr: np.ndarray, box_src, box_dst, out_hw, color: str, layout: str, fill=0, interp=cv2.INTER_AREA):
+    """Independent path: full crop -> cv2.resize -> pad -> color -> transpose."""
+    y0, y1, x0, x1 = box_src
+    crop = bgr[y0:y1, x0:x1]
+    dy0, dy1, dx0, dx1 = box_dst
+    resized = cv2.resize(crop, (dx1 - dx0, dy1 - dy0), interpolation=interp)
+    channels = 1 if color == "gray" else 3
+    canvas = np.full(out_hw + (3,), fill, np.uint8)
+    canvas[dy0:dy1, dx0:dx1] = resized
+    if color == "rgb":
+        canvas = canvas[:, :, ::-1]
+    elif color == "gray":
+        canvas = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)[:, :, None]
+        if box_dst != (0, out_hw[0], 0, out_hw[1]):  # gray of the fill colour is the fill
+            canvas[:dy0], canvas[dy1:], canvas[:, :dx0], canvas[:, dx1:] = fill, fill, fill, fill
+    assert canvas.shape[2] == channels
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1) if layout == "NCHW" else canvas)
+
+
+# Hand-computed boxes for a 60x120 (h x w) source into a 30x30 slot.
+BOXES = {
+    "stretch": ((0, 60, 0, 120), (0, 30, 0, 30)),
+    "fit": ((0, 60, 0, 120), (7, 22, 0, 30)),  # scale 1/4: 15x30, centred vertically
+    "cover": ((0, 60, 30, 90), (0, 30, 0, 30)),  # scale 1/2: the middle 60x60
+    "shorter": ((0, 60, 30, 90), (0, 30, 0, 30)),  # square size: the same as cover
+}
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("color", ["rgb", "bgr", "gray"])
+@pytest.mark.parametrize("mode", list(BOXES))
+@pytest.mark.parametrize("ext", [".png", ".bmp"])
+def test_pixels_match_reference(tmp_path, rng, layout, color, mode, ext):
+    bgr = smooth_image(rng, 60, 120)
+    path = write(tmp_path / f"a{ext}", bgr)
+    ds = preload.load([path], size=30, layout=layout, color=color, resize=mode, fill=17, progress=False)
+    expected = reference(bgr, *BOXES[mode], (30, 30), color, layout, fill=17)
+    assert ds.images.shape == (1,) + expected.shape
+    assert ds.images.flags.c_contiguous
+    diff = np.abs(ds.images[0].astype(int) - expected.astype(int))
+    # gray: OpenCV converts before (reference) or after (preload) the resize; rounding differs by 1
+    assert diff.max() <= (1 if color == "gray" else 0)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("color", ["rgb", "bgr"])
+def test_jpeg_decodes_straight_to_the_wanted_order(tmp_path, rng, layout, color):
+    bgr = smooth_image(rng, 64, 96)
+    path = write(tmp_path / "a.jpg", bgr, cv2.IMWRITE_JPEG_QUALITY, 95)
+    decoded = cv2.imread(path)  # the reference decode, BGR
+    ds = preload.load([path], size=(32, 48), layout=layout, color=color, reduce=False, progress=False)
+    expected = reference(decoded, (0, 64, 0, 96), (0, 32, 0, 48), (32, 48), color, layout)
+    assert np.array_equal(ds.images[0], expected)
+
+
+def test_gray_output_of_a_jpeg_is_libjpegs_luma(tmp_path, rng):
+    path = write(tmp_path / "a.jpg", smooth_image(rng, 40, 40))
+    ds = preload.load([path], size=20, color="gray", layout="NCHW", reduce=False, progress=False)
+    expected = cv2.resize(cv2.imread(path, cv2.IMREAD_GRAYSCALE), (20, 20), interpolation=cv2.INTER_AREA)
+    assert ds.images.shape == (1, 1, 20, 20)
+    assert np.array_equal(ds.images[0, 0], expected)
+
+
+def test_shorter_differs_from_cover_for_non_square_sizes():
+    # 100x200 into 40x80: cover scales by 0.4 (whole image), shorter by 80/100 (crop 50x100)
+    assert plan_geometry(100, 200, (40, 80), "cover").src == (0, 100, 0, 200)
+    assert plan_geometry(100, 200, (40, 80), "shorter").src == (25, 75, 50, 150)
+
+
+def test_enlarging_uses_linear_and_interpolation_overrides(tmp_path, rng):
+    bgr = smooth_image(rng, 16, 16)
+    path = write(tmp_path / "a.png", bgr)
+    ds = preload.load([path], size=40, color="bgr", progress=False)
+    assert np.array_equal(ds.images[0], cv2.resize(bgr, (40, 40), interpolation=cv2.INTER_LINEAR))
+    ds = preload.load([path], size=40, color="bgr", interpolation="nearest", progress=False)
+    assert np.array_equal(ds.images[0], cv2.resize(bgr, (40, 40), interpolation=cv2.INTER_NEAREST))
+
+
+@pytest.mark.parametrize("name", ["area", "linear", "nearest", "cubic", "lanczos"])
+def test_every_interpolation_name_is_accepted(tmp_path, rng, name):
+    bgr = smooth_image(rng, 50, 50)
+    path = write(tmp_path / "a.png", bgr)
+    ds = preload.load([path], size=20, color="bgr", interpolation=name.upper(), progress=False)
+    flag = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST,
+            "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}[name]
+    assert np.array_equal(ds.images[0], cv2.resize(bgr, (20, 20), interpolation=flag))
+
+
+def test_fill_per_channel_in_color_order(tmp_path, rng):
+    path = write(tmp_path / "a.png", smooth_image(rng, 10, 40))
+    ds = preload.load([path], size=20, resize="fit", fill=(10, 20, 30), layout="NCHW", progress=False)
+    assert ds.images[0, :, 0, 0].tolist() == [10, 20, 30]  # top margin
+    assert ds.images[0, :, 19, 19].tolist() == [10, 20, 30]  # bottom margin
+
+
+# ------------------------------------------------------------------ channel kinds
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_gray_source_becomes_three_equal_channels(tmp_path, rng, layout):
+    gray = smooth_image(rng, 24, 24, channels=1)
+    path = write(tmp_path / "g.png", gray)
+    ds = preload.load([path], layout=layout, progress=False)
+    image = ds.images[0] if layout == "NCHW" else ds.images[0].transpose(2, 0, 1)
+    assert image.shape == (3, 24, 24)
+    for plane in image:
+        assert np.array_equal(plane, gray)
+
+
+def test_alpha_is_dropped(tmp_path, rng):
+    bgr = smooth_image(rng, 12, 12)
+    bgra = np.dstack([bgr, rng.integers(0, 256, (12, 12), dtype=np.uint8)])
+    path = write(tmp_path / "a.png", bgra)
+    ds = preload.load([path], color="bgr", progress=False)
+    assert np.array_equal(ds.images[0], bgr)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_is_shifted_not_rounded(tmp_path, rng, channels):
+    shape = (8, 8) if channels == 1 else (8, 8, 3)
+    deep = rng.integers(0, 65536, shape, dtype=np.uint16)
+    deep.flat[:4] = [200, 384, 65535, 127]  # rounding would give 1, 2, 255, 0
+    path = write(tmp_path / "deep.png", deep)
+    ds = preload.load([path], color="bgr", progress=False)
+    expected = (deep >> 8).astype(np.uint8)
+    if channels == 1:
+        expected = np.repeat(expected[:, :, None], 3, axis=2)
+    assert np.array_equal(ds.images[0], expected)
+    first = ds.images[0].reshape(-1)[: 4 * (3 if channels == 1 else 1) : (3 if channels == 1 else 1)]
+    assert first.tolist() == [0, 1, 255, 0]
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff"])
+def test_every_extension_loads(tmp_path, rng, ext):
+    bgr = smooth_image(rng, 32, 48)
+    params = [cv2.IMWRITE_WEBP_QUALITY, 101] if ext == ".webp" else []  # 101 = lossless
+    path = write(tmp_path / f"a{ext}", bgr, *params)
+    ds = preload.load([path], color="bgr", progress=False)
+    expected = cv2.imread(path) if ext == ".jpg" else bgr  # JPEG is lossy: compare with OpenCV's decode
+    assert ds.images.shape == (1, 32, 48, 3)
+    assert np.array_equal(ds.images[0], expected)
+
+
+# --------------------------------------------------------------------------- EXIF
+
+
+@pytest.mark.parametrize("orientation, turn", [(6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1)),
+                                               (3, lambda a: np.rot90(a, 2)), (2, lambda a: a[:, ::-1])])
+def test_exif_orientation_applied_by_default_and_switchable(tmp_path, rng, orientation, turn):
+    bgr = smooth_image(rng, 32, 48)
+    raw = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(with_exif_orientation(raw, orientation))
+    stored = cv2.imread(str(path), cv2.IMREAD_IGNORE_ORIENTATION | cv2.IMREAD_COLOR)
+
+    upright = preload.load([str(path)], color="bgr", progress=False)
+    assert np.array_equal(upright.images[0], np.ascontiguousarray(turn(stored)))
+    as_stored = preload.load([str(path)], color="bgr", exif=False, progress=False)
+    assert np.array_equal(as_stored.images[0], stored)
+
+
+# ---------------------------------------------------------------- reduced decode
+
+
+@pytest.mark.parametrize(
+    "source, size, mode, factor",
+    [((375, 500), (224, 224), "stretch", 1), ((1000, 1000), (256, 256), "stretch", 2),
+     ((1200, 1600), (256, 256), "cover", 4), ((1200, 1600), (256, 256), "stretch", 4),
+     ((4000, 3000), (256, 256), "fit", 4), ((4000, 3000), (256, 256), "shorter", 4),
+     ((5000, 4000), (256, 256), "shorter", 8), ((1600, 1600), (100, 100), "stretch", 8),
+     ((2048, 2048), (257, 256), "stretch", 4), ((4096, 4096), (256, 256), "stretch", 8),
+     ((2048, 2048), (256, 256), "stretch", 4), ((4000, 3000), (256, 256), "cover", 4)],
+)
+def test_reduction_keeps_both_sides_at_least_the_target_and_twice_for_an_eighth(source, size, mode, factor):
+    assert reduction_for(*source, size, mode) == factor
+
+
+def test_reduced_decode_is_used_for_big_jpegs(tmp_path, rng, monkeypatch):
+    path = write(tmp_path / "big.jpg", smooth_image(rng, 800, 800))
+    seen = []
+    real = cv2.imdecode
+
+    def spy(buffer, flags):
+        seen.append(flags)
+        return real(buffer, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", spy)
+    preload.load([path], size=100, progress=False, workers=1)
+    preload.load([path], size=100, progress=False, workers=1, reduce=False)
+    reduced_bits = 0x70  # IMREAD_REDUCED_*_2/4/8
+    assert seen[0] & reduced_bits == cv2.IMREAD_REDUCED_GRAYSCALE_4  # 800 -> 200 >= 100
+    assert seen[1] & reduced_bits == 0
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    data = pytest.importorskip("skimage.data")
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina"):
+        image = getattr(data, name)()[:, :, ::-1]
+        big = cv2.resize(np.ascontiguousarray(image), None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+        paths.append(write(folder / f"{name}.jpg", big, cv2.IMWRITE_JPEG_QUALITY, 92))
+    return paths
+
+
+@pytest.mark.parametrize("size", [96, 160, 224])
+@pytest.mark.parametrize("mode", ["stretch", "shorter"])
+def test_reduced_decode_stays_within_35_db_of_the_full_decode(photo_dir, size, mode):
+    reduced = preload.load(photo_dir, size=size, resize=mode, progress=False)
+    full = preload.load(photo_dir, size=size, resize=mode, reduce=False, progress=False)
+    for i, path in enumerate(photo_dir):
+        assert psnr(reduced.images[i], full.images[i]) >= 35, path
+
+
+def test_options_reject_bad_values():
+    with pytest.raises(preload.OptionError, match=r"layout='CHW'.*'NHWC', 'NCHW'"):
+        DecodeOptions.create(layout="CHW")
+    with pytest.raises(preload.OptionError, match=r"color='hsv'.*'rgb', 'bgr', 'gray'"):
+        DecodeOptions.create(color="hsv")
+    with pytest.raises(preload.OptionError, match=r"resize='crop'.*'stretch', 'fit', 'cover', 'shorter'"):
+        DecodeOptions.create(resize="crop")
+    with pytest.raises(preload.OptionError, match=r"interpolation='bilinear'.*'area'"):
+        DecodeOptions.create(interpolation="bilinear")
+    for bad in (0, -3, (10,), (10, 0), 2.5, "256", True):
+        with pytest.raises(preload.OptionError, match=r"size="):
+            DecodeOptions.create(size=bad)
+    with pytest.raises(preload.OptionError, match=r"fill=\(1, 2\).*3 such values"):
+        DecodeOptions.create(fill=(1, 2))
+    with pytest.raises(preload.OptionError, match=r"fill=300"):
+        DecodeOptions.create(fill=300)
+    with pytest.raises(preload.OptionError, match=r"max_pixels=0"):
+        DecodeOptions.create(max_pixels=0)
+
+
+def test_size_forms():
+    assert DecodeOptions.create(size=7).size == (7, 7)
+    assert DecodeOptions.create(size=(3, 5)).size == (3, 5)
+    assert DecodeOptions.create(size=[3, 5], layout="nchw").slot_shape() == (3, 3, 5)
+    assert DecodeOptions.create(size=(3, 5), color="GRAY").slot_shape() == (3, 5, 1)
