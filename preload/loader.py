@@ -207,9 +207,9 @@ def fill_slots(
     chunk = int(min(64, max(1, len(todo) // (workers * 8))))
     chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
     stop = threading.Event()
+    failures: list[Failure] = []  # appended from every thread (list.append is atomic)
 
-    def run(rows: np.ndarray) -> tuple[int, list[Failure]]:
-        failures = []
+    def run(rows: np.ndarray) -> int:
         for i in rows:
             if stop.is_set():
                 break
@@ -224,24 +224,21 @@ def fill_slots(
                     stop.set()
                     break
                 array[i] = 0
-        return len(rows), failures
+        return len(rows)
 
-    failures: list[Failure] = []
     if workers == 1:
         for rows in chunks:
-            done, found = run(rows)
-            failures.extend(found)
-            advance(done)
+            advance(run(rows))
             if stop.is_set():
                 break
     else:
+        # Leaving the with-block waits for running chunks, so every failure
+        # they hit is in ``failures`` before it is read below.
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preload") as pool:
             futures = [pool.submit(run, rows) for rows in chunks]
             try:
                 for future in as_completed(futures):
-                    done, found = future.result()
-                    failures.extend(found)
-                    advance(done)
+                    advance(future.result())
                     if stop.is_set():
                         break
             finally:  # also on Ctrl-C: queued chunks are dropped, running ones stop early
