@@ -239,7 +239,13 @@ def reduction_for(height: int, width: int, size: tuple[int, int], mode: str) -> 
     return 1
 
 
-_REDUCED_FLAG = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+# The GRAYSCALE variants carry only the scale bits, so they combine with COLOR_RGB.
+_REDUCED_FLAG = {
+    1: 0,
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
 _COLOR_FLAG = {"rgb": cv2.IMREAD_COLOR_RGB, "bgr": cv2.IMREAD_COLOR_BGR, "gray": cv2.IMREAD_GRAYSCALE}
 _CONVERT = {
     ("gray", "rgb"): cv2.COLOR_GRAY2RGB,
@@ -443,7 +449,7 @@ def _split_into(image: np.ndarray, planes: list[np.ndarray]) -> None:
         _into(planes[0], image)
         return
     result = cv2.split(image, planes)
-    for plane, part in zip(planes, result):
+    for plane, part in zip(planes, result, strict=True):
         _into(plane, part)
 
 

@@ -165,7 +165,9 @@ def load(
         try:
             bar = tqdm(total=len(files), desc="loading", unit="img", file=console, disable=not show)
             with bar:
-                errors = fill_slots(decoder, files.paths, target.array, policy=policy, workers=threads, advance=bar.update)
+                errors = fill_slots(
+                    decoder, files.paths, target.array, policy=policy, workers=threads, advance=bar.update
+                )
             errors = [Failure(int(origin[f.index]), f.path, f.reason, f.detail) for f in errors]
             keep = np.arange(len(files))
             if policy == "skip" and errors:

@@ -119,7 +119,8 @@ def test_ram_check_refuses_before_decoding(folder, monkeypatch):
     monkeypatch.setattr(target.psutil, "virtual_memory", lambda: SimpleNamespace(available=1000))
     monkeypatch.setattr(decode.Decoder, "decode_into", lambda *a: pytest.fail("decoded before the check"))
     needed = 10 * 16 * 16 * 3
-    with pytest.raises(preload.InsufficientMemoryError, match=rf"needs 0.00 GB \({needed:,} bytes\).*1,000 bytes\).*out="):
+    words = rf"needs 0.00 GB \({needed:,} bytes\).*1,000 bytes\).*out="
+    with pytest.raises(preload.InsufficientMemoryError, match=words):
         preload.load(folder, size=16)
 
 
