@@ -1,7 +1,8 @@
 """Command line front end: ``preload demo`` and ``preload load``.
 
 Exit codes: 0 success, 1 the work failed (a file, the memory check, ...),
-2 a usage error. User mistakes print one line on stderr, never a traceback.
+2 a usage error (a bad option value, also when the library is the one that
+rejects it). User mistakes print one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 import time
 
 from . import __version__
-from .errors import PreloadError
+from .errors import OptionError, PreloadError, TargetError
 from .loader import load
 from .memory import PeakSampler
 
@@ -34,6 +35,16 @@ def _size(text: str):
     if len(values) == 2:
         return tuple(values)
     raise argparse.ArgumentTypeError(f"size {text!r} is not N or HxW (e.g. 256 or 224x320)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not accepted; give a positive number")
+    return value
 
 
 def _add_decode_options(parser: argparse.ArgumentParser, default_size) -> None:
@@ -57,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="make sample photos and load them; print shape, time, peak memory")
-    demo.add_argument("--count", type=int, default=400, help="sample images to make (default: %(default)s)")
+    demo.add_argument("--count", type=_positive, default=400, help="sample images to make (default: %(default)s)")
     demo.add_argument("--dir", default=None, help="where to write the samples (default: a temporary folder)")
     _add_decode_options(demo, 256)
 
@@ -121,6 +132,9 @@ def main(argv=None) -> int:
             if args.out:
                 print(f"wrote    {os.path.abspath(args.out)}")
         _report(ds, sampler)
+    except (OptionError, TargetError) as exc:
+        print(f"preload: error: {exc}", file=sys.stderr)
+        return 2
     except PreloadError as exc:
         print(f"preload: error: {exc}", file=sys.stderr)
         return 1

@@ -8,15 +8,18 @@ Accepted sources and their order
 * **A folder of class sub-folders** (``root/cat/*.jpg``, ``root/dog/*.jpg``):
   classes are the sub-folder names sorted as Python sorts strings; label ``k``
   means ``classes[k]``. Images are found recursively inside each class folder
-  and ordered class by class, then by their path relative to the class folder
-  compared component by component. A class folder with no images keeps its
-  index, so labels stay stable across splits that lack a class.
+  and ordered class by class; inside a folder its own files come first, sorted
+  by name, then each sub-folder (sorted by name) in turn, depth first. A class
+  folder with no images keeps its index, so labels stay stable across splits
+  that lack a class.
 * **A flat folder** (no sub-folders): its images sorted by name; no labels.
-* **A list of paths**, in the given order, with optional ``labels`` (integers,
-  kept as they are, or strings, mapped to sorted class indices).
+* **A list of paths**, in the given order, with optional ``labels`` (Python or
+  NumPy integers, kept as they are, or strings -- class names, even when they
+  look like numbers -- mapped to sorted class indices).
 * **A CSV file** with a header row: a ``path`` column (relative paths are taken
-  from the CSV's folder) and an optional ``label`` column (integers kept,
-  strings mapped to sorted class indices); rows in file order.
+  from the CSV's folder) and an optional ``label`` column (a column of
+  integers is kept as integers, anything else mapped to sorted class indices);
+  rows in file order.
 * A ready :class:`Manifest`.
 
 Files and folders whose name starts with ``.`` are skipped, and only the
@@ -117,7 +120,7 @@ class Manifest:
             raise SourceError("the list of paths is empty")
         if labels is None:
             return cls(texts)
-        label_array, classes = _encode_labels(list(labels), "labels")
+        label_array, classes = _encode_labels(list(labels), "labels", numeric_text=False)
         return cls(texts, label_array, classes)
 
     @classmethod
@@ -136,14 +139,17 @@ class Manifest:
         csv_text = os.fspath(csv_path)
         try:
             with open(csv_text, newline="", encoding="utf-8-sig") as handle:
-                rows = list(csv.reader(handle))
+                reader = csv.reader(handle)
+                # reader.line_num is the physical line a row ends on, which is
+                # what a user sees in an editor even with quoted newlines.
+                rows = [(reader.line_num, row) for row in reader]
         except OSError as exc:
             message = f"cannot read CSV '{csv_text}': {exc.strerror or exc}"
             raise SourceError(message) from exc
         if not rows:
             message = f"CSV '{csv_text}' is empty; it needs a header row with a '{path_column}' column"
             raise SourceError(message)
-        header = [name.strip() for name in rows[0]]
+        header = [name.strip() for name in rows[0][1]]
         if path_column not in header:
             message = f"CSV '{csv_text}' has no '{path_column}' column (columns: {', '.join(header)})"
             raise SourceError(message)
@@ -151,7 +157,7 @@ class Manifest:
         label_at = header.index(label_column) if label_column in header else None
         base = os.path.dirname(csv_text)
         paths, raw_labels = [], []
-        for line, row in enumerate(rows[1:], start=2):
+        for line, row in rows[1:]:
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
@@ -169,7 +175,8 @@ class Manifest:
             raise SourceError(message)
         if label_at is None:
             return cls(paths)
-        label_array, classes = _encode_labels(raw_labels, f"CSV '{csv_text}' column '{label_column}'")
+        what = f"CSV '{csv_text}' column '{label_column}'"
+        label_array, classes = _encode_labels(raw_labels, what, numeric_text=True)
         return cls(paths, label_array, classes)
 
 
@@ -190,7 +197,7 @@ def manifest(source, *, labels=None) -> Manifest:
             message = f"labels= is only for a list of paths; '{os.fspath(source)}' supplies its own"
             raise SourceError(message)
         text = os.fspath(source)
-        if text.lower().endswith(".csv") and os.path.isfile(text):
+        if text.lower().endswith(".csv") and not os.path.isdir(text):
             return Manifest.from_csv(text)
         return Manifest.from_folder(text)
     if isinstance(source, Sequence) or isinstance(source, np.ndarray):
@@ -235,9 +242,13 @@ def _walk(folder: str) -> list[str]:
     return found
 
 
-def _encode_labels(values: list, what: str) -> tuple[np.ndarray, list[str] | None]:
-    """Integers stay integers (no classes); strings become indices into sorted classes."""
-    if all(_is_int(v) for v in values):
+def _encode_labels(values: list, what: str, *, numeric_text: bool) -> tuple[np.ndarray, list[str] | None]:
+    """Integers stay integers (no classes); strings become indices into sorted classes.
+
+    ``numeric_text``: text that spells an integer counts as one (CSV cells are
+    always text); in a Python list a string is a class name, whatever it spells.
+    """
+    if all(_is_int(v, numeric_text) for v in values):
         return np.asarray([int(v) for v in values], dtype=np.int64), None
     if all(isinstance(v, str) for v in values):
         if any(v == "" for v in values):
@@ -247,16 +258,16 @@ def _encode_labels(values: list, what: str) -> tuple[np.ndarray, list[str] | Non
         index = {name: k for k, name in enumerate(classes)}
         return np.asarray([index[v] for v in values], dtype=np.int64), classes
     kinds = sorted({type(v).__name__ for v in values})
-    message = f"{what} mixes label types ({', '.join(kinds)}); use all integers or all strings"
+    message = f"{what} must be all integers or all strings; got {', '.join(kinds)}"
     raise SourceError(message)
 
 
-def _is_int(value) -> bool:
+def _is_int(value, numeric_text: bool) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return False
     if isinstance(value, (int, np.integer)):
         return True
-    if isinstance(value, str):
+    if numeric_text and isinstance(value, str):
         return re.fullmatch(r"[+-]?\d+", value.strip()) is not None
     return False
 
