@@ -5,9 +5,14 @@
 <function load at ...>
 """
 
+__version__ = "0.1.0"  # first: submodules import it
+
+from .cache import build_cache, cache_info, open_cache, verify_cache
 from .dataset import Dataset
 from .decode import DecodeOptions
 from .errors import (
+    CacheError,
+    CacheLockedError,
     Failure,
     ImageDecodeError,
     InsufficientDiskError,
@@ -17,15 +22,16 @@ from .errors import (
     Reason,
     SizeMismatchError,
     SourceError,
+    StaleCacheError,
     TargetError,
 )
 from .loader import load
 from .sources import IMAGE_EXTENSIONS, Manifest
 
-__version__ = "0.1.0"
-
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "CacheError",
+    "CacheLockedError",
     "Dataset",
     "DecodeOptions",
     "Failure",
@@ -38,7 +44,12 @@ __all__ = [
     "Reason",
     "SizeMismatchError",
     "SourceError",
+    "StaleCacheError",
     "TargetError",
     "__version__",
+    "build_cache",
+    "cache_info",
     "load",
+    "open_cache",
+    "verify_cache",
 ]

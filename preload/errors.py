@@ -40,6 +40,28 @@ class InsufficientDiskError(PreloadError, OSError):
     """The ``.npy`` target would not fit on its file system."""
 
 
+class CacheError(PreloadError):
+    """A cache is missing, unfinished, damaged, or was built with other options."""
+
+
+class StaleCacheError(CacheError):
+    """The source files changed since the cache was built.
+
+    ``added``, ``removed`` and ``changed`` list the paths (all of them; the
+    message shows a few).
+    """
+
+    def __init__(self, message: str, added=(), removed=(), changed=()):
+        super().__init__(message)
+        self.added = list(added)
+        self.removed = list(removed)
+        self.changed = list(changed)
+
+
+class CacheLockedError(CacheError):
+    """Another process is building the same cache."""
+
+
 class Reason(str, enum.Enum):
     """Why one file could not be loaded (``Failure.reason``)."""
 

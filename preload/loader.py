@@ -145,19 +145,19 @@ def load(
         reduce=reduce,
         max_pixels=max_pixels,
     )
-    policy = _policy(on_error)
-    threads = _workers(workers)
+    policy = check_policy(on_error)
+    threads = resolve_workers(workers)
     files = manifest(source, labels=labels)
     total = len(files)
     decoder = Decoder(options)
     show = sys.stderr.isatty() if progress is None else bool(progress)
 
-    with _quiet_opencv() as console:
+    with quiet_opencv() as console:
         failed: list[Failure] = []
         origin = np.arange(len(files))  # manifest index of each row, for Failure.index
         slot_size = options.size
         if slot_size is None:
-            slot_size, keep, failed = _common_size(files, options, policy, threads)
+            slot_size, keep, failed = common_size(files, options, policy, threads)
             if len(keep) != len(files):
                 files, origin = files.select(keep), origin[keep]
         shape = (len(files),) + options.slot_shape(slot_size)
@@ -166,7 +166,8 @@ def load(
             bar = tqdm(total=len(files), desc="loading", unit="img", file=console, disable=not show)
             with bar:
                 errors = fill_slots(
-                    decoder, files.paths, target.array, policy=policy, workers=threads, advance=bar.update
+                    decoder, files.paths, target.array, policy=policy, workers=threads,
+                    on_done=lambda rows, found: bar.update(len(rows)),
                 )
             errors = [Failure(int(origin[f.index]), f.path, f.reason, f.detail) for f in errors]
             keep = np.arange(len(files))
@@ -192,7 +193,7 @@ def fill_slots(
     *,
     policy: str = "raise",
     workers: int = 1,
-    advance: Callable[[int], object] = lambda n: None,
+    on_done: Callable[[np.ndarray, list[Failure]], object] | None = None,
     indices: np.ndarray | None = None,
 ) -> list[Failure]:
     """Decode ``paths[i]`` into ``array[i]`` for every ``i`` in ``indices`` (default: all).
@@ -201,7 +202,13 @@ def fill_slots(
     thousand tasks, not a million futures. Under ``policy="raise"`` the first
     failure (lowest index among those seen) is raised once running chunks
     stop; otherwise failed slots are zeroed and the failures returned with
-    their indices. ``advance(k)`` is called as chunks finish (progress bars).
+    their indices.
+
+    ``on_done(rows, failures)`` is called in the calling thread, one chunk at a
+    time, with the indices whose slots are final (written, or zeroed after a
+    failure) and the failures among them; progress bars and the cache's journal
+    hang off it. Under ``policy="raise"`` a chunk that hit the failure reports
+    only the rows before it.
     """
     todo = np.arange(len(paths)) if indices is None else np.asarray(indices)
     if len(todo) == 0:
@@ -211,26 +218,30 @@ def fill_slots(
     stop = threading.Event()
     failures: list[Failure] = []  # appended from every thread (list.append is atomic)
 
-    def run(rows: np.ndarray) -> int:
-        for i in rows:
+    def run(rows: np.ndarray) -> tuple[np.ndarray, list[Failure]]:
+        found = []
+        for k, i in enumerate(rows):
             if stop.is_set():
-                break
+                return rows[:k], found
             try:
                 try:
                     decoder.decode_into(paths[i], array[i])
                 except cv2.error as exc:  # resize or color conversion refused the data
                     raise ImageDecodeError(paths[i], Reason.CORRUPT, f"OpenCV failed: {exc}") from None
             except ImageDecodeError as exc:
-                failures.append(Failure(int(i), exc.path, exc.reason, exc.detail))
+                failure = Failure(int(i), exc.path, exc.reason, exc.detail)
+                failures.append(failure)
                 if policy == "raise":
                     stop.set()
-                    break
+                    return rows[:k], found
+                found.append(failure)
                 array[i] = 0
-        return len(rows)
+        return rows, found
 
+    report = on_done or (lambda rows, found: None)
     if workers == 1:
         for rows in chunks:
-            advance(run(rows))
+            report(*run(rows))
             if stop.is_set():
                 break
     else:
@@ -240,7 +251,7 @@ def fill_slots(
             futures = [pool.submit(run, rows) for rows in chunks]
             try:
                 for future in as_completed(futures):
-                    advance(future.result())
+                    report(*future.result())
                     if stop.is_set():
                         break
             finally:  # also on Ctrl-C: queued chunks are dropped, running ones stop early
@@ -253,7 +264,7 @@ def fill_slots(
     return sorted(failures, key=lambda f: f.index)
 
 
-def _common_size(
+def common_size(
     files: Manifest, options: DecodeOptions, policy: str, workers: int
 ) -> tuple[tuple[int, int], np.ndarray, list[Failure]]:
     """For ``size=None``: the one (height, width) of all images, from their headers.
@@ -307,14 +318,14 @@ def _compact(array: np.ndarray, keep: np.ndarray) -> None:
             array[write] = array[read]
 
 
-def _policy(on_error: str) -> str:
+def check_policy(on_error: str) -> str:
     if on_error in ON_ERROR:
         return on_error
     message = f"on_error={on_error!r} is not accepted; use one of {', '.join(map(repr, ON_ERROR))}"
     raise OptionError(message)
 
 
-def _workers(workers: int | None) -> int:
+def resolve_workers(workers: int | None) -> int:
     if workers is None:
         return cpu_count()
     if isinstance(workers, (int, np.integer)) and not isinstance(workers, bool) and workers >= 1:
@@ -329,7 +340,7 @@ _quiet_console = None
 
 
 @contextmanager
-def _quiet_opencv() -> Iterator:
+def quiet_opencv() -> Iterator:
     """While loading: OpenCV single-threaded and silent; yields the stream for progress bars.
 
     Our threads are the parallelism; OpenCV's own pool on top would

@@ -19,6 +19,7 @@ target's file system (``.npy`` target).
 from __future__ import annotations
 
 import ast
+import errno
 import os
 from dataclasses import dataclass
 
@@ -119,17 +120,42 @@ def allocate(out, shape: tuple[int, ...], *, check_space: bool = True) -> Target
                 message = f"out='{path}' needs {_gb(nbytes)} but its file system has {_gb(free)} free"
                 raise InsufficientDiskError(message)
         temp = path + PARTIAL_SUFFIX
-        try:
-            array = npy_format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
-        except OSError as exc:
-            message = f"cannot create '{temp}': {exc.strerror or exc}"
-            raise TargetError(message) from exc
-        return Target(array, "npy", path, temp)
+        return Target(create_npy(temp, shape), "npy", path, temp)
     message = (
         f"out= of type {type(out).__name__} is not accepted; use None (RAM), "
         "a NumPy array or memmap, or a path ending in .npy"
     )
     raise TargetError(message)
+
+
+def create_npy(path: str, shape: tuple[int, ...]) -> np.memmap:
+    """Create a uint8 ``.npy`` of ``shape`` at ``path``, its blocks reserved on disk.
+
+    A memory-mapped write into a sparse file on a full disk is a SIGBUS that
+    kills the process; reserving every block up front turns "disk full" into
+    an ``OSError`` here, before any decoding.
+
+    Raises
+    ------
+    InsufficientDiskError
+        The file system cannot hold the file.
+    TargetError
+        The file cannot be created for another reason.
+    """
+    try:
+        array = npy_format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        if hasattr(os, "posix_fallocate") and array.nbytes:
+            with open(path, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    except OSError as exc:
+        if os.path.exists(path):
+            os.remove(path)
+        if exc.errno == errno.ENOSPC:
+            message = f"no space left for '{path}' ({_gb(int(np.prod(shape, dtype=np.int64)))})"
+            raise InsufficientDiskError(message) from exc
+        message = f"cannot create '{path}': {exc.strerror or exc}"
+        raise TargetError(message) from exc
+    return array
 
 
 def _check_array(out: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -147,16 +173,21 @@ def _check_array(out: np.ndarray, shape: tuple[int, ...]) -> None:
         raise TargetError(message)
 
 
+def read_npy_header(handle) -> tuple[tuple[int, ...], np.dtype, int, tuple[int, int]]:
+    """(shape, dtype, data offset, version) of the ``.npy`` open in ``handle`` (binary, at 0)."""
+    version = npy_format.read_magic(handle)
+    read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    shape, _, dtype = read_header(handle)
+    return tuple(shape), dtype, handle.tell(), version
+
+
 def _shrink_npy(path: str, rows: int) -> None:
     """Rewrite a ``.npy`` header for ``rows`` rows, keeping its length, and truncate the data."""
     with open(path, "r+b") as handle:
-        version = npy_format.read_magic(handle)
-        header_start = handle.tell()
-        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-        shape, fortran, dtype = read_header(handle)
-        data_start = handle.tell()
+        shape, dtype, data_start, version = read_npy_header(handle)
+        header_start = len(npy_format.MAGIC_PREFIX) + 2
         new_shape = (rows,) + tuple(shape[1:])
-        header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": fortran, "shape": new_shape}
+        header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": new_shape}
         text = repr(header)
         # The old header is padded with spaces to a 64-byte boundary; fewer digits
         # in the shape only add padding, so the data offset never moves.

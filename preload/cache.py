@@ -1,0 +1,877 @@
+"""On-disk caches: build once into a ``.npy``, reopen in milliseconds, survive kills.
+
+Format, version 1
+-----------------
+A cache named ``train.npy`` is these files in one folder:
+
+``train.npy``
+    The images: a plain NumPy ``.npy`` (uint8, C order, shape ``(N, H, W, C)``
+    or ``(N, C, H, W)``), so ``np.load("train.npy", mmap_mode="r")`` opens it
+    without preload.
+``train.npy.json``
+    The metadata, and the cache's *commit point*: it is written last, under a
+    temporary name, fsynced and renamed into place, so a cache is complete if
+    and only if this file exists. Fields: ``format`` (``"preload-cache"``),
+    ``version`` (1), ``shape``, ``dtype``, ``data_offset`` and ``data_bytes``
+    (where the pixels sit in ``train.npy``, to detect truncation),
+    ``options`` (size, layout, color, resize, interpolation, fill, exif,
+    reduce, max_pixels), ``source`` (``kind``: folder, csv or paths, and the
+    folder or CSV path), ``classes``, ``count`` (source files), ``failed``
+    (index, path, reason, detail of each file not loaded), ``versions``
+    (preload, numpy, opencv, python), ``created`` and ``build_seconds``.
+``train.npy.index.npz``
+    Per source file, uncompressed: ``paths`` (UTF-8 joined by NUL bytes),
+    ``labels`` (int64, or absent), ``file_size`` and ``mtime_ns`` (int64, from
+    ``os.stat`` just before the build decoded them) and ``rows`` (for each row
+    of the array, the index of its source file; absent when row i is file i).
+    It is kept apart from the JSON so opening a million-image cache does not
+    parse a million paths: they are decoded only when ``Dataset.paths`` is read.
+
+While a build runs (or after it was killed) these exist instead of the JSON:
+
+``train.npy.partial``
+    The array being filled (full ``.npy`` header, blocks reserved on disk).
+``train.npy.build.json`` / ``train.npy.build.npz``
+    The plan: options, shape, source, and the per-file index as above.
+``train.npy.journal``
+    Which rows are final: the 8 bytes ``PRELOADJ``, a little-endian uint32
+    version (1), uint32 reserved, uint64 N, the SHA-256 of the plan JSON, then
+    N bits (``np.packbits``, little bit order). A bit is set only after the
+    row's pixels have been flushed to disk (``msync``) and any failure for it
+    logged, so a set bit is always true, whenever the process dies.
+``train.npy.failed.jsonl``
+    One JSON line per file that failed under ``on_error="skip"``/``"zero"``.
+``train.npy.lock``
+    Held with ``flock`` by the one process building; it holds that process's
+    pid and host for the error message. The kernel releases it when the
+    holder dies, so a lock left by a killed build is simply taken over. The
+    (empty) file stays after a build.
+
+Running the same build again resumes: only rows whose bit is clear are
+decoded, and the result is byte-for-byte the array an uninterrupted build
+writes. A build with other options refuses to continue someone else's
+partial (``force=True`` starts over).
+
+Freshness
+---------
+:func:`open_cache` lists the source folder again (or rereads the CSV) and
+``stat``-s every source file: one ``stat`` per file, about 2-5 microseconds on
+a local disk, so 1M files cost a few seconds and 5,000 files a few
+milliseconds; on a network file system each ``stat`` is a round trip. Added,
+removed or changed files (size or mtime) raise :class:`StaleCacheError`;
+``check=False`` skips all of it. ``build_cache`` on a stale cache re-decodes
+only the changed files when the number of files is unchanged, and rebuilds
+otherwise.
+
+Memory while building, and what RSS means for a reader
+-----------------------------------------------------
+The builder decodes straight into the memory-mapped file; every second or so
+it flushes the written pages to disk and tells the kernel it no longer needs
+them in its address space (``madvise(MADV_DONTNEED)``), so neither its
+anonymous memory nor its resident file pages grow with N. A process *reading*
+a cache maps the file: pages it touches are counted in its RSS (as RssFile),
+but they are the kernel's page cache, shared with every other reader of the
+file and dropped under memory pressure, not memory the process allocated.
+A large RSS after an epoch over a memmap is the page cache, not a leak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import hashlib
+import json
+import mmap
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .dataset import Dataset
+from .decode import DEFAULT_MAX_PIXELS, DecodeOptions, Decoder
+from .errors import CacheError, CacheLockedError, Failure, Reason, StaleCacheError, TargetError
+from .loader import check_policy, common_size, fill_slots, quiet_opencv, resolve_workers
+from .sources import Manifest, manifest
+from .target import create_npy, read_npy_header
+
+FORMAT = "preload-cache"
+VERSION = 1
+JOURNAL_MAGIC = b"PRELOADJ"
+JOURNAL_HEADER = 8 + 4 + 4 + 8 + 32
+COMMIT_SECONDS = 1.0  # flush + journal at most this often ...
+COMMIT_ROWS = 2048  # ... or after this many rows, whichever comes first
+
+
+class CacheFiles:
+    """The names of every file that belongs to the cache at ``path``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.data = os.path.abspath(os.fspath(path))
+        if not self.data.lower().endswith(".npy"):
+            message = f"cache path '{os.fspath(path)}' is not accepted; it must end in .npy"
+            raise TargetError(message)
+        self.meta = self.data + ".json"
+        self.index = self.data + ".index.npz"
+        self.partial = self.data + ".partial"
+        self.compact = self.data + ".compact"
+        self.plan = self.data + ".build.json"
+        self.plan_index = self.data + ".build.npz"
+        self.journal = self.data + ".journal"
+        self.failures = self.data + ".failed.jsonl"
+        self.lock = self.data + ".lock"
+
+    def build_files(self) -> list[str]:
+        return [self.partial, self.compact, self.plan, self.plan_index, self.journal, self.failures]
+
+
+# ------------------------------------------------------------------ the file list
+
+
+@dataclass
+class Snapshot:
+    """The source files as the build saw them: manifest plus stat data."""
+
+    manifest: Manifest
+    file_size: np.ndarray  # int64, -1 for a file that could not be stat-ed
+    mtime_ns: np.ndarray
+
+    @classmethod
+    def take(cls, files: Manifest) -> Snapshot:
+        size = np.full(len(files), -1, np.int64)
+        mtime = np.full(len(files), -1, np.int64)
+        for i, path in enumerate(files.paths):
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            size[i], mtime[i] = info.st_size, info.st_mtime_ns
+        return cls(files, size, mtime)
+
+    def same_rows(self, other: Snapshot) -> np.ndarray:
+        """Boolean per row: same path, size and mtime in both (same length assumed)."""
+        same_path = np.fromiter(
+            (a == b for a, b in zip(self.manifest.paths, other.manifest.paths, strict=True)), bool, len(self.manifest)
+        )
+        return same_path & (self.file_size == other.file_size) & (self.mtime_ns == other.mtime_ns)
+
+    def save(self, path: str, rows: np.ndarray | None = None) -> None:
+        blob = "\0".join(self.manifest.paths).encode("utf-8", "surrogateescape")
+        arrays = {"paths": np.frombuffer(blob, np.uint8), "file_size": self.file_size, "mtime_ns": self.mtime_ns}
+        if self.manifest.labels is not None:
+            arrays["labels"] = self.manifest.labels
+        if rows is not None:
+            arrays["rows"] = np.asarray(rows, np.int64)
+        temp = path + ".tmp"
+        with open(temp, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+
+    @classmethod
+    def load(cls, path: str, classes: list[str] | None) -> tuple[Snapshot, np.ndarray | None]:
+        with np.load(path) as data:
+            blob = data["paths"].tobytes().decode("utf-8", "surrogateescape")
+            labels = data["labels"] if "labels" in data.files else None
+            rows = data["rows"] if "rows" in data.files else None
+            snapshot = cls(Manifest(blob.split("\0"), labels, classes), data["file_size"], data["mtime_ns"])
+        return snapshot, rows
+
+
+class LazyPaths(Sequence):
+    """The paths of a cache, decoded from its index only when first read."""
+
+    def __init__(self, index_path: str, rows: np.ndarray | None, count: int):
+        self._index_path = index_path
+        self._rows = rows
+        self._count = count
+        self._paths: list[str] | None = None
+
+    def _load(self) -> list[str]:
+        if self._paths is None:
+            snapshot, _ = Snapshot.load(self._index_path, None)
+            paths = snapshot.manifest.paths
+            self._paths = paths if self._rows is None else [paths[i] for i in self._rows]
+        return self._paths
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        return self._load()[index]
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"<{self._count} paths from '{self._index_path}'>"
+
+
+def _source_record(source) -> tuple[object, dict]:
+    """Absolute-path version of ``source`` (so the cache works from any folder) and its record."""
+    if isinstance(source, (str, os.PathLike)):
+        text = os.path.abspath(os.fspath(source))
+        kind = "csv" if text.lower().endswith(".csv") and not os.path.isdir(text) else "folder"
+        return text, {"kind": kind, "path": text}
+    if isinstance(source, Manifest):
+        paths = [os.path.abspath(p) for p in source.paths]
+        return Manifest(paths, source.labels, source.classes), {"kind": "paths", "path": None}
+    if isinstance(source, (Sequence, np.ndarray)) and not isinstance(source, (str, bytes)):
+        return [os.path.abspath(os.fspath(p)) for p in source], {"kind": "paths", "path": None}
+    return source, {"kind": "paths", "path": None}  # let manifest() raise its SourceError
+
+
+# --------------------------------------------------------------------- the journal
+
+
+class Journal:
+    """The done-bitmap of a build, written only after the rows it covers are on disk."""
+
+    def __init__(self, path: str, count: int, plan_hash: bytes, done: np.ndarray):
+        self.path = path
+        self.count = count
+        self.plan_hash = plan_hash
+        self.done = done
+        self.pending: list[np.ndarray] = []
+        self.pending_failures: list[Failure] = []
+        self.last_commit = time.monotonic()
+
+    @classmethod
+    def create(cls, path: str, count: int, plan_hash: bytes, done: np.ndarray | None = None) -> Journal:
+        journal = cls(path, count, plan_hash, np.zeros(count, bool) if done is None else done.copy())
+        temp = path + ".tmp"
+        with open(temp, "wb") as handle:
+            handle.write(journal._header() + journal._bits())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        return journal
+
+    @classmethod
+    def open(cls, path: str, count: int, plan_hash: bytes) -> Journal | None:
+        """The journal at ``path`` if it belongs to this plan, else None."""
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except OSError:
+            return None
+        header = JOURNAL_MAGIC + np.array([VERSION, 0], "<u4").tobytes() + np.array([count], "<u8").tobytes()
+        if len(raw) != JOURNAL_HEADER + (count + 7) // 8 or raw[:24] != header or raw[24:56] != plan_hash:
+            return None
+        bits = np.frombuffer(raw, np.uint8, offset=JOURNAL_HEADER)
+        done = np.unpackbits(bits, count=count, bitorder="little").astype(bool)
+        return cls(path, count, plan_hash, done)
+
+    def _header(self) -> bytes:
+        numbers = np.array([VERSION, 0], "<u4").tobytes() + np.array([self.count], "<u8").tobytes()
+        return JOURNAL_MAGIC + numbers + self.plan_hash
+
+    def _bits(self) -> bytes:
+        return np.packbits(self.done, bitorder="little").tobytes()
+
+    def add(self, rows: np.ndarray, failures: list[Failure]) -> None:
+        self.pending.append(np.asarray(rows))
+        self.pending_failures.extend(failures)
+
+    def due(self) -> bool:
+        waiting = sum(len(rows) for rows in self.pending)
+        return waiting >= COMMIT_ROWS or (waiting > 0 and time.monotonic() - self.last_commit >= COMMIT_SECONDS)
+
+    def commit(self, array: np.memmap, failure_log: str) -> None:
+        """Data to disk, then failures, then the bits: a set bit never precedes its pixels."""
+        if not self.pending:
+            return
+        array.flush()  # msync: the rows' pixels are on disk before any bit says so
+        if self.pending_failures:
+            with open(failure_log, "a", encoding="utf-8") as handle:
+                for failure in self.pending_failures:
+                    handle.write(_failure_line(failure))
+                handle.flush()
+                os.fsync(handle.fileno())
+        for rows in self.pending:
+            self.done[rows] = True
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, self._bits(), JOURNAL_HEADER)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.pending, self.pending_failures = [], []
+        self.last_commit = time.monotonic()
+        _drop_pages(array)
+
+
+def _drop_pages(array: np.memmap) -> None:
+    """Let go of flushed pages so the builder's RSS does not grow with the cache."""
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            handle.madvise(mmap.MADV_DONTNEED)
+
+
+def _read_failures(path: str) -> list[Failure]:
+    failures = []
+    with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a kill: its bits were never set, it will be redone
+                continue
+            failures.append(Failure(int(record["index"]), record["path"], Reason(record["reason"]), record["detail"]))
+    return failures
+
+
+# ------------------------------------------------------------------------ the lock
+
+
+class BuildLock:
+    """An exclusive ``flock`` on ``<cache>.lock``; released by the kernel if we die."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self) -> BuildLock:
+        import fcntl  # POSIX only; imported here so that reading caches works everywhere
+
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole build
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            message = f"'{self.path}' is held by {holder}: another build of this cache is running"
+            raise CacheLockedError(message) from None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {started})")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # The file stays: removing it would let a process that opened it just
+        # before, and a process that creates it anew, both hold "the" lock.
+        with contextlib.suppress(OSError):
+            self.handle.seek(0)
+            self.handle.truncate()
+        self.handle.close()  # closing releases the flock
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _options_record(options: DecodeOptions) -> dict:
+    record = asdict(options)
+    record["size"] = list(record["size"]) if record["size"] else None
+    record["fill"] = list(record["fill"])
+    return record
+
+
+def _options_from_record(record: dict) -> DecodeOptions:
+    size = tuple(record["size"]) if record["size"] else None
+    return DecodeOptions(**{**record, "size": size, "fill": tuple(record["fill"])})
+
+
+def _describe_difference(old: dict, new: dict) -> str:
+    parts = [f"{key} {old.get(key)!r} (cache) vs {new.get(key)!r} (now)" for key in new if old.get(key) != new.get(key)]
+    return ", ".join(parts)
+
+
+def _write_json(path: str, record: dict) -> bytes:
+    text = json.dumps(record, indent=1, sort_keys=True).encode("utf-8")
+    temp = path + ".tmp"
+    with open(temp, "wb") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    return text
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        message = f"cannot read '{path}': {exc}"
+        raise CacheError(message) from exc
+
+
+def _fsync_folder(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(path), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _npy_rows(path: str) -> int | None:
+    """Row count from a ``.npy`` header, or None if it is not a readable ``.npy``."""
+    try:
+        with open(path, "rb") as handle:
+            return read_npy_header(handle)[0][0]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _versions() -> dict:
+    return {"preload": __version__, "numpy": np.__version__, "opencv": cv2.__version__,
+            "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_cache(
+    source,
+    path: str | os.PathLike,
+    *,
+    size=None,
+    layout: str = "NHWC",
+    color: str = "rgb",
+    resize: str = "stretch",
+    interpolation: str | None = None,
+    fill=0,
+    exif: bool = True,
+    reduce: bool = True,
+    labels=None,
+    workers: int | None = None,
+    progress: bool | None = None,
+    on_error: str = "raise",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    force: bool = False,
+) -> Dataset:
+    """Decode ``source`` into the on-disk cache ``path``, resuming an unfinished build.
+
+    Takes :func:`preload.load`'s source and decode options. Calling it again
+    with the same arguments is cheap: a complete, fresh cache is just opened;
+    an unfinished one is finished; a stale one has its changed files decoded
+    again (or is rebuilt when files were added or removed).
+
+    Parameters
+    ----------
+    force : bool
+        Throw away any cache or unfinished build at ``path`` and start over
+        (needed to change the options of an existing cache).
+
+    Returns
+    -------
+    Dataset
+        As :func:`open_cache` returns it (read-only memmap).
+
+    Raises
+    ------
+    CacheError
+        A cache or unfinished build with other options is at ``path`` (and
+        ``force`` is False), or writing failed (the partial build is kept and
+        can be resumed).
+    CacheLockedError
+        Another process is building the same cache.
+
+    Examples
+    --------
+    >>> import tempfile, os, cv2, numpy as np
+    >>> root = tempfile.mkdtemp()
+    >>> for k in range(3):
+    ...     _ = cv2.imwrite(os.path.join(root, f"{k}.png"), np.full((8, 8, 3), k, np.uint8))
+    >>> ds = build_cache(root, os.path.join(root, "cache.npy"), size=4, progress=False)
+    >>> open_cache(os.path.join(root, "cache.npy")).images[:, 0, 0, 0].tolist()
+    [0, 1, 2]
+    """
+    files = CacheFiles(path)
+    options = DecodeOptions.create(size=size, layout=layout, color=color, resize=resize, interpolation=interpolation,
+                                   fill=fill, exif=exif, reduce=reduce, max_pixels=max_pixels)
+    policy = check_policy(on_error)
+    threads = resolve_workers(workers)
+    source, source_record = _source_record(source)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    if not os.path.isdir(os.path.dirname(files.data)):
+        message = f"cannot build '{files.data}': the folder '{os.path.dirname(files.data)}' does not exist"
+        raise TargetError(message)
+
+    started = time.perf_counter()
+    with BuildLock(files.lock), quiet_opencv() as console:
+        sources = manifest(source, labels=labels)
+        slot_size = options.size
+        if slot_size is None:  # unreadable headers become failures of the fill below
+            slot_size, _, _ = common_size(sources, options, "raise" if policy == "raise" else "zero", threads)
+        snapshot = Snapshot.take(sources)
+        shape = (len(sources),) + options.slot_shape(slot_size)
+        plan = {"format": FORMAT + "-build", "version": VERSION, "shape": list(shape),
+                "options": _options_record(options), "source": source_record}
+        if force:
+            _remove(files.meta, files.index, files.data, *files.build_files())
+        array, journal = _prepare(files, plan, snapshot)
+        if array is None:  # complete and fresh: nothing to do
+            return open_cache(files.data, check=False)
+        todo = np.flatnonzero(~journal.done)
+        bar = tqdm(total=len(sources), initial=len(sources) - len(todo), desc="building", unit="img",
+                   file=console, disable=not show)
+
+        def on_done(rows: np.ndarray, found: list[Failure]) -> None:
+            journal.add(rows, found)
+            bar.update(len(rows))
+            if journal.due():
+                journal.commit(array, files.failures)
+
+        try:
+            with bar:
+                fill_slots(Decoder(options), sources.paths, array, policy="raise" if policy == "raise" else "zero",
+                           workers=threads, on_done=on_done, indices=todo)
+            journal.commit(array, files.failures)
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                journal.commit(array, files.failures)
+            message = (f"writing the cache '{files.data}' failed: {exc.strerror or exc}; the unfinished build is "
+                       "kept: fix the cause and run the same build again to resume")
+            raise CacheError(message) from exc
+        except BaseException:
+            # A failed file (on_error="raise"), Ctrl-C, ...: keep every finished row resumable.
+            with contextlib.suppress(Exception):
+                journal.commit(array, files.failures)
+            raise
+        failures = _read_failures(files.failures)
+        _finalize(files, plan, snapshot, failures, policy, time.perf_counter() - started)
+    return open_cache(files.data, check=False)
+
+
+def _prepare(files: CacheFiles, plan: dict, snapshot: Snapshot) -> tuple[np.memmap | None, Journal | None]:
+    """The partial array and its journal, ready to fill; (None, None) if a complete cache is fresh.
+
+    Decides between: nothing to do; refresh a stale cache in place (same
+    number of files: only changed rows are cleared); resume an unfinished
+    build (clearing rows whose file changed meanwhile); start from scratch.
+    """
+    count = plan["shape"][0]
+    meta = _read_json(files.meta)
+    if meta is not None:
+        if meta["options"] != plan["options"]:
+            why = _describe_difference(meta["options"], plan["options"])
+            message = f"'{files.data}' was built with other options ({why}); pass force=True (--force) to rebuild it"
+            raise CacheError(message)
+        _remove(*files.build_files())  # leftovers of a build killed after its commit point
+        old, rows = Snapshot.load(files.index, meta.get("classes"))
+        if len(old.manifest) == count and rows is None and meta["shape"] == plan["shape"]:
+            same = old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)
+            if same.all():
+                return None, None
+            # Stale, same number of files: keep unchanged rows, decode the rest.
+            journal = Journal.create(files.journal, count, _plan_hash(_start_plan(files, plan, snapshot)), same)
+            _write_failures(files.failures, [Failure(f["index"], f["path"], Reason(f["reason"]), f["detail"])
+                                             for f in meta["failed"] if same[f["index"]]])
+            _remove(files.meta, files.index)
+            os.replace(files.data, files.partial)
+            return np.load(files.partial, mmap_mode="r+"), journal
+        _remove(files.meta, files.index, files.data)  # files added or removed: rebuild
+
+    old_plan, old_text = _read_plan(files)
+    if old_plan is not None and (old_plan.get("options"), old_plan.get("shape")) != (plan["options"], plan["shape"]):
+        if old_plan.get("options") != plan["options"]:
+            why = _describe_difference(old_plan.get("options", {}), plan["options"])
+        else:
+            why = f"shape {old_plan.get('shape')} (unfinished build) vs {plan['shape']} (now)"
+        message = (f"an unfinished build of '{files.data}' with other settings is here ({why}); run it with its "
+                   "own settings to finish it, or pass force=True (--force) to start over")
+        raise CacheError(message)
+    if old_plan is not None:
+        journal = Journal.open(files.journal, count, _plan_hash(old_text))
+        if not os.path.exists(files.partial) and os.path.exists(files.data):
+            # Killed after renaming the finished array into place, or just after a refresh began.
+            os.replace(files.data, files.partial)
+        if journal is not None and _npy_rows(files.partial) == count:
+            old, _ = Snapshot.load(files.plan_index, None)
+            if len(old.manifest) == count:
+                keep = old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)
+                if not keep.all():  # sources changed while the build was stopped
+                    journal = Journal.create(files.journal, count, journal.plan_hash, journal.done & keep)
+                    _write_failures(files.failures, [f for f in _read_failures(files.failures) if keep[f.index]])
+                    _start_plan(files, plan, snapshot)
+                return np.load(files.partial, mmap_mode="r+"), journal
+    # Nothing usable: start from scratch.
+    _remove(*files.build_files())
+    array = create_npy(files.partial, tuple(plan["shape"]))
+    return array, Journal.create(files.journal, count, _plan_hash(_start_plan(files, plan, snapshot)))
+
+
+def _read_plan(files: CacheFiles) -> tuple[dict | None, bytes | None]:
+    """The plan of an unfinished build and its exact bytes (the journal holds their hash)."""
+    try:
+        with open(files.plan, "rb") as handle:
+            text = handle.read()
+        return json.loads(text), text
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError):  # cut by a kill before it was renamed into place: no usable plan
+        return None, None
+
+
+def _plan_hash(text: bytes) -> bytes:
+    return hashlib.sha256(text).digest()
+
+
+def _same_labels(a: Manifest, b: Manifest) -> np.ndarray:
+    """Per row: the label is the same (all True when neither has labels)."""
+    if a.labels is None and b.labels is None:
+        return np.ones(len(a), bool)
+    if a.labels is None or b.labels is None:
+        return np.zeros(len(a), bool)
+    names_a = a.classes or [str(v) for v in range(int(a.labels.max(initial=0)) + 1)]
+    names_b = b.classes or [str(v) for v in range(int(b.labels.max(initial=0)) + 1)]
+    return np.asarray([names_a[x] == names_b[y] for x, y in zip(a.labels, b.labels, strict=True)], bool)
+
+
+def _start_plan(files: CacheFiles, plan: dict, snapshot: Snapshot) -> bytes:
+    snapshot.save(files.plan_index)
+    return _write_json(files.plan, plan)
+
+
+def _write_failures(path: str, failures: list[Failure]) -> None:
+    temp = path + ".tmp"
+    with open(temp, "w", encoding="utf-8") as handle:
+        for failure in failures:
+            handle.write(_failure_line(failure))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def _failure_line(failure: Failure) -> str:
+    record = {"index": failure.index, "path": failure.path, "reason": str(failure.reason), "detail": failure.detail}
+    return json.dumps(record) + "\n"
+
+
+def _finalize(files: CacheFiles, plan: dict, snapshot: Snapshot, failures: list[Failure], policy: str,
+              seconds: float) -> None:
+    """Compact (skip), move the array into place, then write the metadata: the commit point.
+
+    Every step before the metadata can be repeated after a kill: compaction
+    reads the partial (kept until the end) and writes a new file.
+    """
+    count = plan["shape"][0]
+    rows = None
+    if policy == "skip" and failures:
+        bad = {f.index for f in failures}
+        rows = np.asarray([i for i in range(count) if i not in bad], np.int64)
+        _compact_copy(files.partial, files.compact, rows)
+        os.replace(files.compact, files.data)
+    else:
+        os.replace(files.partial, files.data)
+    snapshot.save(files.index, rows)
+    with open(files.data, "rb") as handle:
+        shape, dtype, offset, _ = read_npy_header(handle)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "shape": list(shape),
+        "dtype": "uint8",
+        "data_offset": offset,
+        "data_bytes": int(np.prod(shape, dtype=np.int64)) * dtype.itemsize,
+        "options": plan["options"],
+        "source": plan["source"],
+        "classes": snapshot.manifest.classes,
+        "count": count,
+        "failed": [json.loads(_failure_line(f)) for f in failures],
+        "versions": _versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(seconds, 3),
+    }
+    _write_json(files.meta, meta)
+    _fsync_folder(files.meta)
+    _remove(*files.build_files())
+
+
+def _compact_copy(source_path: str, target_path: str, rows: np.ndarray) -> None:
+    """Copy the kept ``rows`` of one ``.npy`` into a new one, a block at a time."""
+    source = np.load(source_path, mmap_mode="r")
+    target = create_npy(target_path, (len(rows),) + source.shape[1:])
+    step = 256
+    for start in range(0, len(rows), step):
+        target[start : start + step] = source[rows[start : start + step]]
+        target.flush()
+        _drop_pages(target)
+    del source, target
+
+
+# ---------------------------------------------------------------------------- open
+
+
+def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
+    """Open a complete cache: a read-only memmap and its labels, without reading pixels.
+
+    Parameters
+    ----------
+    check : bool
+        List the source again and ``stat`` every source file (see the module
+        docs for the cost); raise :class:`StaleCacheError` if any was added,
+        removed or changed. ``False`` skips it and opens in about a
+        millisecond at any size.
+
+    Raises
+    ------
+    CacheError
+        No cache there, an unfinished build, or damaged files.
+    StaleCacheError
+        The sources changed since the build.
+
+    Examples
+    --------
+    >>> open_cache("/nonexistent/cache.npy")
+    Traceback (most recent call last):
+    ...
+    preload.errors.CacheError: no cache at '/nonexistent/cache.npy' (no '/nonexistent/cache.npy.json')
+    """
+    files = CacheFiles(path)
+    meta = _read_meta(files)
+    images = np.load(files.data, mmap_mode="r")
+    options = _options_from_record(meta["options"])
+    with np.load(files.index) as index:
+        labels = index["labels"] if "labels" in index.files else None
+        rows = index["rows"] if "rows" in index.files else None
+    if check:
+        _check_fresh(files, meta)
+    if labels is not None and rows is not None:
+        labels = labels[rows]
+    failed = [Failure(f["index"], f["path"], Reason(f["reason"]), f["detail"]) for f in meta["failed"]]
+    paths = LazyPaths(files.index, rows, images.shape[0])
+    return Dataset(images, labels, meta["classes"], paths, failed, options)
+
+
+def _read_meta(files: CacheFiles) -> dict:
+    meta = _read_json(files.meta)
+    if meta is None:
+        plan, text = _read_plan(files)
+        if plan is not None:
+            count = plan["shape"][0]
+            journal = Journal.open(files.journal, count, _plan_hash(text))
+            done = int(journal.done.sum()) if journal is not None else 0
+            message = (f"'{files.data}' is an unfinished build ({done:,} of {count:,} images written); "
+                       "run the same build again to finish it")
+            raise CacheError(message)
+        if os.path.exists(files.data):
+            message = (f"'{files.data}' has no metadata file '{files.meta}', so it is not a complete preload "
+                       "cache (np.load can still read the array)")
+            raise CacheError(message)
+        message = f"no cache at '{files.data}' (no '{files.meta}')"
+        raise CacheError(message)
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        message = (f"'{files.meta}' is not a version-{VERSION} preload cache "
+                   f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+        raise CacheError(message)
+    try:
+        size = os.path.getsize(files.data)
+    except OSError as exc:
+        message = f"the cache array '{files.data}' is missing: {exc.strerror}"
+        raise CacheError(message) from exc
+    if size != meta["data_offset"] + meta["data_bytes"]:
+        message = (f"'{files.data}' is {size:,} bytes but its metadata says "
+                   f"{meta['data_offset'] + meta['data_bytes']:,}: the file was truncated or replaced")
+        raise CacheError(message)
+    return meta
+
+
+def _check_fresh(files: CacheFiles, meta: dict) -> None:
+    stored, _ = Snapshot.load(files.index, meta.get("classes"))
+    source = meta["source"]
+    if source["kind"] in ("folder", "csv"):
+        try:
+            current = manifest(source["path"])
+        except Exception as exc:  # the whole source is gone or unreadable
+            message = f"the cache '{files.data}' is stale: its source '{source['path']}' cannot be listed ({exc})"
+            raise StaleCacheError(message, removed=stored.manifest.paths) from None
+    else:
+        current = stored.manifest
+    old_paths, new_paths = stored.manifest.paths, current.paths
+    if old_paths != new_paths:
+        old_set, new_set = set(old_paths), set(new_paths)
+        added = [p for p in new_paths if p not in old_set]
+        removed = [p for p in old_paths if p not in new_set]
+    else:
+        added = removed = []
+    now = Snapshot.take(Manifest(old_paths))
+    changed = [old_paths[i] for i in np.flatnonzero(
+        ((now.file_size != stored.file_size) | (now.mtime_ns != stored.mtime_ns)) & (now.file_size >= 0))]
+    removed += [old_paths[i] for i in np.flatnonzero(now.file_size < 0) if old_paths[i] not in removed]
+    if added or removed or changed:
+        parts = []
+        for what, items in (("added", added), ("removed", removed), ("changed", changed)):
+            if items:
+                more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+                shown = ", ".join(f"'{p}'" for p in items[:3]) + more
+                parts.append(f"{len(items)} {what} ({shown})")
+        message = (f"the cache '{files.data}' is stale: {'; '.join(parts)}; build it again to update it, "
+                   "or open it with check=False")
+        raise StaleCacheError(message, added, removed, changed)
+
+
+# ---------------------------------------------------------------------- inspection
+
+
+def cache_info(path: str | os.PathLike) -> dict:
+    """What is at ``path``: status, shape, options, classes, failures, bytes (for ``preload info``)."""
+    files = CacheFiles(path)
+    meta = _read_json(files.meta)
+    if meta is None:
+        plan, text = _read_plan(files)
+        if plan is None:
+            return {"path": files.data, "status": "missing"}
+        count = plan["shape"][0]
+        journal = Journal.open(files.journal, count, _plan_hash(text))
+        return {"path": files.data, "status": "partial", "shape": plan["shape"], "options": plan["options"],
+                "done": int(journal.done.sum()) if journal is not None else 0, "count": count}
+    return {
+        "path": files.data,
+        "status": "complete",
+        "shape": meta["shape"],
+        "layout": meta["options"]["layout"],
+        "images": meta["shape"][0],
+        "count": meta["count"],
+        "bytes": meta["data_bytes"],
+        "classes": meta["classes"],
+        "failed": meta["failed"],
+        "options": meta["options"],
+        "source": meta["source"],
+        "versions": meta["versions"],
+        "created": meta["created"],
+        "build_seconds": meta["build_seconds"],
+    }
+
+
+def verify_cache(path: str | os.PathLike) -> dict:
+    """``{"status": "fresh"|"stale"|"partial"|"missing"|"damaged", "problem": str|None, ...}``."""
+    files = CacheFiles(path)
+    result = {"path": files.data}
+    try:
+        open_cache(files.data, check=True)
+    except StaleCacheError as exc:
+        result.update(status="stale", problem=str(exc), added=exc.added, removed=exc.removed, changed=exc.changed)
+    except CacheError as exc:
+        status = {"partial": "partial", "missing": "missing"}.get(cache_info(files.data)["status"], "damaged")
+        result.update(status=status, problem=str(exc))
+    else:
+        result.update(status="fresh", problem=None)
+    return result
