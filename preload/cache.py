@@ -22,8 +22,9 @@ A cache named ``train.npy`` is these files in one folder:
 ``train.npy.index.npz``
     Per source file, uncompressed: ``paths`` (UTF-8 joined by NUL bytes),
     ``labels`` (int64, or absent), ``file_size`` and ``mtime_ns`` (int64, from
-    ``os.stat`` just before the build decoded them) and ``rows`` (for each row
-    of the array, the index of its source file; absent when row i is file i).
+    ``os.stat`` just before the build decoded them), ``classes`` (UTF-8 joined
+    by NUL bytes, or absent) and ``rows`` (for each row of the array, the index
+    of its source file; absent when row i is file i).
     It is kept apart from the JSON so opening a million-image cache does not
     parse a million paths: they are decoded only when ``Dataset.paths`` is read.
 
@@ -168,6 +169,8 @@ class Snapshot:
         arrays = {"paths": np.frombuffer(blob, np.uint8), "file_size": self.file_size, "mtime_ns": self.mtime_ns}
         if self.manifest.labels is not None:
             arrays["labels"] = self.manifest.labels
+        if self.manifest.classes is not None:
+            arrays["classes"] = np.frombuffer("\0".join(self.manifest.classes).encode("utf-8"), np.uint8)
         if rows is not None:
             arrays["rows"] = np.asarray(rows, np.int64)
         temp = path + ".tmp"
@@ -178,11 +181,12 @@ class Snapshot:
         os.replace(temp, path)
 
     @classmethod
-    def load(cls, path: str, classes: list[str] | None) -> tuple[Snapshot, np.ndarray | None]:
+    def load(cls, path: str) -> tuple[Snapshot, np.ndarray | None]:
         with np.load(path) as data:
             blob = data["paths"].tobytes().decode("utf-8", "surrogateescape")
             labels = data["labels"] if "labels" in data.files else None
             rows = data["rows"] if "rows" in data.files else None
+            classes = data["classes"].tobytes().decode("utf-8").split("\0") if "classes" in data.files else None
             snapshot = cls(Manifest(blob.split("\0"), labels, classes), data["file_size"], data["mtime_ns"])
         return snapshot, rows
 
@@ -198,7 +202,7 @@ class LazyPaths(Sequence):
 
     def _load(self) -> list[str]:
         if self._paths is None:
-            snapshot, _ = Snapshot.load(self._index_path, None)
+            snapshot, _ = Snapshot.load(self._index_path)
             paths = snapshot.manifest.paths
             self._paths = paths if self._rows is None else [paths[i] for i in self._rows]
         return self._paths
@@ -575,7 +579,7 @@ def _prepare(files: CacheFiles, plan: dict, snapshot: Snapshot) -> tuple[np.memm
             message = f"'{files.data}' was built with other options ({why}); pass force=True (--force) to rebuild it"
             raise CacheError(message)
         _remove(*files.build_files())  # leftovers of a build killed after its commit point
-        old, rows = Snapshot.load(files.index, meta.get("classes"))
+        old, rows = Snapshot.load(files.index)
         if len(old.manifest) == count and rows is None and meta["shape"] == plan["shape"]:
             same = old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)
             if same.all():
@@ -604,7 +608,7 @@ def _prepare(files: CacheFiles, plan: dict, snapshot: Snapshot) -> tuple[np.memm
             # Killed after renaming the finished array into place, or just after a refresh began.
             os.replace(files.data, files.partial)
         if journal is not None and _npy_rows(files.partial) == count:
-            old, _ = Snapshot.load(files.plan_index, None)
+            old, _ = Snapshot.load(files.plan_index)
             if len(old.manifest) == count:
                 keep = old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)
                 if not keep.all():  # sources changed while the build was stopped
@@ -795,7 +799,7 @@ def _read_meta(files: CacheFiles) -> dict:
 
 
 def _check_fresh(files: CacheFiles, meta: dict) -> None:
-    stored, _ = Snapshot.load(files.index, meta.get("classes"))
+    stored, _ = Snapshot.load(files.index)
     source = meta["source"]
     if source["kind"] in ("folder", "csv"):
         try:
