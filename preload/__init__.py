@@ -5,7 +5,15 @@
 <function load at ...>
 """
 
+import os as _os
+
 __version__ = "0.1.0"  # first: submodules import it
+
+# OpenCV reads this once, at its first decode. preload checks the pixel count
+# of the formats whose headers it parses itself (headers.py); for any other
+# format OpenCV's own limit is the decompression-bomb guard: 2**27 pixels here
+# instead of OpenCV's default 2**30 (3 GB for one RGB image).
+_os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
 
 from .cache import build_cache, cache_info, open_cache, verify_cache
 from .dataset import Dataset

@@ -87,7 +87,6 @@ import mmap
 import os
 import platform
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -100,7 +99,7 @@ from . import __version__
 from .dataset import Dataset
 from .decode import DEFAULT_MAX_PIXELS, DecodeOptions, Decoder
 from .errors import CacheError, CacheLockedError, Failure, Reason, StaleCacheError, TargetError
-from .loader import check_policy, common_size, fill_slots, quiet_opencv, resolve_workers
+from .loader import check_policy, common_size, fill_slots, progress_wanted, quiet_opencv, resolve_workers
 from .sources import Manifest, manifest
 from .target import create_npy, read_npy_header
 
@@ -513,7 +512,7 @@ def build_cache(
     policy = check_policy(on_error)
     threads = resolve_workers(workers)
     source, source_record = _source_record(source)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
+    show = progress_wanted(progress)
     if not os.path.isdir(os.path.dirname(files.data)):
         message = f"cannot build '{files.data}': the folder '{os.path.dirname(files.data)}' does not exist"
         raise TargetError(message)

@@ -9,7 +9,7 @@ The path of one image, and why each step is where it is:
    (:mod:`preload.headers`): bombs, truncation and unknown data are caught
    before OpenCV allocates anything.
 2. JPEGs are decoded at 1/2, 1/4 or 1/8 scale when the geometry still leaves
-   at least as many pixels as the output needs (twice as many for 1/8):
+   at least twice the output's pixels on each axis:
    libjpeg-turbo scales in the IDCT, which is both the cheapest decode and a
    good antialiasing filter. They are decoded straight into the wanted
    channel order.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import ImageDecodeError, OptionError, Reason
+from .errors import ImageDecodeError, OptionError, Reason, open_error
 from .headers import ImageInfo, parse
 
 LAYOUTS = ("NHWC", "NCHW")
@@ -46,7 +46,11 @@ INTERPOLATIONS = {
 DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: above any camera, far below a bomb's gigapixels
 
 
-def _choice(name: str, value, allowed) -> str:
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def choice(name: str, value, allowed) -> str:
     text = str(value)
     for option in allowed:
         if text.lower() == option.lower():
@@ -59,11 +63,9 @@ def normalize_size(size) -> tuple[int, int] | None:
     """``int`` -> square, ``(height, width)`` -> itself, ``None`` -> keep each image's size."""
     if size is None:
         return None
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+    if _is_int(size):
         pair = (int(size), int(size))
-    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size
-    ):
+    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_int(v) for v in size):
         pair = (int(size[0]), int(size[1]))
     else:
         message = f"size={size!r} is not accepted; use an int, a (height, width) pair of ints, or None"
@@ -112,25 +114,27 @@ class DecodeOptions:
         >>> DecodeOptions.create(size=224, layout="nchw").slot_shape()
         (3, 224, 224)
         """
-        color = _choice("color", color, COLORS)
+        color = choice("color", color, COLORS)
         channels = 1 if color == "gray" else 3
         if interpolation is not None:
-            interpolation = INTERPOLATIONS[_choice("interpolation", interpolation, tuple(INTERPOLATIONS))]
-        if isinstance(fill, (int, np.integer)) and 0 <= fill <= 255:
-            fill_tuple = (int(fill),) * channels
-        elif isinstance(fill, (tuple, list)) and len(fill) == channels and all(0 <= int(v) <= 255 for v in fill):
-            fill_tuple = tuple(int(v) for v in fill)
-        else:
-            message = f"fill={fill!r} is not accepted; use an int 0..255 or {channels} such values (in {color} order)"
+            interpolation = INTERPOLATIONS[choice("interpolation", interpolation, tuple(INTERPOLATIONS))]
+        fill_values = fill if isinstance(fill, (tuple, list)) else (fill,) * channels
+        if len(fill_values) != channels or not all(_is_int(v) and 0 <= v <= 255 for v in fill_values):
+            message = f"fill={fill!r} is not accepted; use an int 0..255 or {channels} such ints (in {color} order)"
             raise OptionError(message)
-        if not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        fill_tuple = tuple(int(v) for v in fill_values)
+        if not _is_int(max_pixels) or max_pixels < 1:
             message = f"max_pixels={max_pixels!r} is not accepted; use a positive int"
             raise OptionError(message)
+        for name, value in (("exif", exif), ("reduce", reduce)):
+            if not isinstance(value, (bool, np.bool_)):
+                message = f"{name}={value!r} is not accepted; use True or False"
+                raise OptionError(message)
         return cls(
             size=normalize_size(size),
-            layout=_choice("layout", layout, LAYOUTS),
+            layout=choice("layout", layout, LAYOUTS),
             color=color,
-            resize=_choice("resize", resize, RESIZE_MODES),
+            resize=choice("resize", resize, RESIZE_MODES),
             interpolation=interpolation,
             fill=fill_tuple,
             exif=bool(exif),
@@ -168,6 +172,18 @@ class Geometry:
     def dst_size(self) -> tuple[int, int]:
         return self.dst[1] - self.dst[0], self.dst[3] - self.dst[2]
 
+    def reduced(self, factor: int, actual: tuple[int, int]) -> Geometry:
+        """The same geometry on a decode at 1/``factor`` scale whose size is ``actual``.
+
+        Crops of reduced images are aligned to ``factor`` (see plan_geometry),
+        so the division is exact except at a far edge that ``ceil`` rounded.
+        """
+        y0, y1, x0, x1 = self.src
+        top, left = min(y0 // factor, actual[0] - 1), min(x0 // factor, actual[1] - 1)
+        bottom = min(actual[0], max(top + 1, -(-y1 // factor)))
+        right = min(actual[1], max(left + 1, -(-x1 // factor)))
+        return Geometry((top, bottom, left, right), self.dst)
+
     @property
     def shrinks(self) -> bool:
         """True unless the resize enlarges both axes (then linear beats area)."""
@@ -184,6 +200,11 @@ def plan_geometry(height: int, width: int, size: tuple[int, int], mode: str) -> 
     * ``shorter``: the shorter side scaled to ``max(size)``, the centre cropped;
       for a square size this equals ``cover``.
 
+    A crop of a large image is aligned to the JPEG scale-down that image
+    allows (:func:`reduction_for`), whatever its format and whether or not
+    ``reduce`` is on: a reduced decode then crops exactly the same pixels, and
+    the output does not shift by a fraction of a pixel with the decode path.
+
     Examples
     --------
     >>> plan_geometry(100, 200, (50, 50), "cover")
@@ -191,6 +212,27 @@ def plan_geometry(height: int, width: int, size: tuple[int, int], mode: str) -> 
     >>> plan_geometry(100, 200, (50, 50), "fit")
     Geometry(src=(0, 100, 0, 200), dst=(12, 37, 0, 50))
     """
+    geometry = _plan(height, width, size, mode)
+    if mode in ("cover", "shorter"):
+        step = reduction_for(height, width, size, mode)
+        if step > 1:
+            y0, y1, x0, x1 = geometry.src
+            top, bottom = _snap(y0, y1, height, step)
+            left, right = _snap(x0, x1, width, step)
+            geometry = Geometry((top, bottom, left, right), geometry.dst)
+    return geometry
+
+
+def _snap(start: int, stop: int, limit: int, step: int) -> tuple[int, int]:
+    """The span moved and sized to multiples of ``step``, still inside ``[0, limit)``."""
+    length = max(step, round((stop - start) / step) * step)
+    begin = round(start / step) * step
+    while begin + length > limit:
+        begin -= step
+    return max(0, begin), max(0, begin) + length
+
+
+def _plan(height: int, width: int, size: tuple[int, int], mode: str) -> Geometry:
     out_h, out_w = size
     if mode == "stretch":
         return Geometry((0, height, 0, width), (0, out_h, 0, out_w))
@@ -210,31 +252,33 @@ def plan_geometry(height: int, width: int, size: tuple[int, int], mode: str) -> 
     return Geometry((top, top + crop_h, left, left + crop_w), (0, out_h, 0, out_w))
 
 
-# How much larger than the output the reduced crop must stay. libjpeg-turbo's
-# 1/2 and 1/4 scaled IDCTs are good low-pass filters; its 1/8 decode keeps only
-# each block's DC term (an 8x8 box, chroma 16x16) and measured 30-34 dB PSNR
-# against the full-decode path when the crop ends up barely output-sized, and
-# >= 35 dB once it is at least twice the output (tests/test_decode.py).
-_MIN_OVERSHOOT = {8: 2.0, 4: 1.0, 2: 1.0}
+# How much larger than the output the reduced crop must stay, per axis.
+# libjpeg-turbo's scaled IDCT is a decent low-pass filter at 1/2 and 1/4 but
+# keeps only each block's mean at 1/8; when the crop came out barely
+# output-sized, the result measured 30-34 dB PSNR against the full-decode path
+# on real photos of fine texture (scikit-image's grass, gravel). Keeping at
+# least twice the output lets the final area resize average >= 2x2 decoded
+# pixels per output pixel, and every case measured stayed >= 36 dB
+# (tests/test_decode.py checks >= 35 dB).
+_MIN_OVERSHOOT = 2.0
 
 
 def reduction_for(height: int, width: int, size: tuple[int, int], mode: str) -> int:
     """JPEG scale-down (8, 4, 2 or 1) for a source of ``height`` x ``width``.
 
-    The largest factor whose decoded crop still has at least as many pixels as
-    the output on both axes (twice as many for 1/8, see ``_MIN_OVERSHOOT``).
-    libjpeg's output at scale 1/f is ``ceil(side / f)``.
+    The largest factor whose decoded crop still has at least twice the
+    output's pixels on both axes (see ``_MIN_OVERSHOOT``). libjpeg's output at
+    scale 1/f is ``ceil(side / f)``.
 
     Examples
     --------
     >>> reduction_for(375, 500, (224, 224), "stretch"), reduction_for(1200, 1600, (256, 256), "cover")
-    (1, 4)
+    (1, 2)
     """
     for factor in (8, 4, 2):
-        geometry = plan_geometry(math.ceil(height / factor), math.ceil(width / factor), size, mode)
+        geometry = _plan(math.ceil(height / factor), math.ceil(width / factor), size, mode)
         (sh, sw), (dh, dw) = geometry.src_size, geometry.dst_size
-        margin = _MIN_OVERSHOOT[factor]
-        if sh >= margin * dh and sw >= margin * dw:
+        if sh >= _MIN_OVERSHOOT * dh and sw >= _MIN_OVERSHOOT * dw:
             return factor
     return 1
 
@@ -253,17 +297,6 @@ _CONVERT = {
     ("bgr", "rgb"): cv2.COLOR_BGR2RGB,
     ("bgr", "gray"): cv2.COLOR_BGR2GRAY,
 }
-
-
-def open_error(path: str, exc: OSError) -> ImageDecodeError:
-    """Map an OSError from opening or reading ``path`` to a failure reason."""
-    if isinstance(exc, FileNotFoundError):
-        return ImageDecodeError(path, Reason.MISSING, "no such file")
-    if isinstance(exc, IsADirectoryError):
-        return ImageDecodeError(path, Reason.UNREADABLE, "it is a directory, not a file")
-    if isinstance(exc, PermissionError):
-        return ImageDecodeError(path, Reason.UNREADABLE, "permission denied")
-    return ImageDecodeError(path, Reason.UNREADABLE, f"read error: {exc.strerror or exc}")
 
 
 def read_file(path: str) -> bytes:
@@ -303,13 +336,18 @@ class Decoder:
 
         ``size`` is the slot size the image is headed for (for the JPEG scale).
         """
+        image, order, _, _ = self._decode(path, size)
+        return image, order
+
+    def _decode(self, path: str, size: tuple[int, int] | None) -> tuple[np.ndarray, str, ImageInfo, int]:
+        """The image, its channel order, its header and the JPEG scale-down it was decoded at."""
         data = read_file(path)
         info = parse(data, path, complete=True)
         self._check_pixels(path, info)
         options = self.options
         flags = 0 if options.exif else cv2.IMREAD_IGNORE_ORIENTATION
+        factor = 1
         if info.format == "jpeg":
-            factor = 1
             oriented = info.oriented_size(options.exif)
             if options.reduce and size is not None and oriented is not None:
                 factor = reduction_for(*oriented, size, options.resize)
@@ -320,18 +358,21 @@ class Decoder:
             # conversion rounds, while preload promises value >> 8.
             flags |= cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
             order = None
+        kind = "image" if info.format == "other" else info.format.upper()
         try:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         except cv2.error as exc:
-            detail = _opencv_reason(exc)
-            raise ImageDecodeError(path, Reason.CORRUPT, f"the {info.format} decoder failed: {detail}") from None
+            detail = f"the {kind} decoder failed: {opencv_reason(exc)}"
+            raise ImageDecodeError(path, Reason.CORRUPT, detail) from None
         if image is None or image.size == 0:
             if info.format == "other":
                 raise ImageDecodeError(path, Reason.NOT_AN_IMAGE, "not an image, or a format OpenCV cannot decode")
-            raise ImageDecodeError(path, Reason.CORRUPT, f"corrupt {info.format.upper()} data (the decoder gave up)")
+            raise ImageDecodeError(path, Reason.CORRUPT, f"corrupt {kind} data (the decoder gave up)")
+        if info.format == "tiff" and not options.exif and info.orientation != 1:
+            image = _undo_orientation(image, info.orientation)  # OpenCV's TIFF reader always applies it
         if order is None:
             image, order = _to_8bit(image, path)
-        return image, order
+        return image, order, info, factor
 
     def _check_pixels(self, path: str, info: ImageInfo) -> None:
         if info.height is None or info.width is None:
@@ -352,11 +393,18 @@ class Decoder:
         """Decode ``path`` and write it into ``slot`` (one row of the target)."""
         options = self.options
         size = options.size or _slot_size(slot, options.layout)
-        image, order = self.decode(path, size)
-        if options.size is None and image.shape[:2] != size:
-            detail = f"decoded size {image.shape[0]}x{image.shape[1]} differs from the header's {size[0]}x{size[1]}"
-            raise ImageDecodeError(path, Reason.CORRUPT, detail)
-        geometry = plan_geometry(image.shape[0], image.shape[1], size, options.resize)
+        image, order, info, factor = self._decode(path, size)
+        height, width = image.shape[:2]
+        if options.size is None and (height, width) != size:
+            detail = f"it is {height}x{width} but the other images are {size[0]}x{size[1]} (size=None keeps sizes)"
+            raise ImageDecodeError(path, Reason.WRONG_SIZE, detail)
+        full = info.oriented_size(options.exif)
+        if factor > 1 and full is not None and (height, width) == (-(-full[0] // factor), -(-full[1] // factor)):
+            # Plan on the full-size image and scale only the crop, so the output
+            # geometry (letterbox, crop) does not depend on the decode scale.
+            geometry = plan_geometry(*full, size, options.resize).reduced(factor, (height, width))
+        else:
+            geometry = plan_geometry(height, width, size, options.resize)
         self.write(image, order, geometry, slot)
 
     def write(self, image: np.ndarray, order: str, geometry: Geometry, slot: np.ndarray) -> None:
@@ -366,25 +414,23 @@ class Decoder:
             _fill_margins(slot, geometry, options)
         y0, y1, x0, x1 = geometry.src
         crop = image[y0:y1, x0:x1]
-        planes = _planes(slot, geometry, options.layout)  # one 2-D view per output channel
         if order == options.color and options.layout == "NHWC":
             self._resize(crop, geometry, _dst_view(slot, geometry))
             return
         resized = crop if geometry.src_size == geometry.dst_size else self._resize(crop, geometry, None)
+        planes = _planes(slot, geometry, options.layout)  # one 2-D view per output channel
         if order == options.color:  # NCHW, channels already right
             _split_into(resized, planes)
-        elif order == "gray":  # one plane to three channels
-            if options.layout == "NCHW":
-                for plane in planes:
-                    np.copyto(plane, resized)
-            else:
-                _into(_dst_view(slot, geometry), cv2.cvtColor(resized, _CONVERT[("gray", options.color)]))
+        elif order == "gray" and options.layout == "NCHW":  # one plane to three channels
+            for plane in planes:
+                np.copyto(plane, resized)
         elif options.color == "gray":  # bgr source, gray output
-            _into(planes[0], cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY))
+            _into(planes[0], cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY, dst=planes[0]))
         elif options.layout == "NCHW":  # bgr source, rgb output: swap planes for free
             _split_into(resized, planes[::-1])
-        else:
-            _into(_dst_view(slot, geometry), cv2.cvtColor(resized, cv2.COLOR_BGR2RGB))
+        else:  # NHWC: gray -> rgb/bgr, or bgr -> rgb, converted straight into the slot
+            view = _dst_view(slot, geometry)
+            _into(view, cv2.cvtColor(resized, _CONVERT[(order, options.color)], dst=view))
 
     def _resize(self, crop: np.ndarray, geometry: Geometry, dst: np.ndarray | None) -> np.ndarray:
         """Resize ``crop`` to the destination size, into ``dst`` or a reused scratch image."""
@@ -430,10 +476,34 @@ def _planes(slot: np.ndarray, geometry: Geometry, layout: str) -> list[np.ndarra
 
 
 def _fill_margins(slot: np.ndarray, geometry: Geometry, options: DecodeOptions) -> None:
-    """Paint the letterbox ``fill`` colour (the image rectangle is overwritten next)."""
+    """Paint the letterbox ``fill`` colour around the image rectangle (not under it)."""
+    height, width = _slot_size(slot, options.layout)
+    y0, y1, x0, x1 = geometry.dst
+    bands = [(slice(0, y0), slice(None)), (slice(y1, height), slice(None)),
+             (slice(y0, y1), slice(0, x0)), (slice(y0, y1), slice(x1, width))]
     for c, value in enumerate(options.fill):
         plane = slot[c] if options.layout == "NCHW" else slot[:, :, c]
-        plane[...] = value
+        for rows, cols in bands:
+            plane[rows, cols] = value
+
+
+def _undo_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Back to the stored pixel order from the EXIF ``orientation`` OpenCV applied."""
+    if orientation == 2:
+        return cv2.flip(image, 1)
+    if orientation == 3:
+        return cv2.rotate(image, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(image, 0)
+    if orientation == 5:
+        return cv2.transpose(image)
+    if orientation == 6:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.transpose(image), -1)
+    if orientation == 8:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    return image
 
 
 def _into(dst: np.ndarray, result: np.ndarray) -> None:
@@ -465,7 +535,7 @@ def _to_8bit(image: np.ndarray, path: str) -> tuple[np.ndarray, str]:
     return image[:, :, :3], "bgr"
 
 
-def _opencv_reason(exc: cv2.error) -> str:
+def opencv_reason(exc: cv2.error) -> str:
     """The one meaningful line of an OpenCV error, without its source-file prefix."""
     text = str(exc).strip().splitlines()
     for line in text:

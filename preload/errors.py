@@ -72,6 +72,7 @@ class Reason(str, enum.Enum):
     TRUNCATED = "truncated"  # the file ends before the image does
     TOO_LARGE = "too-large"  # header announces more pixels than max_pixels
     CORRUPT = "corrupt"  # recognised format, but the decoder failed
+    WRONG_SIZE = "wrong-size"  # size=None and this image's size differs from the others'
 
     def __str__(self) -> str:
         return self.value
@@ -112,3 +113,14 @@ class Failure:
 
     def __str__(self) -> str:
         return f"'{self.path}': {self.detail} [{self.reason}]"
+
+
+def open_error(path: str, exc: OSError) -> ImageDecodeError:
+    """Map an OSError from opening or reading ``path`` to a failure reason."""
+    if isinstance(exc, FileNotFoundError):
+        return ImageDecodeError(path, Reason.MISSING, "no such file")
+    if isinstance(exc, IsADirectoryError):
+        return ImageDecodeError(path, Reason.UNREADABLE, "it is a directory, not a file")
+    if isinstance(exc, PermissionError):
+        return ImageDecodeError(path, Reason.UNREADABLE, "permission denied")
+    return ImageDecodeError(path, Reason.UNREADABLE, f"read error: {exc.strerror or exc}")

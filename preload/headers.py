@@ -4,15 +4,17 @@ preload looks at the header before it lets OpenCV decode anything, for three
 reasons: to refuse a decompression bomb before a gigantic buffer is allocated,
 to pick a reduced JPEG decode scale, and to recognise a truncated file that
 OpenCV would otherwise decode silently (a JPEG without its end-of-image marker,
-a PNG without its IEND chunk). Formats parsed: JPEG, PNG, BMP, WebP, TIFF.
-Other signatures are handed to OpenCV as they are (``format="other"``).
+a PNG without its IEND chunk). Formats parsed: JPEG, PNG, BMP, WebP, TIFF and
+PNM; the EXIF orientation is read from JPEG (APP1), PNG (eXIf), WebP (EXIF)
+and TIFF (tag 274). Other signatures are handed to OpenCV as they are
+(``format="other"``), with OpenCV's own pixel limit as the bomb guard.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ImageDecodeError, Reason
+from .errors import ImageDecodeError, Reason, open_error
 
 HEADER_BYTES = 1 << 16  # enough for the headers of nearly every file; JPEG reads on if not
 
@@ -21,7 +23,7 @@ HEADER_BYTES = 1 << 16  # enough for the headers of nearly every file; JPEG read
 class ImageInfo:
     """What the header says. ``height``/``width`` are as stored (before EXIF rotation)."""
 
-    format: str  # "jpeg", "png", "bmp", "webp", "tiff" or "other"
+    format: str  # "jpeg", "png", "bmp", "webp", "tiff", "pnm" or "other"
     height: int | None
     width: int | None
     orientation: int = 1  # EXIF orientation 1..8; 5..8 swap height and width
@@ -57,9 +59,11 @@ def parse(data, path: str, *, complete: bool) -> ImageInfo:
     if head.startswith(b"BM"):
         return _bmp(data, path)
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return _webp(data, path)
+        return _webp(data, path, complete)
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return _tiff(data, path)
+    if len(head) >= 2 and head[0:1] == b"P" and head[1:2] in b"123456":
+        return _pnm(data, path)
     return ImageInfo("other", None, None)
 
 
@@ -151,7 +155,17 @@ def _png(data, path: str, complete: bool) -> ImageInfo:
     width, height = _u32(data, 16), _u32(data, 20)
     if complete and data.rfind(b"IEND", 33) < 0:
         raise _truncated(path, "truncated PNG (no IEND chunk)")
-    return ImageInfo("png", height, width)
+    # An eXIf chunk (orientation) must come before the first IDAT.
+    orientation, pos = 1, 8
+    while pos + 8 <= len(data):
+        length, kind = _u32(data, pos), bytes(data[pos + 4 : pos + 8])
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind == b"eXIf":
+            orientation = _exif_orientation(bytes(data[pos + 8 : pos + 8 + length]))
+            break
+        pos += 12 + length
+    return ImageInfo("png", height, width, orientation)
 
 
 def _bmp(data, path: str) -> ImageInfo:
@@ -165,13 +179,16 @@ def _bmp(data, path: str) -> ImageInfo:
     return ImageInfo("bmp", height, abs(width))
 
 
-def _webp(data, path: str) -> ImageInfo:
+def _webp(data, path: str, complete: bool) -> ImageInfo:
     if len(data) < 30:
         raise _truncated(path, "truncated WebP (the file ends inside its header)")
     chunk = bytes(data[12:16])
+    orientation = 1
     if chunk == b"VP8X":
         width = 1 + int.from_bytes(data[24:27], "little")
         height = 1 + int.from_bytes(data[27:30], "little")
+        if data[20] & 0x08:  # the EXIF flag: its chunk usually follows the image data
+            orientation = _webp_orientation(data, path, complete)
     elif chunk == b"VP8L":
         bits = _u32(data, 21, big=False)
         width, height = 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
@@ -180,7 +197,20 @@ def _webp(data, path: str) -> ImageInfo:
         height = _u16(data, 28, big=False) & 0x3FFF
     else:
         return ImageInfo("webp", None, None)
-    return ImageInfo("webp", height, width)
+    return ImageInfo("webp", height, width, orientation)
+
+
+def _webp_orientation(data, path: str, complete: bool) -> int:
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, length = bytes(data[pos : pos + 4]), _u32(data, pos + 4, big=False)
+        if kind == b"EXIF":
+            payload = bytes(data[pos + 8 : pos + 8 + length])
+            return _exif_orientation(payload[6:] if payload.startswith(b"Exif\x00\x00") else payload)
+        pos += 8 + length + (length & 1)
+    if not complete:
+        raise _NeedMore
+    return 1
 
 
 def _tiff(data, path: str) -> ImageInfo:
@@ -205,6 +235,20 @@ def _tiff(data, path: str) -> ImageInfo:
     return ImageInfo("tiff", height, width, orientation)
 
 
+def _pnm(data, path: str) -> ImageInfo:
+    """Netpbm (PBM/PGM/PPM): ``P<n>``, then width and height as text, '#' comments allowed."""
+    fields = []
+    for line in bytes(data[2:4096]).split(b"\n"):
+        fields += line.split(b"#", 1)[0].split()
+        if len(fields) >= 2:
+            break
+    try:
+        width, height = int(fields[0]), int(fields[1])
+    except (IndexError, ValueError):
+        raise ImageDecodeError(path, Reason.CORRUPT, "corrupt PNM header (no width and height)") from None
+    return ImageInfo("pnm", height, width)
+
+
 def probe(path: str) -> ImageInfo:
     """Read just enough of ``path`` to parse its header (used when ``size=None``).
 
@@ -213,8 +257,6 @@ def probe(path: str) -> ImageInfo:
     ImageDecodeError
         For a missing, unreadable or empty file, or a broken header.
     """
-    from .decode import open_error  # one place maps OSError to a reason
-
     try:
         with open(path, "rb") as handle:
             data = handle.read(HEADER_BYTES)

@@ -14,10 +14,11 @@ Order of work in :func:`load`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from . import headers
 from .dataset import Dataset
-from .decode import DEFAULT_MAX_PIXELS, DecodeOptions, Decoder, cpu_count
+from .decode import DEFAULT_MAX_PIXELS, DecodeOptions, Decoder, choice, cpu_count, opencv_reason
 from .errors import Failure, ImageDecodeError, OptionError, Reason, SizeMismatchError
 from .sources import Manifest, manifest
 from .target import allocate
@@ -150,7 +151,7 @@ def load(
     files = manifest(source, labels=labels)
     total = len(files)
     decoder = Decoder(options)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
+    show = progress_wanted(progress)
 
     with quiet_opencv() as console:
         failed: list[Failure] = []
@@ -227,7 +228,8 @@ def fill_slots(
                 try:
                     decoder.decode_into(paths[i], array[i])
                 except cv2.error as exc:  # resize or color conversion refused the data
-                    raise ImageDecodeError(paths[i], Reason.CORRUPT, f"OpenCV failed: {exc}") from None
+                    detail = f"OpenCV failed: {opencv_reason(exc)}"
+                    raise ImageDecodeError(paths[i], Reason.CORRUPT, detail) from None
             except ImageDecodeError as exc:
                 failure = Failure(int(i), exc.path, exc.reason, exc.detail)
                 failures.append(failure)
@@ -272,19 +274,24 @@ def common_size(
     Files whose header is unreadable are dropped under ``skip`` (and returned
     as failures), kept under ``zero`` (the fill records them), raised under ``raise``.
     """
+    decoder = Decoder(options)
+
     def measure(i: int):
         path = files.paths[i]
         try:
             info = headers.probe(path)
             size = info.oriented_size(options.exif)
             if size is None:  # a header we do not parse: ask the decoder
-                size = Decoder(options).decode(path)[0].shape[:2]
+                size = decoder.decode(path)[0].shape[:2]
             return tuple(size), None
         except ImageDecodeError as exc:
             return None, Failure(i, exc.path, exc.reason, exc.detail)
 
-    with ThreadPoolExecutor(max_workers=max(workers, 4)) as pool:
-        results = list(pool.map(measure, range(len(files))))
+    if workers == 1:
+        results = [measure(i) for i in range(len(files))]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preload-probe") as pool:
+            results = list(pool.map(measure, range(len(files))))
     failures = [failure for _, failure in results if failure is not None]
     if failures and policy == "raise":
         first = failures[0]
@@ -319,10 +326,7 @@ def _compact(array: np.ndarray, keep: np.ndarray) -> None:
 
 
 def check_policy(on_error: str) -> str:
-    if on_error in ON_ERROR:
-        return on_error
-    message = f"on_error={on_error!r} is not accepted; use one of {', '.join(map(repr, ON_ERROR))}"
-    raise OptionError(message)
+    return choice("on_error", on_error, ON_ERROR)
 
 
 def resolve_workers(workers: int | None) -> int:
@@ -334,80 +338,129 @@ def resolve_workers(workers: int | None) -> int:
     raise OptionError(message)
 
 
+# What libjpeg, libpng, libtiff and OpenCV print on their own; anything else
+# written to stderr during a load (other threads' logs, tracebacks) passes through.
+_DECODER_LINE = re.compile(
+    r"^(libpng|Corrupt JPEG|Premature end of JPEG|Invalid SOS|Bogus |Unsupported marker|JPEG|Warning: unknown JFIF|"
+    r"TIFF|libtiff|\[ ?(WARN|ERROR|INFO)|OpenJPEG|JP2|libwebp)"
+)
+
+
+class _Silenced:
+    """The process-wide state a load changes, and how to put it back."""
+
+    def __init__(self) -> None:
+        self.threads = cv2.getNumThreads()
+        self.log_level = cv2.utils.logging.getLogLevel()
+        cv2.setNumThreads(1)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        self.console = sys.stderr
+        self.decoder_lines: list[str] = []
+        self.saved = self.reader = None
+        try:
+            uses_fd2 = sys.stderr is not None and sys.stderr.fileno() == 2
+        except (AttributeError, OSError, ValueError):  # Jupyter, pytest's capsys, closed stderr
+            uses_fd2 = False
+        try:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            self.saved = os.dup(2)
+        except OSError:  # no fd 2 at all (a daemon): nothing to capture
+            return
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)  # fd 2 is now the pipe's only writer: restoring it ends the reader
+        self.reader = threading.Thread(target=self._pump, args=(read_end,), name="preload-stderr", daemon=True)
+        self.reader.start()
+        if uses_fd2:
+            self.console = os.fdopen(os.dup(self.saved), "w", buffering=1, encoding="utf-8", errors="replace")
+
+    def _pump(self, read_end: int) -> None:
+        """Keep decoder chatter for the summary; pass every other line straight through."""
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(read_end, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                self._route(line + b"\n")
+        if pending:
+            self._route(pending)
+        os.close(read_end)
+
+    def _route(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").strip()
+        if not text:
+            return
+        if _DECODER_LINE.match(text):
+            self.decoder_lines.append(text)
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.saved, raw)
+
+    def restore(self) -> None:
+        cv2.setNumThreads(self.threads)
+        cv2.utils.logging.setLogLevel(self.log_level)
+        if self.saved is None:
+            return
+        if self.console is not sys.stderr:
+            self.console.close()
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        self.reader.join()
+        os.close(self.saved)
+        if self.decoder_lines:
+            distinct = list(dict.fromkeys(self.decoder_lines))
+            logger.warning(
+                "the image decoders printed %d message(s) during the load, e.g. %s",
+                len(self.decoder_lines),
+                "; ".join(repr(line) for line in distinct[:3]),
+            )
+
+
 _quiet_lock = threading.Lock()
 _quiet_depth = 0
-_quiet_console = None
+_quiet_state: _Silenced | None = None
 
 
 @contextmanager
 def quiet_opencv() -> Iterator:
-    """While loading: OpenCV single-threaded and silent; yields the stream for progress bars.
+    """While loading: OpenCV single-threaded and quiet; yields the stream for progress bars.
 
     Our threads are the parallelism; OpenCV's own pool on top would
     oversubscribe the cores. libjpeg, libpng and libtiff print warnings with
     ``fprintf(stderr)``, out of OpenCV's logger's reach, so file descriptor 2
-    is pointed at a temporary file for the duration and the lines are
-    summarised in one log record afterwards; the progress bar writes to the
-    real terminal through a duplicate of the original descriptor. Both
-    settings are process-wide, so nested or concurrent loads share the
-    outermost one's.
+    is pointed at a pipe for the duration: their lines are summarised in one
+    log record afterwards, every other line is passed through at once, and
+    the progress bar writes to the real terminal through a duplicate of the
+    original descriptor. These settings are process-wide, so concurrent and
+    nested loads share them: the first load in sets them up and the last one
+    out restores them.
     """
-    global _quiet_depth, _quiet_console
+    global _quiet_depth, _quiet_state
     with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_state = _Silenced()
         _quiet_depth += 1
-        outermost = _quiet_depth == 1
-        if outermost:
-            state = _silence()
-            _quiet_console = state[-1]
-        console = _quiet_console
+        console = _quiet_state.console
     try:
         yield console
     finally:
         with _quiet_lock:
             _quiet_depth -= 1
-            if outermost:
-                _restore(*state)
+            if _quiet_depth == 0:
+                state, _quiet_state = _quiet_state, None
+                state.restore()
 
 
-def _silence():
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    log_level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    saved = capture = None
-    console = sys.stderr
-    try:
-        uses_fd2 = sys.stderr is not None and sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):  # Jupyter, pytest's capsys, closed stderr
-        uses_fd2 = False
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        capture = tempfile.TemporaryFile()
-        os.dup2(capture.fileno(), 2)
-        if uses_fd2:
-            console = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
-    except (OSError, AttributeError, ValueError):
-        saved = capture = None
-    return threads, log_level, saved, capture, console
-
-
-def _restore(threads, log_level, saved, capture, console) -> None:
-    cv2.setNumThreads(threads)
-    cv2.utils.logging.setLogLevel(log_level)
-    if saved is None:
-        return
-    if console is not sys.stderr:
-        console.close()
-    os.dup2(saved, 2)
-    os.close(saved)
-    capture.seek(0)
-    lines = [line.strip() for line in capture.read().decode("utf-8", "replace").splitlines() if line.strip()]
-    capture.close()
-    if lines:
-        distinct = list(dict.fromkeys(lines))
-        logger.warning(
-            "the image decoders printed %d message(s) during the load, e.g. %s",
-            len(lines),
-            "; ".join(repr(line) for line in distinct[:3]),
-        )
+def progress_wanted(progress: bool | None) -> bool:
+    """``progress=None``: a bar only when stderr is a terminal."""
+    if progress is not None:
+        return bool(progress)
+    return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()

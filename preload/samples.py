@@ -15,7 +15,7 @@ import os
 import cv2
 import numpy as np
 
-from .errors import PreloadError
+from .errors import OptionError, PreloadError
 
 # Photos in scikit-image's wheel (no download needed); gray ones become gray JPEGs.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "camera", "gravel")
@@ -59,7 +59,8 @@ def make_samples(
     >>> paths = make_samples(tempfile.mkdtemp(), 4)  # doctest: +SKIP
     """
     if count < 1:
-        raise ValueError(f"count={count} is not accepted; make at least one sample")
+        message = f"count={count} is not accepted; make at least one sample"
+        raise OptionError(message)
     rng = np.random.default_rng(seed)
     sources = photos()
     names = sorted(sources)

@@ -229,16 +229,27 @@ def _scan(folder: str) -> tuple[list[str], list[str]]:
     return files, dirs
 
 
-def _walk(folder: str) -> list[str]:
+def _walk(folder: str, seen: frozenset = frozenset()) -> list[str]:
     """All visible images under ``folder``: its sorted files, then each sorted sub-folder.
 
     os.scandir yields the file type with the name, so listing costs no stat per
     file; that keeps a million-file tree in seconds rather than minutes.
+    ``seen`` holds the (device, inode) of the folders above, so a symlink back
+    up the tree is an error instead of an endless walk.
     """
-    files, dirs = _scan(folder)
+    info = os.stat(folder)
+    here = (info.st_dev, info.st_ino)
+    if here in seen:
+        message = f"'{folder}' leads back to a folder above it (a symlink loop); remove the link or list files"
+        raise SourceError(message)
+    try:
+        files, dirs = _scan(folder)
+    except OSError as exc:
+        message = f"cannot list '{folder}': {exc.strerror or exc}"
+        raise SourceError(message) from exc
     found = [os.path.join(folder, name) for name in files]
     for name in dirs:
-        found.extend(_walk(os.path.join(folder, name)))
+        found.extend(_walk(os.path.join(folder, name), seen | {here}))
     return found
 
 

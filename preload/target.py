@@ -74,7 +74,7 @@ class Target:
                 pass
 
 
-def allocate(out, shape: tuple[int, ...], *, check_space: bool = True) -> Target:
+def allocate(out, shape: tuple[int, ...]) -> Target:
     """Resolve ``out=`` to a :class:`Target` of ``shape`` and dtype uint8.
 
     Raises
@@ -92,15 +92,14 @@ def allocate(out, shape: tuple[int, ...], *, check_space: bool = True) -> Target
     """
     nbytes = int(np.prod(shape, dtype=np.int64))
     if out is None:
-        if check_space:
-            available = psutil.virtual_memory().available
-            if nbytes > available:
-                message = (
-                    f"the array needs {_gb(nbytes)} (N*C*H*W = {' x '.join(map(str, shape))}) but only "
-                    f"{_gb(available)} of memory is available; load into a memory-mapped file instead, "
-                    f"e.g. out=\"images.npy\""
-                )
-                raise InsufficientMemoryError(message)
+        available = psutil.virtual_memory().available
+        if nbytes > available:
+            message = (
+                f"the array needs {_gb(nbytes)} (N*C*H*W = {' x '.join(map(str, shape))}) but only "
+                f"{_gb(available)} of memory is available; load into a memory-mapped file instead, "
+                f"e.g. out=\"images.npy\""
+            )
+            raise InsufficientMemoryError(message)
         return Target(np.empty(shape, np.uint8), "ram")
     if isinstance(out, np.ndarray):
         _check_array(out, shape)
@@ -114,11 +113,10 @@ def allocate(out, shape: tuple[int, ...], *, check_space: bool = True) -> Target
         if not os.path.isdir(folder):
             message = f"out='{path}': the folder '{folder}' does not exist"
             raise TargetError(message)
-        if check_space:
-            free = psutil.disk_usage(folder).free
-            if nbytes > free:
-                message = f"out='{path}' needs {_gb(nbytes)} but its file system has {_gb(free)} free"
-                raise InsufficientDiskError(message)
+        free = psutil.disk_usage(folder).free
+        if nbytes > free:
+            message = f"out='{path}' needs {_gb(nbytes)} but its file system has {_gb(free)} free"
+            raise InsufficientDiskError(message)
         temp = path + PARTIAL_SUFFIX
         return Target(create_npy(temp, shape), "npy", path, temp)
     message = (

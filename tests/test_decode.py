@@ -159,8 +159,18 @@ def test_every_extension_loads(tmp_path, rng, ext):
 # --------------------------------------------------------------------------- EXIF
 
 
-@pytest.mark.parametrize("orientation, turn", [(6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1)),
-                                               (3, lambda a: np.rot90(a, 2)), (2, lambda a: a[:, ::-1])])
+TURNS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: np.rot90(a, 2),
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("orientation, turn", sorted(TURNS.items()))
 def test_exif_orientation_applied_by_default_and_switchable(tmp_path, rng, orientation, turn):
     bgr = smooth_image(rng, 32, 48)
     raw = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
@@ -179,14 +189,14 @@ def test_exif_orientation_applied_by_default_and_switchable(tmp_path, rng, orien
 
 @pytest.mark.parametrize(
     "source, size, mode, factor",
-    [((375, 500), (224, 224), "stretch", 1), ((1000, 1000), (256, 256), "stretch", 2),
-     ((1200, 1600), (256, 256), "cover", 4), ((1200, 1600), (256, 256), "stretch", 4),
-     ((4000, 3000), (256, 256), "fit", 4), ((4000, 3000), (256, 256), "shorter", 4),
-     ((6000, 4500), (256, 256), "shorter", 8), ((1600, 1600), (100, 100), "stretch", 8),
-     ((2048, 2048), (257, 256), "stretch", 4), ((4096, 4096), (256, 256), "stretch", 8),
-     ((2048, 2048), (256, 256), "stretch", 4), ((4000, 3000), (256, 256), "cover", 4)],
+    [((375, 500), (224, 224), "stretch", 1), ((1000, 1000), (256, 256), "stretch", 1),
+     ((1024, 1024), (256, 256), "stretch", 2), ((1200, 1600), (256, 256), "cover", 2),
+     ((2048, 2048), (256, 256), "stretch", 4), ((2048, 2048), (257, 256), "stretch", 2),
+     ((4096, 4096), (256, 256), "stretch", 8), ((4000, 3000), (256, 256), "fit", 4),
+     ((4000, 3000), (256, 256), "shorter", 4), ((6000, 4500), (256, 256), "shorter", 8),
+     ((4000, 4000), (256, 256), "stretch", 4), ((1600, 1600), (100, 100), "stretch", 8)],
 )
-def test_reduction_keeps_both_sides_at_least_the_target_and_twice_for_an_eighth(source, size, mode, factor):
+def test_reduction_keeps_twice_the_output_on_both_axes(source, size, mode, factor):
     assert reduction_for(*source, size, mode) == factor
 
 
@@ -209,23 +219,46 @@ def test_reduced_decode_is_used_for_big_jpegs(tmp_path, rng, monkeypatch):
 
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory):
+    """scikit-image's photos at their own size and 1.5x / 3x larger, incl. the fine textures."""
     data = pytest.importorskip("skimage.data")
     folder = tmp_path_factory.mktemp("photos")
     paths = []
-    for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina"):
-        image = getattr(data, name)()[:, :, ::-1]
-        big = cv2.resize(np.ascontiguousarray(image), None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
-        paths.append(write(folder / f"{name}.jpg", big, cv2.IMWRITE_JPEG_QUALITY, 92))
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "grass", "gravel", "brick"):
+        image = getattr(data, name)()
+        image = np.ascontiguousarray(image[:, :, ::-1]) if image.ndim == 3 else image
+        for scale in (1, 1.5, 3):
+            big = image if scale == 1 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+            paths.append(write(folder / f"{name}-{scale}.jpg", big, cv2.IMWRITE_JPEG_QUALITY, 92))
     return paths
 
 
-@pytest.mark.parametrize("size", [96, 160, 224])
-@pytest.mark.parametrize("mode", ["stretch", "shorter"])
+@pytest.mark.parametrize("size", [64, 96, 160, 224, (128, 256)])
+@pytest.mark.parametrize("mode", ["stretch", "fit", "cover", "shorter"])
 def test_reduced_decode_stays_within_35_db_of_the_full_decode(photo_dir, size, mode):
     reduced = preload.load(photo_dir, size=size, resize=mode, progress=False)
     full = preload.load(photo_dir, size=size, resize=mode, reduce=False, progress=False)
     for i, path in enumerate(photo_dir):
         assert psnr(reduced.images[i], full.images[i]) >= 35, path
+
+
+@pytest.mark.parametrize("mode", ["fit", "cover", "shorter"])
+def test_reduced_decode_keeps_the_geometry(tmp_path, mode):
+    data = pytest.importorskip("skimage.data")
+    photo = cv2.resize(data.coffee()[:, :, ::-1], (960, 640), interpolation=cv2.INTER_CUBIC)  # 1/4 scale for 64
+    path = write(tmp_path / "a.jpg", photo, cv2.IMWRITE_JPEG_QUALITY, 95)
+    reduced = preload.load([path], size=(64, 48), resize=mode, fill=255, progress=False)
+    full = preload.load([path], size=(64, 48), resize=mode, fill=255, reduce=False, progress=False)
+    if mode == "fit":  # the letterbox is planned on the full size, so it is the same
+        margin = [np.all(ds.images[0] == 255, axis=2)[:, 0] for ds in (reduced, full)]
+        assert np.array_equal(*margin)
+    assert psnr(reduced.images[0], full.images[0]) >= 35
+
+
+def test_crop_alignment_follows_the_possible_reduction():
+    geometry = plan_geometry(600, 900, (64, 64), "cover")  # 1/4 possible: crop aligned to 4
+    assert geometry.src == (0, 600, 152, 752)
+    assert geometry.reduced(4, (150, 225)).src == (0, 150, 38, 188)
+    assert plan_geometry(60, 90, (32, 32), "cover").src == (0, 60, 15, 75)  # small: no alignment
 
 
 def test_options_reject_bad_values():
@@ -240,12 +273,20 @@ def test_options_reject_bad_values():
     for bad in (0, -3, (10,), (10, 0), 2.5, "256", True):
         with pytest.raises(preload.OptionError, match=r"size="):
             DecodeOptions.create(size=bad)
-    with pytest.raises(preload.OptionError, match=r"fill=\(1, 2\).*3 such values"):
+    with pytest.raises(preload.OptionError, match=r"fill=\(1, 2\).*3 such ints"):
         DecodeOptions.create(fill=(1, 2))
     with pytest.raises(preload.OptionError, match=r"fill=300"):
         DecodeOptions.create(fill=300)
     with pytest.raises(preload.OptionError, match=r"max_pixels=0"):
         DecodeOptions.create(max_pixels=0)
+    for bad in (("a", "b", "c"), (1.9, 2.2, 3.7), True, 2.0, -1):
+        with pytest.raises(preload.OptionError, match=r"fill=.* is not accepted"):
+            DecodeOptions.create(fill=bad)
+    for name in ("exif", "reduce"):
+        with pytest.raises(preload.OptionError, match=rf"{name}='no' is not accepted; use True or False"):
+            DecodeOptions.create(**{name: "no"})
+    with pytest.raises(preload.OptionError, match=r"max_pixels=True"):
+        DecodeOptions.create(max_pixels=True)
 
 
 def test_size_forms():
@@ -253,3 +294,34 @@ def test_size_forms():
     assert DecodeOptions.create(size=(3, 5)).size == (3, 5)
     assert DecodeOptions.create(size=[3, 5], layout="nchw").slot_shape() == (3, 3, 5)
     assert DecodeOptions.create(size=(3, 5), color="GRAY").slot_shape() == (3, 5, 1)
+
+
+@pytest.mark.parametrize("ext", ["png", "webp", "tiff"])
+@pytest.mark.parametrize("orientation", [3, 6, 7])
+def test_exif_orientation_of_png_webp_tiff(tmp_path, rng, ext, orientation):
+    image_module = pytest.importorskip("PIL.Image")
+    rgb = smooth_image(rng, 20, 30)[:, :, ::-1].copy()
+    path = str(tmp_path / f"o.{ext}")
+    picture = image_module.fromarray(rgb)
+    if ext == "tiff":
+        picture.save(path, "TIFF", tiffinfo={274: orientation})
+    else:
+        exif = picture.getexif()
+        exif[274] = orientation
+        picture.save(path, exif=exif.tobytes(), lossless=True)
+    upright = np.ascontiguousarray(TURNS[orientation](rgb))
+    ds = preload.load([path], progress=False)  # size=None: the header's rotated size must be right
+    assert np.array_equal(ds.images[0], upright)
+    ds = preload.load([path], exif=False, progress=False)
+    assert np.array_equal(ds.images[0], rgb)
+
+
+def test_rgb_png_into_nhwc_is_converted_in_the_slot(tmp_path, rng, monkeypatch):
+    path = write(tmp_path / "a.png", smooth_image(rng, 40, 40))
+    made = []
+    real = np.copyto
+    monkeypatch.setattr(np, "copyto", lambda dst, src, **k: made.append(dst.shape) or real(dst, src, **k))
+    ds = preload.load([path], size=20, progress=False, workers=1)
+    assert made == []  # no copy after the conversion: cvtColor wrote into the slot
+    expected = cv2.resize(cv2.imread(path), (20, 20), interpolation=cv2.INTER_AREA)[:, :, ::-1]
+    assert np.array_equal(ds.images[0], expected)

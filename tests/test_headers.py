@@ -46,8 +46,13 @@ def test_probe_reads_past_large_app_segments(tmp_path, rng):
 
 
 def test_unknown_signature_is_left_to_opencv():
-    info = headers.parse(b"P5\n4 4\n255\n" + bytes(16), "x.pgm", complete=True)
+    info = headers.parse(b"GIF89a" + bytes(16), "x.gif", complete=True)
     assert (info.format, info.height) == ("other", None)
+
+
+def test_pnm_size_with_comments():
+    info = headers.parse(b"P6\n# made by hand\n 7  5\n255\n" + bytes(105), "x.ppm", complete=True)
+    assert (info.format, info.height, info.width) == ("pnm", 5, 7)
 
 
 def test_pgm_from_a_path_list_still_loads(tmp_path, rng):

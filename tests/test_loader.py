@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from types import SimpleNamespace
 
 import cv2
@@ -188,10 +191,59 @@ def test_opencv_runs_single_threaded_inside_and_is_restored(folder, monkeypatch)
         return real(self, path, slot)
 
     monkeypatch.setattr(decode.Decoder, "decode_into", spy)
+    before = cv2.getNumThreads()
     cv2.setNumThreads(2)
-    preload.load(folder, size=8, progress=False)
+    try:
+        preload.load(folder, size=8, progress=False)
+        assert set(seen) == {1}
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_concurrent_loads_keep_their_settings_until_the_last_ends(folder, monkeypatch, capfd):
+    """Two loads in two threads: OpenCV stays single-threaded for both, stderr is restored once."""
+    seen = []
+    real = decode.Decoder.decode_into
+
+    def slow(self, path, slot):
+        time.sleep(0.002)
+        seen.append(cv2.getNumThreads())
+        return real(self, path, slot)
+
+    monkeypatch.setattr(decode.Decoder, "decode_into", slow)
+    before = cv2.getNumThreads()
+    results = {}
+
+    def run(name, count):
+        paths = preload.Manifest.from_folder(folder).paths * count
+        results[name] = preload.load(paths, size=8, progress=False, workers=1).images.shape
+
+    threads = [threading.Thread(target=run, args=("short", 1)), threading.Thread(target=run, args=("long", 20))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {"short": (10, 8, 8, 3), "long": (200, 8, 8, 3)}
     assert set(seen) == {1}
-    assert cv2.getNumThreads() == 2
+    assert cv2.getNumThreads() == before
+    print("stderr works", file=sys.stderr)
+    assert "stderr works" in capfd.readouterr().err
+
+
+def test_other_stderr_output_passes_through_during_a_load(folder, monkeypatch, capfd):
+    real = decode.Decoder.decode_into
+
+    def chatty(self, path, slot):
+        os.write(2, b"libpng warning: iCCP: known incorrect sRGB profile\n")
+        os.write(2, b"app: something unrelated\n")
+        return real(self, path, slot)
+
+    monkeypatch.setattr(decode.Decoder, "decode_into", chatty)
+    preload.load(folder, size=8, progress=False, workers=1)
+    err = capfd.readouterr().err
+    assert err.count("app: something unrelated") == 10
+    assert "iCCP" not in err.replace("e.g. 'libpng warning: iCCP", "")  # only in the one summary line
 
 
 def test_progress_bar_on_and_off(folder, capfd):

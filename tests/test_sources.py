@@ -579,3 +579,12 @@ def test_missing_csv_is_named_as_a_csv(tmp_path):
     missing = tmp_path / "nope.csv"
     with pytest.raises(SourceError, match=rf"cannot read CSV '{esc(missing)}': No such file"):
         preload.load(str(missing))
+
+
+def test_symlink_loop_is_a_source_error(tmp_path):
+    root = tmp_path / "data"
+    (root / "cat").mkdir(parents=True)
+    cv2.imwrite(str(root / "cat" / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    os.symlink(root / "cat", root / "cat" / "up")
+    with pytest.raises(SourceError, match=r"symlink loop"):
+        Manifest.from_folder(root)
