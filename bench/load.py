@@ -1,11 +1,12 @@
 """Benchmark: ``preload.load`` against the list-then-``np.stack`` way, for speed and peak memory.
 
-Every measurement runs in a fresh interpreter (this script re-run with
-``--child``), so one strategy's freed-but-kept heap, page tables or OpenCV
-thread pools cannot inflate or hide the next one's peak. The child imports
-numpy, OpenCV and preload first, then measures RSS above that baseline while
-the strategy runs, and prints one JSON line; the parent runs the strategies
-interleaved, repeat after repeat, and prints the medians.
+Every measurement runs in a fresh interpreter, by the harness of ``preload
+report`` (:func:`preload.report.measure`), so one strategy's freed-but-kept
+heap, page tables or OpenCV thread pools cannot inflate or hide the next
+one's peak. The child imports numpy, OpenCV and preload first, then measures
+RSS above that baseline while the strategy runs; both strategies decode with
+preload's own decoder, so the arrays are bit-identical. This script runs the
+two strategies interleaved, repeat after repeat, and prints the medians.
 
 The figure that matters is ``ratio``: peak RSS above the baseline divided by
 the bytes of the finished array. Building a list of N images and stacking it
@@ -23,16 +24,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = ("preload", "naive-stack")
+HARNESS = {"preload": "preload", "naive-stack": "naive"}  # this script's names -> preload.report.STRATEGIES
 SEED = 0  # fixed, so every machine benchmarks the same files
 TARGET_RATIO = 1.05  # from the issue: preload may cost at most 5% above the array itself
 
@@ -48,105 +47,32 @@ def _use_checkout() -> None:
         sys.path.insert(0, str(ROOT))
 
 
-# ------------------------------------------------------------------ strategies
+# ------------------------------------------------------------------ strategies and data
 
 
-def _load_preload(folder: str, size: int, layout: str, workers: int | None):
-    import preload
+def _measure(strategy: str, paths: list[str], args: argparse.Namespace) -> dict:
+    """One run of ``strategy`` in a fresh interpreter, by preload.report's harness."""
+    from preload import DecodeOptions
+    from preload.report import measure
 
-    return preload.load(folder, size=size, layout=layout, workers=workers, progress=False).images
-
-
-def _load_naive(folder: str, size: int, layout: str, workers: int | None):
-    """What tutorials do: decode every file, keep it in a list, stack at the end (one thread; ``workers`` unused)."""
-    import cv2
-    import numpy as np
-
-    import preload
-
-    images = []
-    for path in preload.Manifest.from_folder(folder).paths:
-        image = cv2.imread(path)
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        if layout == "NCHW":
-            image = image.transpose(2, 0, 1)
-        images.append(image)
-    return np.stack(images)
-
-
-LOADERS = {"preload": _load_preload, "naive-stack": _load_naive}
-
-
-def _child(args: argparse.Namespace) -> int:
-    """Measure one strategy in this (fresh) process; print one JSON line."""
-    import gc
-    import importlib
-
-    # Loaded before the baseline, so their code and data are not counted as the strategy's cost.
-    for name in ("numpy", "cv2", "preload"):
-        importlib.import_module(name)
-    from preload.memory import PeakSampler
-
-    loader = LOADERS[args.child]
-    gc.collect()
-    with PeakSampler() as sampler:
-        started = time.perf_counter()
-        images = loader(args.data, args.size, args.layout, args.workers)
-        seconds = time.perf_counter() - started
-        # `images` stays alive until the sampler stops: the finished array is part of the peak.
-    count = int(images.shape[0])
+    options = DecodeOptions.create(size=args.size, layout=args.layout)
+    run = measure(HARNESS[strategy], paths, options, workers=args.workers)
+    if not run.ok:
+        raise RuntimeError(f"the {strategy} run failed: {run.detail}")
     result = {
-        "strategy": args.child,
-        "seconds": seconds,
-        "images": count,
-        "images_per_s": count / seconds,
-        "shape": list(images.shape),
-        "array_bytes": int(images.nbytes),
-        "baseline_rss": sampler.baseline,
-        "peak_rss": sampler.peak,
-        "peak_above_baseline": sampler.peak_above_baseline,
-        "ratio": sampler.peak_above_baseline / images.nbytes,
-        "ru_maxrss": sampler.ru_maxrss,
-        "samples": len(sampler.samples),
+        name: getattr(run, name)
+        for name in (
+            "seconds", "images", "images_per_s", "shape", "array_bytes", "baseline_rss", "peak_rss",
+            "peak_above_baseline", "ratio", "ru_maxrss", "parent_ru_maxrss", "checksum",
+        )
     }
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-def _measure(strategy: str, args: argparse.Namespace) -> dict:
-    command = [
-        sys.executable,
-        os.fspath(Path(__file__).resolve()),
-        "--child",
-        strategy,
-        "--data",
-        args.data,
-        "--size",
-        str(args.size),
-        "--layout",
-        args.layout,
-    ]
-    if args.workers is not None:
-        command += ["--workers", str(args.workers)]
-    parent_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    done = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    if done.returncode != 0 or not lines:
-        message = f"the {strategy} run failed (exit code {done.returncode}):\n{done.stderr.strip()}"
-        raise RuntimeError(message)
-    run = json.loads(lines[-1])
-    # The child's ru_maxrss starts at this value (Linux keeps it across fork and exec).
-    run["parent_ru_maxrss"] = parent_maxrss
-    return run
-
-
-# ------------------------------------------------------------------ data and machine
+    return {"strategy": strategy, **result, "samples": run.sample_count}
 
 
 def _prepare_data(folder: str, count: int) -> int:
     """Make ``count`` sample images in ``folder`` unless at least that many are there; return how many."""
     from preload import Manifest, SourceError
+    from preload.report import make_samples_subprocess
 
     try:
         found = len(Manifest.from_folder(folder))
@@ -157,56 +83,10 @@ def _prepare_data(folder: str, count: int) -> int:
         return found
     print(f"data     {folder}: {found} images, making {count} ...", flush=True)
     started = time.perf_counter()
-    # In a subprocess: Linux hands a parent's peak RSS (ru_maxrss) down to every child it
-    # starts, so the parent must stay small for the children's ru_maxrss to mean anything.
-    code = (
-        "import sys; from preload.samples import make_samples; "
-        "make_samples(sys.argv[1], int(sys.argv[2]), seed=int(sys.argv[3]))"
-    )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    subprocess.run([sys.executable, "-c", code, folder, str(count), str(SEED)], check=True, env=env)
+    make_samples_subprocess(folder, count, seed=SEED)  # keeps this process's peak (ru_maxrss) small
     found = len(Manifest.from_folder(folder))
     print(f"data     {found} images made in {time.perf_counter() - started:.1f} s", flush=True)
     return found
-
-
-def _warm_cache(folder: str) -> None:
-    """Read every file once, so the first strategy measured does not pay for a cold page cache alone."""
-    from preload import Manifest
-
-    for path in Manifest.from_folder(folder).paths:
-        with open(path, "rb") as handle:
-            handle.read()
-
-
-def _machine() -> dict:
-    import cv2
-    import numpy as np
-    import psutil
-
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:  # not Linux
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 1
-    return {
-        "cpu": model or platform.machine(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "ram_bytes": psutil.virtual_memory().total,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-    }
 
 
 # ------------------------------------------------------------------ report
@@ -285,7 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, default=None, help="preload's threads (default: every core)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write every run and the medians here")
-    parser.add_argument("--child", choices=STRATEGIES, help=argparse.SUPPRESS)
     return parser
 
 
@@ -297,13 +176,13 @@ def main(argv=None) -> int:
         if value is not None and value < 1:
             parser.error(f"--{name} {value} is not accepted; use a positive integer")
     _use_checkout()
-    if args.child:
-        return _child(args)
+    from preload import Manifest
+    from preload import report as harness
 
     args.data = os.fspath(args.data or ROOT / "bench" / "data" / f"samples-{args.count}")
     if os.path.exists(args.data) and not os.path.isdir(args.data):
         parser.error(f"--data '{args.data}' exists and is not a folder")
-    machine = _machine()
+    machine = harness.machine()
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     workers = args.workers or machine["usable_cores"]
     print(f"date     {date}")
@@ -317,7 +196,8 @@ def main(argv=None) -> int:
         "naive-stack single-threaded"
     )
     _prepare_data(args.data, args.count)
-    _warm_cache(args.data)
+    paths = Manifest.from_folder(args.data).paths
+    harness.warm_cache(paths, budget=2**62)  # always: the timings need a warm cache
 
     runs = []
     try:
@@ -325,7 +205,7 @@ def main(argv=None) -> int:
             # Alternate which strategy goes first, so drift (thermal, page cache) does not favour one.
             order = STRATEGIES[repeat % 2 :] + STRATEGIES[: repeat % 2]
             for strategy in order:
-                run = _measure(strategy, args)
+                run = _measure(strategy, paths, args)
                 run["repeat"] = repeat
                 runs.append(run)
                 print(
@@ -340,11 +220,14 @@ def main(argv=None) -> int:
 
     medians = _medians(runs)
     _print_table(medians, runs[0]["array_bytes"], max(run["parent_ru_maxrss"] for run in runs))
+    checksums = {run["checksum"] for run in runs}
+    same = "identical in every run" if len(checksums) == 1 else f"NOT identical: {len(checksums)} different"
+    print(f"arrays   {same} (sha256 {sorted(checksums)[0][:16]}...)")
     if args.json:
         report = {
             "date": date,
             "machine": machine,
-            "options": {k: v for k, v in vars(args).items() if k != "child"},
+            "options": vars(args),
             "runs": runs,
             "medians": medians,
         }

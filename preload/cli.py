@@ -1,4 +1,4 @@
-"""Command line front end: ``preload demo`` and ``preload load``.
+"""Command line front end: ``preload demo``, ``preload load`` and ``preload report``.
 
 Exit codes: 0 success, 1 the work failed (a file, the memory check, ...),
 2 a usage error (a bad option value, also when the library is the one that
@@ -17,10 +17,13 @@ from . import __version__
 from .errors import OptionError, PreloadError, TargetError
 from .loader import load
 from .memory import PeakSampler
+from .report import add_parser as add_report_parser
+from .report import run_command as run_report_command
 
 EPILOG = """examples:
   preload demo                                  # 400 sample photos -> 256x256 NCHW, timed
   preload load data/train --size 224 --layout nchw --out train.npy
+  preload report data/train --limit 4000 --out report/   # peak memory: list-then-stack vs preload
 """
 
 
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     load_cmd.add_argument("source", help="folder of class folders, flat folder, or CSV file")
     load_cmd.add_argument("--out", default=None, help="write the array to this .npy file")
     _add_decode_options(load_cmd, None)
+
+    add_report_parser(commands)  # its options and its run live in preload/report.py
     return parser
 
 
@@ -118,6 +123,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command == "report":
+            return run_report_command(args)
         if args.command == "demo":
             from .samples import make_samples
 
