@@ -65,6 +65,9 @@ class Manifest:
     paths: list[str]
     labels: np.ndarray | None = None
     classes: list[str] | None = None
+    # Where the list came from: every folder walked, or the CSV file. A change
+    # in their mtimes is how a cache notices added or removed files cheaply.
+    listing: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.paths):
@@ -78,7 +81,7 @@ class Manifest:
         """The manifest restricted to the rows whose index is in ``keep`` (sorted)."""
         keep = np.asarray(keep, dtype=np.int64)
         labels = None if self.labels is None else self.labels[keep]
-        return Manifest([self.paths[i] for i in keep], labels, self.classes)
+        return Manifest([self.paths[i] for i in keep], labels, self.classes, self.listing)
 
     @classmethod
     def from_folder(cls, root: str | os.PathLike) -> Manifest:
@@ -87,6 +90,7 @@ class Manifest:
         if not os.path.isdir(root_text):
             message = f"source folder '{root_text}' does not exist or is not a folder"
             raise SourceError(message)
+        walked = [root_text]
         files, dirs = _scan(root_text)
         if dirs and files:
             message = (
@@ -96,14 +100,14 @@ class Manifest:
             raise SourceError(message)
         if not dirs:
             paths = [os.path.join(root_text, name) for name in files]
-            manifest = cls(paths)
+            manifest = cls(paths, listing=tuple(walked))
         else:
             paths, labels = [], []
             for k, name in enumerate(dirs):
-                found = _walk(os.path.join(root_text, name))
+                found = _walk(os.path.join(root_text, name), walked=walked)
                 paths.extend(found)
                 labels.extend([k] * len(found))
-            manifest = cls(paths, np.asarray(labels, dtype=np.int64), list(dirs))
+            manifest = cls(paths, np.asarray(labels, dtype=np.int64), list(dirs), tuple(walked))
         if not manifest.paths:
             allowed = ", ".join(sorted(IMAGE_EXTENSIONS))
             message = f"no images found in '{root_text}' (looked for {allowed}, any case)"
@@ -174,10 +178,10 @@ class Manifest:
             message = f"CSV '{csv_text}' has a header but no rows"
             raise SourceError(message)
         if label_at is None:
-            return cls(paths)
+            return cls(paths, listing=(csv_text,))
         what = f"CSV '{csv_text}' column '{label_column}'"
         label_array, classes = _encode_labels(raw_labels, what, numeric_text=True)
-        return cls(paths, label_array, classes)
+        return cls(paths, label_array, classes, (csv_text,))
 
 
 def manifest(source, *, labels=None) -> Manifest:
@@ -229,13 +233,14 @@ def _scan(folder: str) -> tuple[list[str], list[str]]:
     return files, dirs
 
 
-def _walk(folder: str, seen: frozenset = frozenset()) -> list[str]:
+def _walk(folder: str, seen: frozenset = frozenset(), walked: list[str] | None = None) -> list[str]:
     """All visible images under ``folder``: its sorted files, then each sorted sub-folder.
 
     os.scandir yields the file type with the name, so listing costs no stat per
     file; that keeps a million-file tree in seconds rather than minutes.
     ``seen`` holds the (device, inode) of the folders above, so a symlink back
-    up the tree is an error instead of an endless walk.
+    up the tree is an error instead of an endless walk; ``walked`` collects
+    every folder visited.
     """
     info = os.stat(folder)
     here = (info.st_dev, info.st_ino)
@@ -247,9 +252,11 @@ def _walk(folder: str, seen: frozenset = frozenset()) -> list[str]:
     except OSError as exc:
         message = f"cannot list '{folder}': {exc.strerror or exc}"
         raise SourceError(message) from exc
+    if walked is not None:
+        walked.append(folder)
     found = [os.path.join(folder, name) for name in files]
     for name in dirs:
-        found.extend(_walk(os.path.join(folder, name), seen | {here}))
+        found.extend(_walk(os.path.join(folder, name), seen | {here}, walked))
     return found
 
 

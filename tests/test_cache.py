@@ -304,6 +304,17 @@ def test_sources_changed_while_a_build_was_stopped(tmp_path, source, rng, monkey
     assert np.array_equal(ds.images, preload.load(source, size=16, layout="NCHW", progress=False).images)
 
 
+def test_unchanged_folders_are_not_listed_again(tmp_path, source, monkeypatch, rng):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    monkeypatch.setattr(cache, "manifest", lambda *a, **k: pytest.fail("listed again"))
+    assert len(preload.open_cache(out)) == 60
+    monkeypatch.undo()
+    write(source / "cow" / "extra.png", smooth_image(rng, 30, 40))  # the folder's mtime moves
+    with pytest.raises(preload.StaleCacheError, match=r"1 added .*extra.png"):
+        preload.open_cache(out)
+
+
 def test_open_check_cost_is_one_stat_per_file(tmp_path, source, monkeypatch):
     out = tmp_path / "c.npy"
     build(source, out)
@@ -361,7 +372,7 @@ def test_write_error_mid_build_leaves_a_resumable_partial(tmp_path, source, monk
     out = tmp_path / "c.npy"
     reference = tmp_path / "ref.npy"
     build(source, reference)
-    monkeypatch.setattr(cache, "COMMIT_ROWS", 10)
+    monkeypatch.setattr(cache, "COMMIT_BYTES", 10 * 3 * 16 * 16)  # commit every 10 rows
     real_pwrite = os.pwrite
     writes = []
 
