@@ -1,20 +1,25 @@
-"""Command line front end: ``preload demo``, ``preload load`` and ``preload report``.
+"""Command line front end: ``preload demo | load | build | info | verify | report``.
 
-Exit codes: 0 success, 1 the work failed (a file, the memory check, ...),
+Exit codes: 0 success (``verify``: the cache is complete and fresh), 1 the
+work failed (a file, the memory check, ...; ``verify``: the cache is stale),
 2 a usage error (a bad option value, also when the library is the one that
-rejects it). User mistakes print one line on stderr, never a traceback.
+rejects it), 3 no complete cache at that path (missing, an unfinished build,
+damaged), 130 interrupted. User mistakes print one line on stderr, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import time
 
 from . import __version__
-from .errors import OptionError, PreloadError, TargetError
+from .cache import build_cache, cache_info, verify_cache
+from .errors import CacheError, OptionError, PreloadError, StaleCacheError, TargetError
 from .loader import load
 from .memory import PeakSampler
 from .report import add_parser as add_report_parser
@@ -24,7 +29,13 @@ EPILOG = """examples:
   preload demo                                  # 400 sample photos -> 256x256 NCHW, timed
   preload load data/train --size 224 --layout nchw --out train.npy
   preload report data/train --limit 4000 --out report/   # peak memory: list-then-stack vs preload
+  preload build data/train cache/train.npy --size 256 --layout nchw --workers 2
+  preload info cache/train.npy --json
+  preload verify cache/train.npy               # exit 0 fresh, 1 stale, 3 not a complete cache
 """
+
+EXIT_STALE = 1
+EXIT_NO_CACHE = 3
 
 
 def _size(text: str):
@@ -80,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     load_cmd.add_argument("--out", default=None, help="write the array to this .npy file")
     _add_decode_options(load_cmd, None)
 
+    build = commands.add_parser("build", help="build (or resume, or refresh) an on-disk cache")
+    build.add_argument("source", help="folder of class folders, flat folder, or CSV file")
+    build.add_argument("cache", help="the cache's .npy path")
+    build.add_argument("--force", action="store_true", help="discard what is at CACHE and start over")
+    _add_decode_options(build, None)
+
+    for name, text in (("info", "describe a cache: shape, options, classes, failures"),
+                       ("verify", "check a cache is complete and fresh (exit 0), stale (1) or absent (3)")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("cache", help="the cache's .npy path")
+        command.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     add_report_parser(commands)  # its options and its run live in preload/report.py
     return parser
 
@@ -116,6 +139,85 @@ def _report(ds, sampler: PeakSampler) -> None:
         print(f"failed   {len(ds.failed)} file(s); first: {ds.failed[0]}")
 
 
+def _demo(args) -> int:
+    from .samples import make_samples
+
+    folder = args.dir or tempfile.mkdtemp(prefix="preload-demo-")
+    started = time.perf_counter()
+    make_samples(folder, args.count)
+    print(f"samples  {args.count} images from scikit-image's photos in {folder} "
+          f"({time.perf_counter() - started:.1f} s to make)")
+    _report(*_run_load(folder, args))
+    return 0
+
+
+def _load(args) -> int:
+    ds, sampler = _run_load(args.source, args, out=args.out)
+    if args.out:
+        print(f"wrote    {os.path.abspath(args.out)}")
+    _report(ds, sampler)
+    return 0
+
+
+def _build(args) -> int:
+    with PeakSampler() as sampler:
+        ds = build_cache(
+            args.source,
+            args.cache,
+            size=args.size,
+            layout=args.layout,
+            color=args.color,
+            resize=args.resize,
+            workers=args.workers,
+            on_error=args.on_error,
+            force=args.force,
+            progress=False if args.no_progress else None,
+        )
+    print(f"cache    {os.path.abspath(args.cache)}")
+    _report(ds, sampler)
+    return 0
+
+
+def _info(args) -> int:
+    info = cache_info(args.cache)
+    if args.json:
+        print(json.dumps(info, indent=1))
+    elif info["status"] == "missing":
+        print(f"no cache at '{info['path']}'")
+    elif info["status"] == "partial":
+        print(f"unfinished build at '{info['path']}': {info['done']:,} of {info['count']:,} images written "
+              f"(shape {tuple(info['shape'])}); run the same build again to finish it")
+    else:
+        options = info["options"]
+        size = "x".join(map(str, options["size"]))
+        print(f"cache    {info['path']}")
+        print(f"images   {info['images']:,} of {info['count']:,} files, shape {tuple(info['shape'])} uint8, "
+              f"{info['layout']}, {info['bytes'] / 1e6:.1f} MB")
+        classes = info["classes"]
+        if classes:
+            print(f"classes  {len(classes)}: {', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}")
+        print(f"options  size {size}, color {options['color']}, resize {options['resize']}, "
+              f"exif {options['exif']}, reduce {options['reduce']}")
+        print(f"failed   {len(info['failed'])}" + (f"; first: '{info['failed'][0]['path']}': "
+                                                    f"{info['failed'][0]['detail']}" if info["failed"] else ""))
+        print(f"built    {info['created']} in {info['build_seconds']:.1f} s with preload "
+              f"{info['versions']['preload']}, OpenCV {info['versions']['opencv']}")
+    return 0 if info["status"] == "complete" else EXIT_NO_CACHE
+
+
+def _verify(args) -> int:
+    result = verify_cache(args.cache)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{result['status']}: {result['problem'] or result['path']}")
+    return {"fresh": 0, "stale": EXIT_STALE}.get(result["status"], EXIT_NO_CACHE)
+
+
+COMMANDS = {"demo": _demo, "load": _load, "build": _build, "info": _info, "verify": _verify,
+            "report": run_report_command}
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -123,29 +225,19 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command == "report":
-            return run_report_command(args)
-        if args.command == "demo":
-            from .samples import make_samples
-
-            folder = args.dir or tempfile.mkdtemp(prefix="preload-demo-")
-            started = time.perf_counter()
-            make_samples(folder, args.count)
-            print(f"samples  {args.count} images from scikit-image's photos in {folder} "
-                  f"({time.perf_counter() - started:.1f} s to make)")
-            ds, sampler = _run_load(folder, args)
-        else:
-            ds, sampler = _run_load(args.source, args, out=args.out)
-            if args.out:
-                print(f"wrote    {os.path.abspath(args.out)}")
-        _report(ds, sampler)
+        return COMMANDS[args.command](args)
     except (OptionError, TargetError) as exc:
         print(f"preload: error: {exc}", file=sys.stderr)
         return 2
+    except StaleCacheError as exc:
+        print(f"preload: error: {exc}", file=sys.stderr)
+        return EXIT_STALE
+    except CacheError as exc:
+        print(f"preload: error: {exc}", file=sys.stderr)
+        return EXIT_NO_CACHE if "unfinished build" in str(exc) or "no cache" in str(exc) else 1
     except PreloadError as exc:
         print(f"preload: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("preload: interrupted", file=sys.stderr)
         return 130
-    return 0
