@@ -38,7 +38,7 @@ EXIT_STALE = 1
 EXIT_NO_CACHE = 3
 
 
-def _size(text: str):
+def parse_size(text: str):
     parts = text.lower().replace(",", "x").split("x")
     try:
         values = [int(p) for p in parts]
@@ -51,7 +51,7 @@ def _size(text: str):
     raise argparse.ArgumentTypeError(f"size {text!r} is not N or HxW (e.g. 256 or 224x320)")
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -62,7 +62,7 @@ def _positive(text: str) -> int:
 
 
 def _add_decode_options(parser: argparse.ArgumentParser, default_size) -> None:
-    parser.add_argument("--size", type=_size, default=default_size, help="N or HxW (default: %(default)s)")
+    parser.add_argument("--size", type=parse_size, default=default_size, help="N or HxW (default: %(default)s)")
     parser.add_argument("--layout", default="NCHW", help="NHWC or NCHW (default: %(default)s)")
     parser.add_argument("--color", default="rgb", help="rgb, bgr or gray (default: %(default)s)")
     parser.add_argument("--resize", default="stretch", help="stretch, fit, cover or shorter (default: %(default)s)")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="make sample photos and load them; print shape, time, peak memory")
-    demo.add_argument("--count", type=_positive, default=400, help="sample images to make (default: %(default)s)")
+    demo.add_argument("--count", type=positive_int, default=400, help="sample images to make (default: %(default)s)")
     demo.add_argument("--dir", default=None, help="where to write the samples (default: a temporary folder)")
     _add_decode_options(demo, 256)
 

@@ -1014,7 +1014,7 @@ def _strategy_list(text: str) -> list[str]:
 
 def add_parser(commands) -> argparse.ArgumentParser:
     """Register ``preload report`` on the CLI's sub-command action; returns its parser."""
-    from .cli import _positive, _size  # imported here: cli imports this module
+    from .cli import parse_size, positive_int  # imported here: cli imports this module
 
     parser = commands.add_parser(
         "report",
@@ -1028,12 +1028,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "source", nargs="?", default=None,
         help="folder of class folders, flat folder, or CSV (default: make built-in sample photos in a temp folder)",
     )
-    parser.add_argument("--size", type=_size, default=256, help="N or HxW (default: %(default)s)")
+    parser.add_argument("--size", type=parse_size, default=256, help="N or HxW (default: %(default)s)")
     parser.add_argument("--layout", default="NCHW", help="NHWC or NCHW (default: %(default)s)")
     parser.add_argument("--color", default="rgb", help="rgb, bgr or gray (default: %(default)s)")
     parser.add_argument("--resize", default="stretch", help="stretch, fit, cover or shorter (default: %(default)s)")
     parser.add_argument(
-        "--limit", type=_positive, default=None,
+        "--limit", type=positive_int, default=None,
         help=f"use the first N files (without SOURCE: make N samples, default {DEFAULT_SAMPLES})",
     )
     parser.add_argument(
@@ -1043,7 +1043,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--strategies", type=_strategy_list, default=list(STRATEGIES),
         help=f"comma-separated, run in this order (default: {','.join(STRATEGIES)})",
     )
-    parser.add_argument("--workers", type=_positive, default=None, help="preload's threads (default: every core)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="preload's threads (default: every core)")
     parser.add_argument(
         "--npy-dir", default=None,
         help="where the memmap strategy writes its temporary .npy (default: the --out folder)",
