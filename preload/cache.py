@@ -491,6 +491,7 @@ def build_cache(
     on_error: str = "raise",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     force: bool = False,
+    client=None,
 ) -> Dataset:
     """Decode ``source`` into the on-disk cache ``path``, resuming an unfinished build.
 
@@ -504,6 +505,10 @@ def build_cache(
     force : bool
         Throw away any cache or unfinished build at ``path`` and start over
         (needed to change the options of an existing cache).
+    client : dask.distributed.Client, optional
+        Decode on a Dask cluster instead of local threads (see
+        :mod:`preload.distributed`); ``path`` must be on a file system every
+        worker sees. This process still writes the journal and metadata.
 
     Returns
     -------
@@ -566,10 +571,17 @@ def build_cache(
             if journal.due(row_bytes):
                 journal.commit(array, files.failures)
 
+        fill_policy = "raise" if policy == "raise" else "zero"
         try:
             with bar:
-                fill_slots(Decoder(options), sources.paths, array, policy="raise" if policy == "raise" else "zero",
-                           workers=threads, on_done=on_done, indices=todo)
+                if client is None:
+                    fill_slots(Decoder(options), sources.paths, array, policy=fill_policy, workers=threads,
+                               on_done=on_done, indices=todo)
+                else:
+                    from .distributed import fill_on_cluster  # dask is an optional extra
+
+                    fill_on_cluster(client, files.partial, sources.paths, options, todo, policy=fill_policy,
+                                    on_done=on_done)
             journal.commit(array, files.failures)
         except OSError as exc:
             with contextlib.suppress(Exception):
