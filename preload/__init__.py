@@ -16,7 +16,7 @@ __version__ = "0.1.0"  # first: submodules import it
 _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
 
 from .cache import build_cache, cache_info, open_cache, verify_cache
-from .dataset import Dataset
+from .dataset import Dataset, ImageFiles
 from .decode import DecodeOptions
 from .errors import (
     CacheError,
@@ -44,6 +44,7 @@ __all__ = [
     "DecodeOptions",
     "Failure",
     "ImageDecodeError",
+    "ImageFiles",
     "InsufficientDiskError",
     "InsufficientMemoryError",
     "Manifest",

@@ -797,7 +797,7 @@ def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
         labels = labels[rows]
     failed = [Failure(f["index"], f["path"], Reason(f["reason"]), f["detail"]) for f in meta["failed"]]
     paths = LazyPaths(files.index, rows, images.shape[0])
-    return Dataset(images, labels, meta["classes"], paths, failed, options)
+    return Dataset(images, labels, meta["classes"], paths, failed, options, cache=files.data)
 
 
 def _read_meta(files: CacheFiles) -> dict:

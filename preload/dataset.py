@@ -1,17 +1,194 @@
-"""The result of a load: the array plus what describes its rows."""
+"""The result of a load, and the array-like access training code uses.
+
+:class:`Dataset` (what :func:`preload.load` and :func:`preload.open_cache`
+return) and :class:`ImageFiles` (decode on access) share one protocol:
+``len(x)``; ``x[i]`` is one image, or ``(image, label)`` when there are
+labels; ``x[slice]`` and ``x[index_array]`` (1-D ints, any order, repeats
+allowed, negative counted from the end) return batched arrays the same way.
+That is what array-based batch iterators, ``torch.utils.data`` and Keras
+expect of a data source.
+"""
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .decode import DecodeOptions
-from .errors import Failure
+from .decode import DecodeOptions, Decoder
+from .errors import Failure, OptionError
+
+
+def resolve_index(key, count: int, what: str):
+    """``key`` as an int in ``[0, count)``, a slice, or a 1-D int64 array of such ints.
+
+    Raises
+    ------
+    IndexError
+        An index outside ``[-count, count)``.
+    TypeError
+        Anything but an int, a slice or a 1-D integer (or boolean mask) array.
+
+    Examples
+    --------
+    >>> resolve_index(-1, 5, "x"), resolve_index([4, 0, 0], 5, "x").tolist()
+    (4, [4, 0, 0])
+    """
+    if isinstance(key, numbers.Integral) and not isinstance(key, (bool, np.bool_)):
+        index = int(key)
+        if not -count <= index < count:
+            message = f"index {index} is out of range for {what} of {count} images"
+            raise IndexError(message)
+        return index % count
+    if isinstance(key, slice):
+        return key
+    if isinstance(key, (Sequence, np.ndarray)) and not isinstance(key, (str, bytes)):
+        array = np.asarray(key)
+        if array.ndim != 1:
+            message = f"{what} takes a 1-D index array, not one of shape {array.shape}"
+            raise TypeError(message)
+        if array.dtype == np.bool_:
+            if len(array) != count:
+                message = f"a boolean mask for {what} needs {count} values, not {len(array)}"
+                raise IndexError(message)
+            return np.flatnonzero(array)
+        if array.size == 0:
+            return array.astype(np.int64)
+        if not np.issubdtype(array.dtype, np.integer):
+            message = f"{what} index arrays must hold integers, not {array.dtype}"
+            raise TypeError(message)
+        bad = (array < -count) | (array >= count)
+        if bad.any():
+            message = f"index {int(array[bad][0])} is out of range for {what} of {count} images"
+            raise IndexError(message)
+        return np.where(array < 0, array + count, array).astype(np.int64)
+    message = f"{what} indices must be an int, a slice or a 1-D array of ints, not {type(key).__name__}"
+    raise TypeError(message)
+
+
+def take_rows(images: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``images[rows]`` into ``out`` (or a new array); from a memmap, read in file order.
+
+    Reading a shuffled batch from a memory-mapped file in sorted order turns
+    random seeks into one forward sweep; the rows are then put back in the
+    order asked for. ``np.take`` with ``mode="clip"`` skips the bounds check
+    fancy indexing makes (the rows are already validated).
+    """
+    if out is None:
+        out = np.empty((len(rows),) + images.shape[1:], images.dtype)
+    if isinstance(images, np.memmap) and len(rows) > 1:
+        order = np.argsort(rows, kind="stable")
+        ordered = np.take(images, rows[order], axis=0, mode="clip")
+        out[order] = ordered
+    else:
+        np.take(images, rows, axis=0, out=out, mode="clip")
+    return out
+
+
+class ArrayAccess:
+    """``len``, ``[int]``, ``[slice]``, ``[index array]`` and ``batches`` over ``_rows``."""
+
+    labels: np.ndarray | None
+
+    def _rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def _one(self, index: int) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def _slice(self, key: slice) -> np.ndarray:
+        return self._rows(np.arange(len(self))[key])
+
+    def __getitem__(self, key):
+        index = resolve_index(key, len(self), type(self).__name__)
+        if isinstance(index, int):
+            image = self._one(index)
+            return image if self.labels is None else (image, self.labels[index])
+        if isinstance(index, slice):
+            images = self._slice(index)
+            return images if self.labels is None else (images, self.labels[index])
+        images = self._rows(index)
+        return images if self.labels is None else (images, self.labels[index])
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle=None,
+        drop_last: bool = False,
+        out=None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Yield ``(images, labels)`` batches (``labels`` is None without labels).
+
+        Parameters
+        ----------
+        batch_size : int
+            Images per batch; the last batch is smaller unless ``drop_last``.
+        shuffle : None, False, True, int or numpy.random.Generator
+            None/False: in order. An int seed or a Generator: a permutation
+            that is the same for the same seed. True: a fresh random one.
+        drop_last : bool
+            Leave out a last, smaller batch.
+        out : None, True or numpy.ndarray
+            None: every batch is a new array. True: one buffer is allocated and
+            reused for every batch. An array of shape ``(batch_size, ...)``
+            and the images' dtype: that buffer is reused. With a reused buffer
+            a batch is only valid until the next one is read.
+
+        Examples
+        --------
+        >>> ds = Dataset(np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1), np.arange(5), None, list("abcde"))
+        >>> [labels.tolist() for _, labels in ds.batches(2, shuffle=0)]
+        [[2, 4], [3, 0], [1]]
+        """
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+            message = f"batch_size={batch_size!r} is not accepted; use a positive int"
+            raise OptionError(message)
+        count = len(self)
+        if shuffle is None or shuffle is False:
+            order = None
+        elif shuffle is True:
+            order = np.random.default_rng().permutation(count)
+        elif isinstance(shuffle, np.random.Generator):
+            order = shuffle.permutation(count)
+        elif isinstance(shuffle, numbers.Integral):
+            order = np.random.default_rng(int(shuffle)).permutation(count)
+        else:
+            message = f"shuffle={shuffle!r} is not accepted; use None, True, an int seed or a numpy Generator"
+            raise OptionError(message)
+        buffer = self._batch_buffer(batch_size, out)
+        stop = count - count % batch_size if drop_last else count
+        for start in range(0, stop, batch_size):
+            end = min(start + batch_size, stop)
+            rows = np.arange(start, end) if order is None else order[start:end]
+            target = None if buffer is None else buffer[: end - start]
+            if order is None and buffer is None:
+                images = self._slice(slice(start, end))
+            else:
+                images = self._rows(rows, target)
+            yield images, None if self.labels is None else self.labels[rows]
+
+    def _batch_buffer(self, batch_size: int, out) -> np.ndarray | None:
+        shape = (batch_size,) + self.image_shape
+        if out is None:
+            return None
+        if out is True:
+            return np.empty(shape, np.uint8)
+        if isinstance(out, np.ndarray) and out.shape == shape and out.dtype == np.uint8 and out.flags.writeable:
+            return out
+        given = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}".strip()
+        message = f"out= must be None, True or a writable uint8 array of shape {shape}, not {given}"
+        raise OptionError(message)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:  # pragma: no cover
+        raise NotImplementedError
 
 
 @dataclass(eq=False)
-class Dataset:
+class Dataset(ArrayAccess):
     """Images in one uint8 array, with labels, class names and source paths.
 
     Attributes
@@ -23,36 +200,52 @@ class Dataset:
         when class names are known.
     classes : list of str or None
         Sorted class names (class folders, or string labels).
-    paths : list of str
+    paths : sequence of str
         ``paths[i]`` is the file ``images[i]`` was decoded from.
     failed : list of Failure
         Files that were skipped or zero-filled, with the reason.
     options : DecodeOptions
         The decode options the array was made with.
+    cache : str or None
+        The cache's ``.npy`` path when the images come from :func:`open_cache`.
 
     Examples
     --------
-    >>> ds = Dataset(np.zeros((2, 3, 4, 4), np.uint8), None, None, ["a.png", "b.png"])
-    >>> len(ds), ds.layout
-    (2, 'NCHW')
+    >>> ds = Dataset(np.zeros((2, 3, 4, 4), np.uint8), np.array([1, 0]), ["cat", "dog"], ["a.png", "b.png"])
+    >>> len(ds), ds[0][0].shape, int(ds[-1][1]), ds[[1, 1]][0].shape
+    (2, (3, 4, 4), 0, (2, 3, 4, 4))
     """
 
     images: np.ndarray
     labels: np.ndarray | None
     classes: list[str] | None
-    paths: list[str]
+    paths: Sequence[str]
     failed: list[Failure] = field(default_factory=list)
     options: DecodeOptions | None = None
+    cache: str | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    @property
     def layout(self) -> str:
-        """"NCHW" or "NHWC" (from the options, else guessed from the channel axis)."""
+        """"NCHW" or "NHWC" (from the options; without them, NHWC unless the channel axis is first)."""
         if self.options is not None:
             return self.options.layout
-        return "NCHW" if self.images.shape[1] in (1, 3) else "NHWC"
+        return "NCHW" if self.images.shape[1] in (1, 3) and self.images.shape[-1] not in (1, 3) else "NHWC"
+
+    def _one(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+    def _slice(self, key: slice) -> np.ndarray:
+        return self.images[key]
+
+    def _rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return take_rows(self.images, rows, out)
 
     def __repr__(self) -> str:
         classes = "none" if self.classes is None else f"{len(self.classes)}"
@@ -61,3 +254,85 @@ class Dataset:
             f"<preload.Dataset {len(self)} images {self.layout} {self.images.shape[1:]} uint8 "
             f"({self.images.nbytes / 1e6:.1f} MB, {kind}), classes: {classes}, failed: {len(self.failed)}>"
         )
+
+
+class ImageFiles(ArrayAccess):
+    """Images decoded when they are indexed, with :func:`preload.load`'s decode options.
+
+    For data you do not want to preload: the same array-like protocol as
+    :class:`Dataset`, but ``files[i]`` reads and decodes file ``i`` on the
+    spot (into a new array; an index array decodes into one batch array).
+
+    Parameters
+    ----------
+    source : folder, CSV, list of paths or Manifest
+        As for :func:`preload.load`.
+    size : int or (height, width)
+        Required: every image comes out this size.
+    labels : sequence, optional
+        Labels for a list of paths.
+    workers : int
+        Threads decoding one index-array batch (default 1: a DataLoader's own
+        workers are usually the parallelism).
+    **options
+        ``layout``, ``color``, ``resize``, ``interpolation``, ``fill``,
+        ``exif``, ``reduce``, ``max_pixels`` as for :func:`preload.load`.
+
+    Examples
+    --------
+    >>> import os, tempfile, cv2
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = cv2.imwrite(os.path.join(folder, "a.png"), np.zeros((9, 9, 3), np.uint8))
+    >>> files = ImageFiles([os.path.join(folder, "a.png")] * 3, size=4, layout="NCHW")
+    >>> len(files), files[0].shape, files[[0, 2]].shape
+    (3, (3, 4, 4), (2, 3, 4, 4))
+    """
+
+    def __init__(self, source, *, size, labels=None, workers: int = 1, **options):
+        from .loader import resolve_workers
+        from .sources import manifest
+
+        if size is None:
+            raise OptionError("ImageFiles needs size=: images are decoded one by one, so no common size is known")
+        self.options = DecodeOptions.create(size=size, **options)
+        self.manifest = manifest(source, labels=labels)
+        self.labels = self.manifest.labels
+        self.classes = self.manifest.classes
+        self.paths = self.manifest.paths
+        self.workers = resolve_workers(workers)
+        self._decoder = Decoder(self.options)
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.options.slot_shape()
+
+    def _one(self, index: int) -> np.ndarray:
+        image = np.empty(self.image_shape, np.uint8)
+        self._decoder.decode_into(self.paths[index], image)
+        return image
+
+    def _rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        from .loader import fill_slots
+
+        if out is None:
+            out = np.empty((len(rows),) + self.image_shape, np.uint8)
+        fill_slots(self._decoder, [self.paths[i] for i in rows], out, workers=self.workers)
+        return out
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_decoder")  # holds thread-local scratch memory; rebuilt on the other side
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._decoder = Decoder(self.options)
+
+    def __repr__(self) -> str:
+        return f"<preload.ImageFiles {len(self)} files -> {self.image_shape} uint8, decoded on access>"
+
+
+__all__ = ["Dataset", "ImageFiles", "resolve_index", "take_rows"]
