@@ -11,6 +11,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -142,12 +143,13 @@ def _report(ds, sampler: PeakSampler) -> None:
 def _demo(args) -> int:
     from .samples import make_samples
 
-    folder = args.dir or tempfile.mkdtemp(prefix="preload-demo-")
-    started = time.perf_counter()
-    make_samples(folder, args.count)
-    print(f"samples  {args.count} images from scikit-image's photos in {folder} "
-          f"({time.perf_counter() - started:.1f} s to make)")
-    _report(*_run_load(folder, args))
+    with contextlib.ExitStack() as stack:  # a temporary folder goes away afterwards; --dir stays
+        folder = args.dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="preload-demo-"))
+        started = time.perf_counter()
+        make_samples(folder, args.count)
+        print(f"samples  {args.count} images from scikit-image's photos in {folder} "
+              f"({time.perf_counter() - started:.1f} s to make)")
+        _report(*_run_load(folder, args))
     return 0
 
 
