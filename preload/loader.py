@@ -361,6 +361,8 @@ class _Silenced:
         self.console = sys.stderr
         self.decoder_lines: list[str] = []
         self.saved = self.reader = None
+        self._handover = threading.Lock()
+        self._pump_done = self._pump_owns_saved = False
         try:
             uses_fd2 = sys.stderr is not None and sys.stderr.fileno() == 2
         except (AttributeError, OSError, ValueError):  # Jupyter, pytest's capsys, closed stderr
@@ -396,6 +398,10 @@ class _Silenced:
         if pending:
             self._route(pending)
         os.close(read_end)
+        with self._handover:
+            self._pump_done = True
+            if self._pump_owns_saved:
+                os.close(self.saved)
 
     def _route(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").strip()
@@ -417,8 +423,16 @@ class _Silenced:
         with contextlib.suppress(AttributeError, OSError, ValueError):
             sys.stderr.flush()
         os.dup2(self.saved, 2)
-        self.reader.join()
-        os.close(self.saved)
+        # EOF comes at once, unless a process started during the load (a Dask
+        # nanny restarting a worker, say) inherited the pipe as its stderr: then
+        # the reader keeps passing that process's lines through, and closes the
+        # saved descriptor itself when the process ends.
+        self.reader.join(timeout=1.0)
+        with self._handover:
+            if self._pump_done:
+                os.close(self.saved)
+            else:
+                self._pump_owns_saved = True
         if self.decoder_lines:
             distinct = list(dict.fromkeys(self.decoder_lines))
             logger.warning(

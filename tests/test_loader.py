@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-from conftest import smooth_image, with_exif_orientation, write
 
 import preload
+from conftest import smooth_image, with_exif_orientation, write
 from preload import decode, target
 
 
@@ -244,6 +244,32 @@ def test_other_stderr_output_passes_through_during_a_load(folder, monkeypatch, c
     err = capfd.readouterr().err
     assert err.count("app: something unrelated") == 10
     assert "iCCP" not in err.replace("e.g. 'libpng warning: iCCP", "")  # only in the one summary line
+
+
+def test_a_process_started_during_a_load_does_not_hold_up_its_end(capfd):
+    """A child inherits the redirected stderr (a Dask nanny restarting a worker mid-build, say).
+
+    Leaving the load must not wait for the child to exit, and its lines still
+    reach the real stderr afterwards.
+    """
+    import subprocess
+
+    from preload.loader import quiet_opencv
+
+    script = "import sys, time; time.sleep(2.5); print('child: done', file=sys.stderr)"
+    context = quiet_opencv()
+    context.__enter__()
+    child = subprocess.Popen([sys.executable, "-c", script])
+    started = time.monotonic()
+    context.__exit__(None, None, None)
+    assert time.monotonic() - started < 2.0 and child.poll() is None
+    child.wait()
+    deadline = time.monotonic() + 5
+    err = ""
+    while "child: done" not in err and time.monotonic() < deadline:
+        time.sleep(0.05)
+        err += capfd.readouterr().err
+    assert "child: done" in err
 
 
 def test_progress_bar_on_and_off(folder, capfd):
