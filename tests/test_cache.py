@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import smooth_image, write
 
 import preload
+from conftest import smooth_image, write
 from preload import cache, decode
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import smooth_image, write
 
+from conftest import smooth_image, write
 from preload import cache
 from preload.cli import main
 

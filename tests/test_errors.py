@@ -9,9 +9,9 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from conftest import smooth_image, write
 
 import preload
+from conftest import smooth_image, write
 from preload import Reason
 
 

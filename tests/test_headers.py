@@ -7,9 +7,9 @@ import struct
 import cv2
 import numpy as np
 import pytest
-from conftest import smooth_image, with_exif_orientation
 
 import preload
+from conftest import smooth_image, with_exif_orientation
 from preload import headers
 
 

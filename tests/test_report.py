@@ -16,9 +16,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import smooth_image, write
 
 import preload
+from conftest import smooth_image, write
 from preload import report as harness
 from preload.cli import main
 from preload.decode import DecodeOptions
