@@ -42,6 +42,10 @@ While a build runs (or after it was killed) these exist instead of the JSON:
     logged, so a set bit is always true, whenever the process dies.
 ``train.npy.failed.jsonl``
     One JSON line per file that failed under ``on_error="skip"``/``"zero"``.
+``train.npy.partial.probe``
+    Only during a cluster build (:mod:`preload.distributed`): a random token
+    that every Dask worker must read back before it writes, so a worker that
+    sees another file system is refused; overwriting it stops running tasks.
 ``train.npy.lock``
     Held with ``flock`` by the one process building; it holds that process's
     pid and host for the error message. The kernel releases it when the
@@ -132,9 +136,10 @@ class CacheFiles:
         self.journal = self.data + ".journal"
         self.failures = self.data + ".failed.jsonl"
         self.lock = self.data + ".lock"
+        self.probe = self.partial + ".probe"  # preload.distributed.PROBE_SUFFIX
 
     def build_files(self) -> list[str]:
-        return [self.partial, self.compact, self.plan, self.plan_index, self.journal, self.failures]
+        return [self.partial, self.compact, self.plan, self.plan_index, self.journal, self.failures, self.probe]
 
 
 # ------------------------------------------------------------------ the file list

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -31,11 +32,13 @@ EPILOG = """examples:
   preload load data/train --size 224 --layout nchw --out train.npy
   preload report data/train --limit 4000 --out report/   # peak memory: list-then-stack vs preload
   preload build data/train cache/train.npy --size 256 --layout nchw --workers 2
+  preload build /shared/train /shared/cache/train.npy --size 256 --scheduler tcp://scheduler:8786   # on Dask
   preload info cache/train.npy --json
   preload verify cache/train.npy               # exit 0 fresh, 1 stale, 3 not a complete cache
 """
 
 EXIT_STALE = 1
+SCHEDULER_TIMEOUT = 10  # seconds to reach a --scheduler before giving up
 EXIT_NO_CACHE = 3
 
 
@@ -96,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("source", help="folder of class folders, flat folder, or CSV file")
     build.add_argument("cache", help="the cache's .npy path")
     build.add_argument("--force", action="store_true", help="discard what is at CACHE and start over")
+    build.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="decode on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://host:8786; needs "
+                            "preload[dask]); SOURCE and CACHE must be at the same paths on every worker, and "
+                            "--workers is ignored")
     _add_decode_options(build, None)
 
     for name, text in (("info", "describe a cache: shape, options, classes, failures"),
@@ -162,7 +169,9 @@ def _load(args) -> int:
 
 
 def _build(args) -> int:
-    with PeakSampler() as sampler:
+    with contextlib.ExitStack() as stack:
+        client = _dask_client(args.scheduler, stack) if args.scheduler else None
+        sampler = stack.enter_context(PeakSampler())
         ds = build_cache(
             args.source,
             args.cache,
@@ -174,10 +183,47 @@ def _build(args) -> int:
             on_error=args.on_error,
             force=args.force,
             progress=False if args.no_progress else None,
+            client=client,
         )
     print(f"cache    {os.path.abspath(args.cache)}")
     _report(ds, sampler)
     return 0
+
+
+def _dask_client(address: str, stack: contextlib.ExitStack):
+    """A client of the scheduler at ``address``, closed by ``stack``; the only place the CLI imports Dask.
+
+    While it is open, the per-worker summary that :mod:`preload.distributed`
+    logs at INFO is printed on stdout with the rest of the report.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        message = "--scheduler needs Dask, which is not installed: pip install 'preload[dask]'"
+        raise OptionError(message) from None
+    from .distributed import ClusterError
+
+    try:
+        client = Client(address, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = f"cannot reach the Dask scheduler at '{address}': {reason}"
+        raise ClusterError(message) from None
+    stack.callback(client.close)
+    logger = logging.getLogger("preload.distributed")
+    summary = logging.StreamHandler(sys.stdout)
+    summary.setFormatter(logging.Formatter("%(message)s"))
+    summary.addFilter(lambda record: record.levelno == logging.INFO)
+    # A handler of our own would keep warnings from logging's last-resort
+    # stderr output, so that one is attached explicitly next to it.
+    for handler in (summary, logging.lastResort):
+        if handler is None:  # lastResort switched off by the embedding program
+            continue
+        logger.addHandler(handler)
+        stack.callback(logger.removeHandler, handler)
+    stack.callback(logger.setLevel, logger.level)
+    logger.setLevel(logging.INFO)
+    return client
 
 
 def _info(args) -> int:
