@@ -106,7 +106,7 @@ from tqdm import tqdm
 from . import __version__
 from .dataset import Dataset
 from .decode import DEFAULT_MAX_PIXELS, DecodeOptions, Decoder
-from .errors import CacheError, CacheLockedError, Failure, Reason, StaleCacheError, TargetError
+from .errors import CacheError, CacheLockedError, Failure, IncompleteCacheError, Reason, StaleCacheError, TargetError
 from .loader import check_policy, common_size, fill_slots, progress_wanted, quiet_opencv, resolve_workers
 from .sources import Manifest, manifest
 from .target import create_npy, read_npy_header
@@ -777,8 +777,8 @@ def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
 
     Raises
     ------
-    CacheError
-        No cache there, an unfinished build, or damaged files.
+    IncompleteCacheError
+        No cache there, an unfinished build, or damaged files (a CacheError).
     StaleCacheError
         The sources changed since the build.
 
@@ -787,7 +787,7 @@ def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
     >>> open_cache("/nonexistent/cache.npy")
     Traceback (most recent call last):
     ...
-    preload.errors.CacheError: no cache at '/nonexistent/cache.npy' (no '/nonexistent/cache.npy.json')
+    preload.errors.IncompleteCacheError: no cache at '/nonexistent/cache.npy' (no '/nonexistent/cache.npy.json')
     """
     files = CacheFiles(path)
     meta = _read_meta(files)
@@ -815,26 +815,26 @@ def _read_meta(files: CacheFiles) -> dict:
             done = int(journal.done.sum()) if journal is not None else 0
             message = (f"'{files.data}' is an unfinished build ({done:,} of {count:,} images written); "
                        "run the same build again to finish it")
-            raise CacheError(message)
+            raise IncompleteCacheError(message)
         if os.path.exists(files.data):
             message = (f"'{files.data}' has no metadata file '{files.meta}', so it is not a complete preload "
                        "cache (np.load can still read the array)")
-            raise CacheError(message)
+            raise IncompleteCacheError(message)
         message = f"no cache at '{files.data}' (no '{files.meta}')"
-        raise CacheError(message)
+        raise IncompleteCacheError(message)
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         message = (f"'{files.meta}' is not a version-{VERSION} preload cache "
                    f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
-        raise CacheError(message)
+        raise IncompleteCacheError(message)
     try:
         size = os.path.getsize(files.data)
     except OSError as exc:
         message = f"the cache array '{files.data}' is missing: {exc.strerror}"
-        raise CacheError(message) from exc
+        raise IncompleteCacheError(message) from exc
     if size != meta["data_offset"] + meta["data_bytes"]:
         message = (f"'{files.data}' is {size:,} bytes but its metadata says "
                    f"{meta['data_offset'] + meta['data_bytes']:,}: the file was truncated or replaced")
-        raise CacheError(message)
+        raise IncompleteCacheError(message)
     return meta
 
 

@@ -21,7 +21,7 @@ import time
 
 from . import __version__
 from .cache import build_cache, cache_info, verify_cache
-from .errors import CacheError, OptionError, PreloadError, StaleCacheError, TargetError
+from .errors import IncompleteCacheError, OptionError, PreloadError, StaleCacheError, TargetError
 from .loader import load
 from .memory import PeakSampler
 from .report import add_parser as add_report_parser
@@ -280,9 +280,9 @@ def main(argv=None) -> int:
     except StaleCacheError as exc:
         print(f"preload: error: {exc}", file=sys.stderr)
         return EXIT_STALE
-    except CacheError as exc:
+    except IncompleteCacheError as exc:
         print(f"preload: error: {exc}", file=sys.stderr)
-        return EXIT_NO_CACHE if "unfinished build" in str(exc) or "no cache" in str(exc) else 1
+        return EXIT_NO_CACHE
     except PreloadError as exc:
         print(f"preload: error: {exc}", file=sys.stderr)
         return 1

@@ -44,6 +44,10 @@ class CacheError(PreloadError):
     """A cache is missing, unfinished, damaged, or was built with other options."""
 
 
+class IncompleteCacheError(CacheError):
+    """No complete cache at that path: missing, an unfinished build, or damaged files."""
+
+
 class StaleCacheError(CacheError):
     """The source files changed since the cache was built.
 
