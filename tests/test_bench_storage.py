@@ -1,0 +1,100 @@
+"""Smoke test of bench/storage.py: a tiny run writes every store, reads it back identical and reports.
+
+Only that the benchmark works is checked; its figures are not (no speed
+thresholds: a shared CI machine cannot hold them). No cold-cache runs
+(``--no-cold``): dropping the page cache needs root and slows the machine.
+"""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "storage.py"
+LIBRARIES = {"h5py": ("HDF5 contiguous", "HDF5 chunked (1 image)"), "lmdb": ("LMDB (1 value/image)",)}
+ALWAYS = ("preload cache (.npy)", "PNG folder")
+COUNT = 16
+
+pytest.importorskip("skimage", reason="the sample photos come from scikit-image")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """16 sample photos, made once for both tests."""
+    from preload.samples import make_samples
+
+    folder = tmp_path_factory.mktemp("samples")
+    make_samples(folder, COUNT, seed=0)
+    return folder
+
+
+def _run(tmp_path, samples, env=None) -> tuple[subprocess.CompletedProcess, dict]:
+    report = tmp_path / "results.json"
+    command = [sys.executable, str(BENCH), "--count", str(COUNT), "--size", "64", "--batches", "5"]
+    command += ["--repeats", "1", "--no-cold", "--data", str(samples), "--out", str(tmp_path / "out")]
+    command += ["--json", str(report)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done, json.loads(report.read_text())
+
+
+def _table_rows(output: str) -> dict[str, list[str]]:
+    """Store label -> the fields after it, for every first row of a store in the table."""
+    labels = [*ALWAYS, *(label for group in LIBRARIES.values() for label in group)]
+    rows = {}
+    for line in output.splitlines():
+        for label in labels:
+            if line.startswith(label + " ") and not line.startswith(("write", "skip")):
+                rows[label] = line[len(label) :].split()
+    return rows
+
+
+def test_tiny_run_writes_reads_and_reports(tmp_path, samples):
+    done, report = _run(tmp_path, samples)
+    installed = [name for name in LIBRARIES if importlib.util.find_spec(name) is not None]
+    expected = [*ALWAYS, *(label for name in installed for label in LIBRARIES[name])]
+    rows = _table_rows(done.stdout)
+    assert sorted(rows) == sorted(expected), done.stdout
+    for label, fields in rows.items():
+        numbers = [float(field.lstrip("~")) for field in fields[-6:-1]]  # write, MB, full s, GB/s, warm s
+        assert all(math.isfinite(value) and value >= 0 for value in numbers), (label, fields)
+        assert fields[-1] == "-"  # no cold column with --no-cold
+    assert "pixels   a full read from every store is identical" in done.stdout
+    assert "batches  each method's first batches" in done.stdout
+    for name in LIBRARIES:
+        if name not in installed:
+            assert f"{name} is not installed" in done.stdout
+    targets = [line for line in done.stdout.splitlines() if line.startswith("  warm:") or line.startswith("  cold:")]
+    assert len(targets) == 8
+    assert all("n/a (cold not measured)" in line for line in targets if line.startswith("  cold:"))
+
+    for store in report["stores"].values():
+        assert all(store[key] > 0 for key in ("write", "disk_mb", "full", "gbps")), store
+    assert all(method["warm"] > 0 and method["cold"] is None for method in report["methods"].values())
+    assert report["stores"]["npy"]["disk_mb"] > COUNT * 64 * 64 * 3 / 1e6
+    assert len({store["sha256"] for store in report["stores"].values()}) == 1
+    assert all(method["verify_ok"] for method in report["methods"].values())
+    assert report["build"]["shape"] == [COUNT, 64, 64, 3]
+    assert not (tmp_path / "out").exists()  # made by the run, so removed without --keep
+
+
+def test_stores_without_their_library_are_skipped(tmp_path, samples):
+    # A folder early on the path whose h5py and lmdb fail to import, as if they were not installed.
+    hide = tmp_path / "hide"
+    for name in LIBRARIES:
+        (hide / name).mkdir(parents=True)
+        (hide / name / "__init__.py").write_text(f"raise ImportError('{name} hidden by the test')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(hide)}
+    done, report = _run(tmp_path, samples, env=env)
+    for name, labels in LIBRARIES.items():
+        for label in labels:
+            assert f"skip     {label}: {name} is not installed ({name} hidden by the test)" in done.stdout
+    assert sorted(_table_rows(done.stdout)) == sorted(ALWAYS)
+    assert sorted(report["skipped"]) == ["h5-chunked", "h5-contiguous", "lmdb"]
+    assert sorted(report["stores"]) == ["npy", "png"]
+    warm = [line for line in done.stdout.splitlines() if line.startswith("  warm:")]
+    assert all("n/a" in line and "is not installed" in line for line in warm)
