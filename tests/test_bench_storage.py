@@ -70,7 +70,7 @@ def test_tiny_run_writes_reads_and_reports(tmp_path, samples):
             assert f"{name} is not installed" in done.stdout
     targets = [line for line in done.stdout.splitlines() if line.startswith("  warm:") or line.startswith("  cold:")]
     assert len(targets) == 8
-    assert all("n/a (cold not measured)" in line for line in targets if line.startswith("  cold:"))
+    assert all("n/a (" in line for line in targets if line.startswith("  cold:"))  # not measured, or no library
 
     for store in report["stores"].values():
         assert all(store[key] > 0 for key in ("write", "disk_mb", "full", "gbps")), store
