@@ -115,19 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _decode_kwargs(args) -> dict:
+    """The options every decoding command shares (see _add_decode_options)."""
+    return {
+        "size": args.size,
+        "layout": args.layout,
+        "color": args.color,
+        "resize": args.resize,
+        "workers": args.workers,
+        "on_error": args.on_error,
+        "progress": False if args.no_progress else None,
+    }
+
+
 def _run_load(source, args, out=None) -> tuple:
     with PeakSampler() as sampler:
-        ds = load(
-            source,
-            size=args.size,
-            layout=args.layout,
-            color=args.color,
-            resize=args.resize,
-            workers=args.workers,
-            on_error=args.on_error,
-            out=out,
-            progress=False if args.no_progress else None,
-        )
+        ds = load(source, out=out, **_decode_kwargs(args))
     return ds, sampler
 
 
@@ -172,19 +175,7 @@ def _build(args) -> int:
     with contextlib.ExitStack() as stack:
         client = _dask_client(args.scheduler, stack) if args.scheduler else None
         sampler = stack.enter_context(PeakSampler())
-        ds = build_cache(
-            args.source,
-            args.cache,
-            size=args.size,
-            layout=args.layout,
-            color=args.color,
-            resize=args.resize,
-            workers=args.workers,
-            on_error=args.on_error,
-            force=args.force,
-            progress=False if args.no_progress else None,
-            client=client,
-        )
+        ds = build_cache(args.source, args.cache, force=args.force, client=client, **_decode_kwargs(args))
     print(f"cache    {os.path.abspath(args.cache)}")
     _report(ds, sampler)
     return 0
