@@ -22,9 +22,9 @@ OPEN_ROWS = (
 MEMORY_ROWS = ("anon (RssAnon)", "file (RssFile)", "total (VmRSS)", "system Dirty")
 
 
-def _numbers(line: str, name: str) -> list[float]:
-    """The numbers after ``name`` at the start of ``line``."""
-    return [float(field) for field in line[len(name) :].split()]
+def _numbers(line: str, name: str) -> list[float | None]:
+    """The numbers after ``name`` at the start of ``line``; None where the bench printed "n/a"."""
+    return [None if field == "n/a" else float(field) for field in line[len(name) :].split()]
 
 
 def test_tiny_run_builds_and_times_open(tmp_path):
@@ -45,9 +45,15 @@ def test_tiny_run_builds_and_times_open(tmp_path):
         row = [_numbers(line, name) for line in lines if line.startswith(name)]
         assert len(row) == 1, (name, done.stdout)
         baseline, peak, above, *quarters = row[0]
-        assert len(quarters) == 4
         assert peak >= baseline >= 0
         assert math.isclose(above, peak - baseline, abs_tol=0.11)
+        # A 30-image build can finish inside one sampling bucket: a quarter with no
+        # sample reads "n/a", but the build was sampled somewhere, and no quarter
+        # can exceed the whole build's peak.
+        assert len(quarters) == 4
+        sampled = [value for value in quarters if value is not None]
+        assert sampled, (name, done.stdout)
+        assert all(value <= above + 0.11 for value in sampled), (name, done.stdout)
 
     for name in OPEN_ROWS:
         row = [_numbers(line, name) for line in lines if line.startswith(name)]
