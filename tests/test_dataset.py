@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import os
 import pickle
+import signal
+import time
+import warnings
 
 import numpy as np
 import pytest
 
 import preload
 from conftest import smooth_image, write
-from preload import Dataset, ImageFiles
+from preload import Dataset, ImageFiles, dataset
+from preload.dataset import prefetch_rows, take_rows
 
 
 @pytest.fixture
@@ -97,20 +104,240 @@ def test_batches_reuse_one_buffer(labelled):
         next(labelled.batches(2, shuffle="yes"))
 
 
-def test_cache_batches_read_sorted_and_restore_order(cached, monkeypatch):
+@pytest.mark.parametrize("path", ["take", "rows"])
+def test_cache_batches_read_sorted_and_restore_order(cached, monkeypatch, path):
+    # "take": small rows, one sorted np.take then a scatter; "rows": each row copied into its slot.
     ds, _ = cached
     reads = []
-    real_take = np.take
+    if path == "take":
+        real_take = np.take
 
-    def spy(array, rows, *args, **kwargs):
-        reads.append(np.asarray(rows).tolist())
-        return real_take(array, rows, *args, **kwargs)
+        def spy(array, rows, *args, **kwargs):
+            reads.append(np.asarray(rows).tolist())
+            return real_take(array, rows, *args, **kwargs)
 
-    monkeypatch.setattr(np, "take", spy)
+        monkeypatch.setattr(np, "take", spy)
+    else:
+        monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
+        real_copy = dataset._copy_rows
+
+        class Recording:  # stands in for the mapped array: records every row read, in order
+            def __init__(self, source):
+                self.source = source
+
+            def __getitem__(self, row):
+                reads.append(row)
+                return self.source[row]
+
+        def spy(source, rows, slots, out, workers):
+            reads.append("copy")
+            return real_copy(Recording(source), rows, slots, out, 1)
+
+        monkeypatch.setattr(dataset, "_copy_rows", spy)
     images, labels = ds[np.array([9, 2, 13, 2])]
-    assert reads == [[2, 2, 9, 13]]  # one forward sweep through the file
+    expected = [[2, 2, 9, 13]] if path == "take" else ["copy", 2, 2, 9, 13]
+    assert reads == expected  # one forward sweep through the file
     assert np.array_equal(images, np.stack([np.asarray(ds.images[i]) for i in (9, 2, 13, 2)]))
     assert labels.tolist() == [1, 0, 1, 0]
+
+
+@pytest.fixture(params=["npy", "raw-offset", "view", "ndarray", "unpickled"])
+def source(request, tmp_path):
+    """``(images, expected)``: images as a memmap of a file, or not, holding ``expected``'s pixels."""
+    data = np.random.default_rng(3).integers(0, 256, (26, 5, 4, 3), dtype=np.uint8)
+    path = tmp_path / "images.npy"
+    if request.param == "npy":
+        np.save(path, data[3:])
+        images = np.load(path, mmap_mode="r")
+    elif request.param == "raw-offset":  # a header of 1,000 bytes: no page or row boundary
+        path.write_bytes(b"h" * 1000 + data[3:].tobytes())
+        images = np.memmap(path, np.uint8, "r", offset=1000, shape=(23, 5, 4, 3))
+    elif request.param == "view":  # a view's .offset still names the file's first row; its address does not
+        np.save(path, data)
+        images = np.load(path, mmap_mode="r")[3:]
+    elif request.param == "ndarray":
+        images = data[3:].copy()
+    else:  # a pickled memmap comes back with its bytes in RAM
+        np.save(path, data[3:])
+        images = pickle.loads(pickle.dumps(np.load(path, mmap_mode="r")))
+    return images, data[3:], request.param
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[4, 1, 4, 22, 0, 4], [22, 21, 20, 3, 2], [7], [], list(range(23)), [5, 6, 7, 6, 6], [0] * 5],
+    ids=["repeats", "descending", "single", "empty", "all", "runs", "one-row-five-times"],
+)
+@pytest.mark.parametrize("path", ["take", "rows", "two-threads"])
+def test_take_rows_equals_fancy_indexing(source, rows, path, monkeypatch):
+    images, expected, kind = source
+    copies = []
+    if path != "take":
+        monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
+        real_copy = dataset._copy_rows
+        monkeypatch.setattr(dataset, "_copy_rows", lambda *args: copies.append(args[-1]) or real_copy(*args))
+    workers = 2 if path == "two-threads" else 1
+    index = np.array(rows, np.int64)
+    result = take_rows(images, index, workers=workers)
+    assert type(result) is np.ndarray and result.shape == (len(rows), 5, 4, 3)
+    assert np.array_equal(result, expected[index])
+    buffer = np.full((len(rows), 5, 4, 3), 77, np.uint8)
+    assert take_rows(images, index, out=buffer, workers=workers) is buffer
+    assert np.array_equal(buffer, expected[index])
+    again = index[::-1].copy()  # the same buffer reused for another batch
+    assert take_rows(images, again, out=buffer, workers=workers) is buffer
+    assert np.array_equal(buffer, expected[again])
+    file_backed = kind in ("npy", "raw-offset", "view")
+    assert copies == ([workers] * 3 if path != "take" and file_backed and rows else [])
+
+
+def test_take_rows_two_threads_by_default_only_for_big_batches(tmp_path, monkeypatch):
+    np.save(tmp_path / "a.npy", np.arange(6 * 64, dtype=np.uint8).reshape(6, 64))
+    images = np.load(tmp_path / "a.npy", mmap_mode="r")
+    monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
+    monkeypatch.setattr(dataset, "_usable_cpus", lambda: 2)
+    workers = []
+    real_copy = dataset._copy_rows
+    monkeypatch.setattr(dataset, "_copy_rows", lambda *args: workers.append(args[-1]) or real_copy(*args))
+    monkeypatch.setattr(dataset, "THREAD_BYTES", 4 * 64)
+    assert np.array_equal(take_rows(images, np.array([5, 0, 3])), np.asarray(images)[[5, 0, 3]])
+    assert np.array_equal(take_rows(images, np.array([5, 0, 3, 1])), np.asarray(images)[[5, 0, 3, 1]])
+    monkeypatch.setattr(dataset, "_usable_cpus", lambda: 1)
+    assert np.array_equal(take_rows(images, np.array([5, 0, 3, 1])), np.asarray(images)[[5, 0, 3, 1]])
+    assert workers == [1, 2, 1]
+
+
+@pytest.mark.parametrize(
+    "out, words",
+    [(np.empty((2, 5, 4, 3), np.uint8), r"shape \(3, 5, 4, 3\) and dtype uint8, not ndarray \(2, 5, 4, 3\) uint8"),
+     (np.empty((3, 5, 4, 3), np.float32), r"not ndarray \(3, 5, 4, 3\) float32"),
+     ([[0]], r"not list"),
+     (np.broadcast_to(np.uint8(0), (3, 5, 4, 3)), r"out= must be writable")],
+)
+def test_take_rows_refuses_a_wrong_out(source, out, words):
+    images, _, _ = source
+    with pytest.raises(ValueError, match=words):
+        take_rows(images, np.array([1, 0, 1]), out=out)
+
+
+class FakeLibc:
+    """mincore answers from ``resident`` (page addresses); madvise calls are recorded."""
+
+    def __init__(self, resident=()):
+        self.resident, self.probed, self.advised = set(resident), [], []
+
+    def mincore(self, address, length, vector):
+        self.probed.append(address)
+        vector[0] = b"\x01" if address in self.resident else b"\x00"
+        return 0
+
+    def madvise(self, address, length, advice):
+        self.advised.append((address, length, advice))
+        return 0
+
+
+def test_prefetch_rows_advises_each_run_of_rows_once(tmp_path, monkeypatch):
+    np.save(tmp_path / "a.npy", np.zeros((12, 40, 40, 3), np.uint8))  # 4,800-byte rows, header of 128
+    images = np.load(tmp_path / "a.npy", mmap_mode="r")
+    libc = FakeLibc()
+    monkeypatch.setattr(dataset, "_libc", lambda: libc)
+    assert prefetch_rows(images, np.array([7, 3, 2, 3, 9, 11, 10])) is True
+    start, size, page = images.ctypes.data, 4800, mmap.PAGESIZE
+    expected = []
+    for first, last in [(2, 3), (7, 7), (9, 11)]:
+        aligned = (start + first * size) // page * page
+        expected.append((aligned, start + (last + 1) * size - aligned, mmap.MADV_WILLNEED))
+    assert libc.advised == expected
+    # Probed: the page in the middle of the first, last and two rows between of the sorted batch.
+    middle = [(start + row * size + size // 2) // page * page for row in (2, 3, 9, 11)]
+    assert libc.probed[:1] == middle[:1]  # the first probe already misses, so no more are needed
+
+
+def test_prefetch_rows_gives_no_advice_when_the_rows_are_cached(tmp_path, monkeypatch):
+    np.save(tmp_path / "a.npy", np.zeros((12, 40, 40, 3), np.uint8))
+    images = np.load(tmp_path / "a.npy", mmap_mode="r")
+    start, size, page = images.ctypes.data, 4800, mmap.PAGESIZE
+    rows = [2, 3, 7, 9, 10, 11]
+    middle = [(start + row * size + size // 2) // page * page for row in rows]
+    libc = FakeLibc(resident=middle)
+    monkeypatch.setattr(dataset, "_libc", lambda: libc)
+    assert prefetch_rows(images, np.array(rows[::-1])) is False
+    assert libc.advised == [] and libc.probed == [middle[k] for k in (0, 1, 3, 5)]
+    libc.resident.discard(middle[5])  # one probed row not cached: the whole batch is advised
+    assert prefetch_rows(images, np.array(rows)) is True and len(libc.advised) == 3
+    assert prefetch_rows(np.zeros((3, 2), np.uint8), np.array([0, 2])) is False  # RAM: nothing to read
+    assert prefetch_rows(images, np.array([], np.int64)) is False
+
+
+@pytest.mark.skipif(dataset._libc() is None or not hasattr(os, "posix_fadvise"), reason="needs Linux")
+def test_prefetch_rows_sees_the_real_page_cache(tmp_path):
+    path = tmp_path / "a.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8))
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages leave the cache
+    images = np.load(path, mmap_mode="r")
+    libc, page, vector = dataset._libc(), mmap.PAGESIZE, ctypes.create_string_buffer(1)
+    address = images.ctypes.data + 5 * images.strides[0] + images.strides[0] // 2
+    assert libc.mincore(address // page * page, page, vector) == 0
+    if vector.raw[0] & 1:
+        pytest.skip("this filesystem keeps its pages in memory (tmpfs)")
+    assert prefetch_rows(images, np.array([5, 1])) is True
+    assert int(np.asarray(images).sum()) > 0  # every page read
+    assert prefetch_rows(images, np.array([5, 1])) is False
+
+
+def test_shuffled_batches_prefetch_the_next_batch(cached, monkeypatch):
+    ds, _ = cached
+    asked = []
+    monkeypatch.setattr(Dataset, "_prefetch", lambda self, rows: asked.append(np.asarray(rows).tolist()))
+    order = np.random.default_rng(5).permutation(14)
+    seen = [labels.tolist() for _, labels in ds.batches(4, shuffle=np.random.default_rng(5), out=True)]
+    assert asked == [order[4:8].tolist(), order[8:12].tolist(), order[12:].tolist()]
+    assert sum(seen, []) == ds.labels[order].tolist()
+    asked.clear()
+    list(ds.batches(4, shuffle=5, drop_last=True))
+    assert [len(rows) for rows in asked] == [4, 4]  # nothing after the last batch
+    asked.clear()
+    list(ds.batches(4))
+    assert asked == []  # in order, the kernel's own readahead does it
+
+
+def test_pickled_cache_dataset_reads_the_same_rows(cached):
+    ds, _ = cached
+    clone = pickle.loads(pickle.dumps(ds))
+    index = np.array([13, 0, 5, 5])
+    assert np.array_equal(clone[index][0], ds[index][0]) and clone[index][1].tolist() == ds[index][1].tolist()
+    mine = [images.copy() for images, _ in ds.batches(5, shuffle=2, out=True)]
+    theirs = [images.copy() for images, _ in clone.batches(5, shuffle=2, out=True)]
+    assert len(mine) == 3 and all(np.array_equal(a, b) for a, b in zip(mine, theirs, strict=True))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_take_rows_in_a_forked_child_gets_its_own_threads(tmp_path, monkeypatch):
+    data = np.random.default_rng(1).integers(0, 256, (9, 6, 6, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", data)
+    images = np.load(tmp_path / "a.npy", mmap_mode="r")
+    monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
+    rows = np.array([8, 1, 1, 4, 0])
+    assert np.array_equal(take_rows(images, rows, workers=2), data[rows])  # the parent's helper thread exists
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the point of this test
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            code = 0 if np.array_equal(take_rows(images, rows, workers=2), data[rows]) else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done[0] == pid, "the forked child hung waiting for the parent's (absent) thread"
+    assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def test_image_files_decode_on_access(cached):
