@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import mmap
 import numbers
 import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -158,7 +158,10 @@ def take_rows(
     order = np.argsort(rows, kind="stable")
     ordered = rows[order]
     prefetch_rows(images, ordered)
-    if images.strides[0] < ROW_COPY_BYTES:
+    if images.strides[0] < ROW_COPY_BYTES or np.may_share_memory(out, images):
+        # Small rows: one vectorised take beats a Python step per row. An ``out`` that
+        # overlaps ``images`` (an in-place permutation): the take reads every row
+        # before the scatter writes any.
         out[order] = np.take(images, ordered, axis=0, mode="clip")
         return out
     if workers is None:
@@ -234,6 +237,8 @@ def _maps_a_file(images: np.ndarray) -> bool:
     """
     if not isinstance(images, np.memmap) or not images.flags.c_contiguous or images.size == 0:
         return False
+    if images.strides[0] != images.itemsize * math.prod(images.shape[1:]):  # a one-row view: any first stride
+        return False
     base = images.base
     while isinstance(base, np.ndarray):
         base = base.base
@@ -241,39 +246,42 @@ def _maps_a_file(images: np.ndarray) -> bool:
 
 
 def _copy_rows(source: np.ndarray, rows: list[int], slots: list[int], out: np.ndarray, workers: int) -> None:
-    # One shared queue: each thread takes the next row in file order, so a thread that starts
-    # late (its core busy) simply copies fewer rows.
+    """``out[slot] = source[row]`` for each pair, the rows taken in order by ``workers`` threads.
+
+    The helper threads live only for this call: a pool kept between calls
+    would outlive the caller (fork warnings on Python >= 3.12, no new work
+    once the interpreter shuts down). If a copy fails, the other threads stop
+    before the exception leaves, so ``out`` is not written behind the caller.
+    """
+    # One shared iterator: each thread takes the next row in file order (next() runs under the
+    # GIL, so no row is taken twice), and a thread that starts late simply copies fewer rows.
     pairs = zip(rows, slots, strict=True)
-    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[BaseException] = []
 
     def copy() -> None:
-        while True:
-            with lock:
-                pair = next(pairs, None)
-            if pair is None:
-                return
-            out[pair[1]] = source[pair[0]]  # NumPy releases the GIL for the copy
+        try:
+            for row, slot in pairs:
+                if stop.is_set():
+                    return
+                out[slot] = source[row]  # NumPy releases the GIL for the copy
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread below
+            stop.set()
+            errors.append(exc)
 
-    if workers <= 1 or len(rows) < 2:
-        copy()
-        return
-    helpers = [_pool().submit(copy) for _ in range(min(workers, len(rows)) - 1)]
-    copy()
+    helpers = []
+    for _ in range(min(workers, len(rows)) - 1):
+        helper = threading.Thread(target=copy, name="preload-rows", daemon=True)
+        try:
+            helper.start()
+        except RuntimeError:  # no new threads (interpreter shutting down, thread limit): copy here
+            break
+        helpers.append(helper)
+    copy()  # catches its own errors, so the helpers are always joined
     for helper in helpers:
-        helper.result()
-
-
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """A thread pool for this process (a forked child gets its own: the parent's threads are not in it)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid():
-            _POOL = (os.getpid(), ThreadPoolExecutor(max(1, _usable_cpus() - 1), thread_name_prefix="preload-rows"))
-        return _POOL[1]
+        helper.join()
+    if errors:
+        raise errors[0]
 
 
 @functools.cache

@@ -7,6 +7,7 @@ import mmap
 import os
 import pickle
 import signal
+import threading
 import time
 import warnings
 
@@ -314,15 +315,18 @@ def test_pickled_cache_dataset_reads_the_same_rows(cached):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_take_rows_in_a_forked_child_gets_its_own_threads(tmp_path, monkeypatch):
+def test_take_rows_leaves_no_thread_behind_and_works_in_a_forked_child(tmp_path, monkeypatch):
     data = np.random.default_rng(1).integers(0, 256, (9, 6, 6, 3), dtype=np.uint8)
     np.save(tmp_path / "a.npy", data)
     images = np.load(tmp_path / "a.npy", mmap_mode="r")
     monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
     rows = np.array([8, 1, 1, 4, 0])
-    assert np.array_equal(take_rows(images, rows, workers=2), data[rows])  # the parent's helper thread exists
+    before = {thread.ident for thread in threading.enumerate()}
+    assert np.array_equal(take_rows(images, rows, workers=2), data[rows])
+    # A thread kept between calls would make every later fork() warn (Python >= 3.12).
+    assert {thread.ident for thread in threading.enumerate()} == before
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the point of this test
+        warnings.simplefilter("ignore", DeprecationWarning)  # pytest's own threads, if any
         pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
         try:
@@ -338,6 +342,66 @@ def test_take_rows_in_a_forked_child_gets_its_own_threads(tmp_path, monkeypatch)
         os.waitpid(pid, 0)
     assert done[0] == pid, "the forked child hung waiting for the parent's (absent) thread"
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+@pytest.fixture
+def big_rows(tmp_path, monkeypatch):
+    """A memmap of 40 rows taken by the row-by-row path, and its pixels."""
+    monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
+    data = np.random.default_rng(5).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / "rows.npy", data)
+    return np.load(tmp_path / "rows.npy", mmap_mode="r+"), data
+
+
+def test_take_rows_into_the_array_it_reads_permutes_in_place(big_rows):
+    images, data = big_rows
+    rows = np.roll(np.arange(40), -1)  # row k <- row k + 1: the row copy would read overwritten rows
+    assert take_rows(images, rows, out=images, workers=2) is images
+    assert np.array_equal(images, data[rows])
+
+
+def test_take_rows_error_stops_the_other_thread_before_it_leaves(big_rows, monkeypatch):
+    images, data = big_rows
+    out = np.zeros((40,) + data.shape[1:], np.uint8)
+    started = threading.Event()
+
+    class Failing:  # row 20 cannot be read; the others are slow enough that both threads run
+        def __getitem__(self, row):
+            started.set()
+            time.sleep(0.002)
+            if row == 20:
+                raise OSError("simulated read error")
+            return data[row]
+
+    real_copy = dataset._copy_rows
+    monkeypatch.setattr(dataset, "_copy_rows", lambda source, *args: real_copy(Failing(), *args))
+    with pytest.raises(OSError, match="simulated read error"):
+        take_rows(images, np.arange(40), out=out, workers=2)
+    written = out.copy()
+    time.sleep(0.05)
+    assert np.array_equal(out, written)  # nothing is written after take_rows has raised
+    assert not np.array_equal(out[39], data[39]) or not np.array_equal(out[38], data[38])
+    assert started.is_set() and np.array_equal(out[0], data[0])
+
+
+def test_take_rows_copies_on_one_thread_when_none_can_start(big_rows, monkeypatch):
+    images, data = big_rows
+
+    def refuse(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    rows = np.array([39, 0, 7, 7])
+    assert np.array_equal(take_rows(images, rows, workers=2), data[rows])
+
+
+def test_take_rows_on_a_one_row_view_with_a_huge_stride(tmp_path):
+    data = np.random.default_rng(6).integers(0, 256, (30, 4, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", data)
+    view = np.load(tmp_path / "a.npy", mmap_mode="r")[7 :: 10**7]  # one row; strides[0] is huge
+    assert view.shape[0] == 1 and view.strides[0] > 10**8
+    assert prefetch_rows(view, np.array([0])) is False  # no advice past the row
+    assert np.array_equal(take_rows(view, np.array([0, 0])), data[[7, 7]])
 
 
 def test_image_files_decode_on_access(cached):
