@@ -51,9 +51,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, SEED, count_images, require_positive, use_checkout
+
 DATA = ROOT / "bench" / "data"
-SEED = 0  # fixed, so every machine benchmarks the same files
 SENTINEL = ".preload-samples.json"  # dot-files are not listed as images; written once all samples exist
 CACHE_NAME = "bench-cache.npy"
 INTERVAL = 0.01  # seconds between two memory samples
@@ -76,12 +76,6 @@ EPILOG = """examples:
   python bench/cache.py --count 20000 --json r.json  # 4x the N: anonymous memory should not move
   python bench/cache.py --count 200 --repeats 3 --keep --out /tmp/c
 """
-
-
-def _use_checkout() -> None:
-    # Run as a script, sys.path[0] is bench/, not the checkout that holds preload.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
 
 
 # ------------------------------------------------------------------ /proc readers
@@ -352,15 +346,6 @@ def _run_child(kind: str, args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------ data and machine
 
 
-def _count_images(folder: str) -> int:
-    from preload import Manifest, SourceError
-
-    try:
-        return len(Manifest.from_folder(folder))
-    except SourceError:  # missing or empty folder
-        return 0
-
-
 def _prepare_data(folder: str, count: int, given: bool) -> int:
     """Make ``count`` sample images in ``folder`` unless a complete set is there; return how many there are.
 
@@ -370,7 +355,7 @@ def _prepare_data(folder: str, count: int, given: bool) -> int:
     given with ``--data`` that holds at least ``count`` images is used as it
     is when it is a complete set or has no sentinel (the user's own images).
     """
-    found = _count_images(folder)
+    found = count_images(folder)
     try:
         with open(os.path.join(folder, SENTINEL), encoding="utf-8") as handle:
             made = json.load(handle)
@@ -397,7 +382,7 @@ def _prepare_data(folder: str, count: int, given: bool) -> int:
     subprocess.run([sys.executable, "-c", code, folder, str(count), str(SEED)], check=True, env=env)
     with open(os.path.join(folder, SENTINEL), "w", encoding="utf-8") as handle:
         json.dump({"count": count, "seed": SEED}, handle)
-    found = _count_images(folder)
+    found = count_images(folder)
     print(f"data     {found} images made in {time.perf_counter() - started:.1f} s", flush=True)
     return found
 
@@ -658,11 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("count", "size", "repeats", "workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} {value} is not accepted; use a positive integer")
-    _use_checkout()
+    require_positive(parser, args, ("count", "size", "repeats", "workers"))
+    use_checkout()
     if args.child == "build":
         return _child_build(args)
     if args.child:

@@ -52,8 +52,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SEED = 0  # fixed, so every machine benchmarks the same files
+from _common import ROOT, prepare_data, require_positive, use_checkout
+
 INTERVAL = 0.01  # seconds between two memory samples
 MB = 1e6
 KINDS = ("local", "cluster", "cluster-glibc")
@@ -62,12 +62,6 @@ EPILOG = """examples:
   python bench/cluster.py --count 4000                  # about 0.8 GB cache, 2 workers
   python bench/cluster.py --count 200 --repeats 1 --json results.json
 """
-
-
-def _use_checkout() -> None:
-    # Run as a script, sys.path[0] is bench/, not the checkout that holds preload.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
 
 
 # ------------------------------------------------------------------ measuring
@@ -218,26 +212,6 @@ def _run_child(kind: str, args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------ data and report
 
 
-def _prepare_data(folder: str, count: int) -> int:
-    """Make ``count`` sample images in ``folder`` unless at least that many are there; return how many."""
-    from preload import Manifest, SourceError
-    from preload.report import make_samples_subprocess
-
-    try:
-        found = len(Manifest.from_folder(folder))
-    except SourceError:  # missing or empty folder
-        found = 0
-    if found >= count:
-        print(f"data     {folder}: {found} images (reused)", flush=True)
-        return found
-    print(f"data     {folder}: {found} images, making {count} ...", flush=True)
-    started = time.perf_counter()
-    make_samples_subprocess(folder, count, seed=SEED)
-    found = len(Manifest.from_folder(folder))
-    print(f"data     {found} images made in {time.perf_counter() - started:.1f} s", flush=True)
-    return found
-
-
 def _print_report(runs: list[dict], workers: int) -> None:
     by_kind = {kind: [run for run in runs if run["kind"] == kind] for kind in KINDS}
     local, cluster = by_kind["local"], by_kind["cluster"] + by_kind["cluster-glibc"]
@@ -307,11 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("count", "size", "repeats", "workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} {value} is not accepted; use a positive integer")
-    _use_checkout()
+    require_positive(parser, args, ("count", "size", "repeats", "workers"))
+    use_checkout()
     if args.child:
         return _child(args)
     from preload import Manifest
@@ -335,7 +306,7 @@ def main(argv=None) -> int:
     print(f"setup    size {args.size}x{args.size} {args.layout}; local: {args.workers} threads; "
           f"cluster: LocalCluster of {args.workers} worker processes x 1 thread; {args.repeats} repeat(s), "
           "interleaved")
-    _prepare_data(args.data, args.count)
+    prepare_data(args.data, args.count)
     harness.warm_cache(Manifest.from_folder(args.data).paths, budget=2**62)  # both builds read a warm cache
     runs = []
     try:

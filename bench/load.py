@@ -26,25 +26,17 @@ import json
 import os
 import statistics
 import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, prepare_data, require_positive, use_checkout
+
 STRATEGIES = ("preload", "naive-stack")
 HARNESS = {"preload": "preload", "naive-stack": "naive"}  # this script's names -> preload.report.STRATEGIES
-SEED = 0  # fixed, so every machine benchmarks the same files
 TARGET_RATIO = 1.05  # from the issue: preload may cost at most 5% above the array itself
 
 EPILOG = """examples:
   python bench/load.py --count 4000                    # the issue's benchmark (about 0.8 GB array)
   python bench/load.py --count 200 --repeats 1 --json results.json
 """
-
-
-def _use_checkout() -> None:
-    # Run as a script, sys.path[0] is bench/, not the checkout that holds preload.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
 
 
 # ------------------------------------------------------------------ strategies and data
@@ -67,26 +59,6 @@ def _measure(strategy: str, paths: list[str], args: argparse.Namespace) -> dict:
         )
     }
     return {"strategy": strategy, **result, "samples": run.sample_count}
-
-
-def _prepare_data(folder: str, count: int) -> int:
-    """Make ``count`` sample images in ``folder`` unless at least that many are there; return how many."""
-    from preload import Manifest, SourceError
-    from preload.report import make_samples_subprocess
-
-    try:
-        found = len(Manifest.from_folder(folder))
-    except SourceError:  # missing or empty folder
-        found = 0
-    if found >= count:
-        print(f"data     {folder}: {found} images (reused)", flush=True)
-        return found
-    print(f"data     {folder}: {found} images, making {count} ...", flush=True)
-    started = time.perf_counter()
-    make_samples_subprocess(folder, count, seed=SEED)  # keeps this process's peak (ru_maxrss) small
-    found = len(Manifest.from_folder(folder))
-    print(f"data     {found} images made in {time.perf_counter() - started:.1f} s", flush=True)
-    return found
 
 
 # ------------------------------------------------------------------ report
@@ -171,11 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("count", "size", "repeats", "workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} {value} is not accepted; use a positive integer")
-    _use_checkout()
+    require_positive(parser, args, ("count", "size", "repeats", "workers"))
+    use_checkout()
     from preload import Manifest
     from preload import report as harness
 
@@ -195,7 +164,7 @@ def main(argv=None) -> int:
         f"setup    size {args.size}x{args.size} {args.layout}, {args.repeats} repeats, preload workers {workers}, "
         "naive-stack single-threaded"
     )
-    _prepare_data(args.data, args.count)
+    prepare_data(args.data, args.count)
     paths = Manifest.from_folder(args.data).paths
     harness.warm_cache(paths, budget=2**62)  # always: the timings need a warm cache
 

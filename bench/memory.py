@@ -27,19 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SEED = 0  # the same sample photos as bench/load.py and `preload report`
+from _common import ROOT, SEED, count_images, use_checkout
 
 EPILOG = """examples:
   python bench/memory.py                                   # N = 1000, 2000, 4000, 8000 (a 1.6 GB array at 8000)
   python bench/memory.py --counts 200,400 --size 128 --strategies naive,preload
 """
-
-
-def _use_checkout() -> None:
-    # Run as a script, sys.path[0] is bench/, not the checkout that holds preload.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
 
 
 def _counts(text: str) -> list[int]:
@@ -65,13 +58,10 @@ def first_made(paths: list[str], count: int) -> list[str]:
 
 def _prepare_data(folder: str, count: int) -> list[str]:
     """All image paths in ``folder``, after making ``count`` samples there if it holds fewer."""
-    from preload import Manifest, SourceError
+    from preload import Manifest
     from preload.report import make_samples_subprocess
 
-    try:
-        found = len(Manifest.from_folder(folder))
-    except SourceError:  # missing or empty folder
-        found = 0
+    found = count_images(folder)
     if found < count:
         print(f"data     {folder}: {found} images, making {count} ...", flush=True)
         started = time.perf_counter()
@@ -170,7 +160,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.size < 1 or (args.workers is not None and args.workers < 1):
         parser.error("--size and --workers must be positive")
-    _use_checkout()
+    use_checkout()
     from preload import DecodeOptions
     from preload import report as harness
 

@@ -88,9 +88,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, SEED, require_positive, use_checkout
+
 DATA = ROOT / "bench" / "data"
-SEED = 0  # the sample images: fixed, so every machine benchmarks the same files
 BATCH_SEED = 1234  # the random batches: the same for every store
 CACHE_NAME = "cache.npy"
 MB = 1e6
@@ -141,12 +141,6 @@ EPILOG = """examples:
   python bench/storage.py --count 200 --repeats 1 --no-cold --json r.json
   python bench/storage.py --stores npy,lmdb --keep --out /tmp/stores
 """
-
-
-def _use_checkout() -> None:
-    # Run as a script, sys.path[0] is bench/, not the checkout that holds preload.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
 
 
 def _missing(module: str | None) -> str | None:
@@ -274,7 +268,7 @@ class Reader:
         if store == "npy":
             self.images = np.load(path, mmap_mode="r")
             if method in ("preload", "preload-1"):
-                _use_checkout()
+                use_checkout()
                 from preload.dataset import take_rows
 
                 self._take_rows = take_rows
@@ -419,7 +413,7 @@ def _child(spec: dict) -> dict:
 
     kind, store, out = spec["kind"], spec["store"], spec["out"]
     if kind == "build":
-        _use_checkout()
+        use_checkout()
         import preload
 
         started = time.perf_counter()
@@ -709,17 +703,14 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(_child(json.load(sys.stdin))), flush=True)
         return 0
-    for name in ("count", "size", "batches", "batch_size", "repeats"):
-        value = getattr(args, name)
-        if value < 1:
-            parser.error(f"--{name.replace('_', '-')} {value} is not accepted; use a positive integer")
+    require_positive(parser, args, ("count", "size", "batches", "batch_size", "repeats"))
     if args.fancy_budget <= 0:
         parser.error(f"--fancy-budget {args.fancy_budget} is not accepted; use a positive number of seconds")
     wanted = [name.strip() for name in args.stores.split(",") if name.strip()]
     unknown = [name for name in wanted if name not in STORES]
     if unknown or "npy" not in wanted:
         parser.error(f"--stores {args.stores!r}: use names from {', '.join(STORES)}, npy included")
-    _use_checkout()
+    use_checkout()
     args.batch_size = min(args.batch_size, args.count)
     args.data = os.path.abspath(os.fspath(args.data or DATA / f"samples-{args.count}"))
     if os.path.exists(args.data) and not os.path.isdir(args.data):

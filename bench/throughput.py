@@ -78,8 +78,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SEED = 0  # the same sample photos as bench/load.py and `preload report`
+from _common import ROOT, SEED, require_positive, use_checkout
+
 SECTIONS = ("main", "big", "scaling", "listing")
 SAMPLE_ROWS = 64  # rows each child saves for the PSNR comparison
 # The issue's targets, for preload on every core at 256x256 NCHW with default options.
@@ -94,12 +94,6 @@ EPILOG = """examples:
   python bench/throughput.py --count 40 --big-count 8 --scaling-counts 10,20 --listing-count 500 \\
       --sizes 32 --repeats 1 --data /tmp/s --big-data /tmp/b --scaling-data /tmp/s   # a smoke run
 """
-
-
-def _use_checkout() -> None:
-    # Run as a script, sys.path[0] is bench/, not the checkout that holds preload.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
 
 
 # ------------------------------------------------------------------ what one run does
@@ -827,13 +821,10 @@ def main(argv=None) -> int:
         return child_main(argv[1])
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("count", "repeats", "workers", "big_count", "listing_count"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} {value} is not accepted; use a positive integer")
+    require_positive(parser, args, ("count", "repeats", "workers", "big_count", "listing_count"))
     if len(args.big_long_side) != 2 or args.big_long_side[0] > args.big_long_side[1]:
         parser.error(f"--big-long-side {args.big_long_side} is not accepted; give LOW,HIGH, e.g. 2000,2400")
-    _use_checkout()
+    use_checkout()
     import cv2
     import numpy as np
     import PIL

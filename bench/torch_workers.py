@@ -21,8 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, use_checkout
+
+use_checkout()
 
 
 def status(pid: int) -> dict[str, int]:
