@@ -41,7 +41,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -63,7 +62,6 @@ TARGET_ANON = 100 * MB  # builder's anonymous RSS above its baseline, at any N
 TARGET_OPEN = 0.050  # seconds, open_cache(check=False) at any N, and open_cache() for 5,000 files
 TARGET_CHECK_FILES = 5000
 
-STATUS_FIELDS = {"VmRSS": "rss", "VmHWM": "hwm", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
 MEMINFO_FIELDS = {"Dirty": "dirty", "Writeback": "writeback"}
 ROLLUP_FIELDS = {"Private_Dirty": "private_dirty", "Shared_Dirty": "shared_dirty", "Anonymous": "anonymous"}
 PARTS = ("rss", "anon", "file", "shmem", "dirty", "writeback", "mapped_dirty")
@@ -98,7 +96,9 @@ def _read_kb(path: str, fields: dict[str, str]) -> dict[str, int]:
 
 def _memory_now() -> dict[str, int]:
     """This process's RSS and its parts, and the system's dirty and writeback bytes."""
-    return {**_read_kb("/proc/self/status", STATUS_FIELDS), **_read_kb("/proc/meminfo", MEMINFO_FIELDS)}
+    from preload.memory import read_status
+
+    return {**read_status(), **_read_kb("/proc/meminfo", MEMINFO_FIELDS)}
 
 
 def _mapped_dirty() -> int | None:
@@ -113,16 +113,6 @@ def _mapped_dirty() -> int | None:
     if len(found) < len(ROLLUP_FIELDS):
         return None
     return max(0, found["private_dirty"] + found["shared_dirty"] - found["anonymous"])
-
-
-def _reset_high_water() -> bool:
-    """Set VmHWM back to the current RSS (Linux >= 4.0), so it becomes this build's exact peak."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return True
 
 
 class Sampler:
@@ -224,13 +214,14 @@ def _child_build(args: argparse.Namespace) -> int:
     for name in ("numpy", "cv2", "preload"):
         importlib.import_module(name)
     import preload
+    from preload.memory import reset_high_water
 
     path = os.path.join(args.out, CACHE_NAME)
     gc.collect()
     sampler = Sampler(INTERVAL)
     sampler.start()  # before the baseline: the sampler's own thread is not the builder's memory
     time.sleep(3 * INTERVAL)
-    high_water_reset = _reset_high_water()
+    high_water_reset = reset_high_water()
     baseline = sampler.begin()
     started = time.perf_counter()
     try:
@@ -397,34 +388,12 @@ def _warm_files(folder: str) -> None:
 
 
 def _machine() -> dict:
-    import cv2
-    import numpy as np
+    """:func:`preload.report.machine`, and the RAM available now (the cache's page cache competes for it)."""
     import psutil
 
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:  # not Linux
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 1
-    return {
-        "cpu": model or platform.machine(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "ram_bytes": psutil.virtual_memory().total,
-        "available_bytes": psutil.virtual_memory().available,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-    }
+    from preload import report
+
+    return {**report.machine(), "available_bytes": psutil.virtual_memory().available}
 
 
 def _dirty_settings() -> str:

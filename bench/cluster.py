@@ -67,20 +67,6 @@ EPILOG = """examples:
 # ------------------------------------------------------------------ measuring
 
 
-def _status(pid: int | str = "self") -> dict[str, int]:
-    """VmRSS, RssAnon and RssFile of a process, in bytes ({} if it is gone)."""
-    found = {}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-            for line in handle:
-                name, _, value = line.partition(":")
-                if name in ("VmRSS", "RssAnon", "RssFile"):
-                    found[name] = int(value.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        return {}
-    return found
-
-
 def _bytes_read() -> int:
     """``rchar`` of this process: bytes read by read() and friends, from files and sockets."""
     with open("/proc/self/io", encoding="ascii") as handle:
@@ -106,10 +92,12 @@ class Peaks(threading.Thread):
             time.sleep(INTERVAL)
 
     def _sample(self) -> None:
-        for key, value in _status().items():
+        from preload.memory import read_status
+
+        for key, value in read_status().items():
             self.mine[key] = max(self.mine.get(key, 0), value)
         for pid in self.others:
-            for key, value in _status(pid).items():
+            for key, value in read_status(pid).items():
                 self.theirs[pid][key] = max(self.theirs[pid].get(key, 0), value)
 
     def stop(self) -> None:
@@ -134,6 +122,7 @@ def _child(args: argparse.Namespace) -> int:
     for name in ("numpy", "cv2", "preload"):
         importlib.import_module(name)
     import preload
+    from preload.memory import read_status
 
     out = os.path.join(args.out, f"{args.child}.npy")
     result = {"kind": args.child}
@@ -164,7 +153,7 @@ def _child(args: argparse.Namespace) -> int:
         trim = set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values())
         result["malloc_trim_threshold"] = trim.pop() if len(trim) == 1 else sorted(map(str, trim))
     peaks = Peaks(others)
-    before = _status()
+    before = read_status()
     read_before = _bytes_read()
     peaks.start()
     started = time.perf_counter()
@@ -184,11 +173,11 @@ def _child(args: argparse.Namespace) -> int:
         images_per_s=len(ds) / seconds,
         shape=list(ds.images.shape),
         array_bytes=int(ds.images.nbytes),
-        anon_above=peaks.mine.get("RssAnon", 0) - before.get("RssAnon", 0),
-        rss_above=peaks.mine.get("VmRSS", 0) - before.get("VmRSS", 0),
+        anon_above=peaks.mine.get("anon", 0) - before.get("anon", 0),
+        rss_above=peaks.mine.get("rss", 0) - before.get("rss", 0),
         read_bytes=read_bytes,
-        worker_peak_rss=[peaks.theirs[pid].get("VmRSS", 0) for pid in others],
-        worker_peak_anon=[peaks.theirs[pid].get("RssAnon", 0) for pid in others],
+        worker_peak_rss=[peaks.theirs[pid].get("rss", 0) for pid in others],
+        worker_peak_anon=[peaks.theirs[pid].get("anon", 0) for pid in others],
         summary=records,
     )
     del ds
