@@ -25,9 +25,8 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-from _common import ROOT, SEED, count_images, use_checkout
+from _common import ROOT, SEED, count_images, first_made, use_checkout
 
 EPILOG = """examples:
   python bench/memory.py                                   # N = 1000, 2000, 4000, 8000 (a 1.6 GB array at 8000)
@@ -43,17 +42,6 @@ def _counts(text: str) -> list[int]:
     if not counts or counts[0] < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give positive image counts, e.g. 1000,2000")
     return counts
-
-
-def first_made(paths: list[str], count: int) -> list[str]:
-    """The files ``make_samples(count)`` writes, picked from a larger sample set (manifest order kept).
-
-    Falls back to the first ``count`` paths when the names are not sample indices.
-    """
-    stems = [Path(path).stem for path in paths]
-    if all(stem.isdigit() for stem in stems):
-        return [path for path, stem in zip(paths, stems, strict=True) if int(stem) < count]
-    return paths[:count]
 
 
 def _prepare_data(folder: str, count: int) -> list[str]:

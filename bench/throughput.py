@@ -78,7 +78,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from _common import ROOT, SEED, require_positive, use_checkout
+from _common import ROOT, SEED, first_made, require_positive, use_checkout
 
 SECTIONS = ("main", "big", "scaling", "listing")
 SAMPLE_ROWS = 64  # rows each child saves for the PSNR comparison
@@ -468,10 +468,7 @@ def prepare_data(folder: str, count: int, long_side: tuple[int, int] | None, ech
             raise RuntimeError(f"cannot make samples in '{folder}': {done.stderr.strip().splitlines()[-1:]}")
         echo(f"data     made in {time.perf_counter() - started:.1f} s")
         paths = Manifest.from_folder(folder).paths
-    stems = [Path(path).stem for path in paths]
-    if all(stem.isdigit() for stem in stems):
-        return [path for path, stem in zip(paths, stems, strict=True) if int(stem) < count]
-    return paths[:count]
+    return first_made(paths, count)
 
 
 def reductions(paths: list[str], size: int) -> str:
