@@ -50,6 +50,26 @@ def count_decodes(monkeypatch) -> list[str]:
     return calls
 
 
+def build_stopped_after(source, out, monkeypatch, decodes: int) -> None:
+    """A one-thread build that Ctrl-C stops when ``decodes`` images are decoded.
+
+    Ends with ``monkeypatch.undo()``, which undoes every patch of the test so far.
+    """
+    real = decode.Decoder.decode_into
+    seen = []
+
+    def stop_after(self, path, slot):
+        if len(seen) == decodes:
+            raise KeyboardInterrupt
+        seen.append(path)
+        return real(self, path, slot)
+
+    monkeypatch.setattr(decode.Decoder, "decode_into", stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        build(source, out, workers=1)
+    monkeypatch.undo()
+
+
 # --------------------------------------------------------------------- build, open
 
 
@@ -176,19 +196,7 @@ def test_kill_9_then_resume_is_byte_identical(tmp_path, source, kill_at):
 
 def test_ctrl_c_keeps_finished_rows(tmp_path, source, monkeypatch):
     out = tmp_path / "c.npy"
-    real = decode.Decoder.decode_into
-    seen = []
-
-    def interrupt_after_25(self, path, slot):
-        if len(seen) == 25:
-            raise KeyboardInterrupt
-        seen.append(path)
-        return real(self, path, slot)
-
-    monkeypatch.setattr(decode.Decoder, "decode_into", interrupt_after_25)
-    with pytest.raises(KeyboardInterrupt):
-        build(source, out, workers=1)
-    monkeypatch.undo()
+    build_stopped_after(source, out, monkeypatch, decodes=25)
     done = journal_done(tmp_path / "c.npy.journal")
     assert 25 - 7 <= done <= 25  # whole chunks (of 7 rows here) that finished before the interrupt
     calls = count_decodes(monkeypatch)
@@ -281,19 +289,7 @@ def test_stale_with_the_same_count_redecodes_only_changed_files(tmp_path, source
 
 def test_sources_changed_while_a_build_was_stopped(tmp_path, source, rng, monkeypatch):
     out = tmp_path / "c.npy"
-    real = decode.Decoder.decode_into
-    seen = []
-
-    def stop_after_30(self, path, slot):
-        if len(seen) == 30:
-            raise KeyboardInterrupt
-        seen.append(path)
-        return real(self, path, slot)
-
-    monkeypatch.setattr(decode.Decoder, "decode_into", stop_after_30)
-    with pytest.raises(KeyboardInterrupt):
-        build(source, out, workers=1)
-    monkeypatch.undo()
+    build_stopped_after(source, out, monkeypatch, decodes=30)
     done = journal_done(tmp_path / "c.npy.journal")
     changed = source / "ant" / "01.png"  # already written by the stopped build
     write(changed, smooth_image(rng, 30, 40))
