@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import preload
-from conftest import smooth_image, write
+from conftest import journal_done, smooth_image, write
 from preload import cache, decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,14 +151,6 @@ def slow(self, path, slot):
 decode.Decoder.decode_into = slow
 preload.build_cache({src!r}, {out!r}, size=16, layout="NCHW", workers=2, progress=False)
 """
-
-
-def journal_done(path: Path) -> int:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return 0
-    return int(np.unpackbits(np.frombuffer(raw[cache.JOURNAL_HEADER :], np.uint8)).sum())
 
 
 @pytest.mark.parametrize("kill_at", [0.0, 0.25, 0.6, 0.85])

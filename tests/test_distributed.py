@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import smooth_image, write
+from conftest import journal_done, smooth_image, write
 
 distributed = pytest.importorskip("distributed")
 import cloudpickle  # noqa: E402 - a dependency of distributed
@@ -126,14 +126,6 @@ def reference(source, tmp_path_factory):
 
 def build(source, out, **options):
     return preload.build_cache(source, out, **{"size": 16, "layout": "NCHW", "progress": False, **options})
-
-
-def journal_done(path: Path) -> int:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return 0
-    return int(np.unpackbits(np.frombuffer(raw[cache.JOURNAL_HEADER :], np.uint8)).sum())
 
 
 def spy_on_chunks(monkeypatch, **options) -> list[int]:
