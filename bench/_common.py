@@ -9,6 +9,7 @@ that the benchmarks measure this checkout and not an installed preload.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,11 @@ def use_checkout() -> None:
     # Run as a script, sys.path[0] is bench/, not the checkout that holds preload.
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+
+
+def checkout_env() -> dict[str, str]:
+    """This environment with the checkout first on ``PYTHONPATH``, for child interpreters that import preload."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]) -> None:

@@ -346,6 +346,8 @@ def _prepare_data(folder: str, count: int, given: bool) -> int:
     given with ``--data`` that holds at least ``count`` images is used as it
     is when it is a complete set or has no sentinel (the user's own images).
     """
+    from preload.report import make_samples_subprocess
+
     found = count_images(folder)
     try:
         with open(os.path.join(folder, SENTINEL), encoding="utf-8") as handle:
@@ -365,26 +367,12 @@ def _prepare_data(folder: str, count: int, given: bool) -> int:
     with open(os.path.join(folder, SENTINEL), "w", encoding="utf-8") as handle:
         json.dump({"count": None, "seed": SEED}, handle)  # "incomplete" until every image is written
     # In a subprocess: scikit-image's photos need not stay in this process's memory.
-    code = (
-        "import sys; from preload.samples import make_samples; "
-        "make_samples(sys.argv[1], int(sys.argv[2]), seed=int(sys.argv[3]))"
-    )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    subprocess.run([sys.executable, "-c", code, folder, str(count), str(SEED)], check=True, env=env)
+    make_samples_subprocess(folder, count, seed=SEED)
     with open(os.path.join(folder, SENTINEL), "w", encoding="utf-8") as handle:
         json.dump({"count": count, "seed": SEED}, handle)
     found = count_images(folder)
     print(f"data     {found} images made in {time.perf_counter() - started:.1f} s", flush=True)
     return found
-
-
-def _warm_files(folder: str) -> None:
-    """Read every source file once, so the build does not pay for a cold page cache."""
-    from preload import Manifest
-
-    for path in Manifest.from_folder(folder).paths:
-        with open(path, "rb") as handle:
-            handle.read()
 
 
 def _machine() -> dict:
@@ -618,6 +606,7 @@ def main(argv=None) -> int:
         return _child_build(args)
     if args.child:
         return _child_open(args)
+    from preload import Manifest, report
 
     given = args.data is not None
     args.data = os.path.abspath(os.fspath(args.data or DATA / f"samples-{args.count}"))
@@ -636,7 +625,7 @@ def main(argv=None) -> int:
     )
     print(f"versions python {machine['python']}, numpy {machine['numpy']}, opencv {machine['opencv']}")
     found = _prepare_data(args.data, args.count, given)
-    _warm_files(args.data)
+    report.warm_cache(Manifest.from_folder(args.data).paths, budget=2**62)  # the build reads a warm cache
 
     created = args.out is None or not os.path.exists(args.out)
     if args.out is None:

@@ -52,7 +52,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, prepare_data, require_positive, use_checkout
+from _common import ROOT, checkout_env, prepare_data, require_positive, use_checkout
 
 INTERVAL = 0.01  # seconds between two memory samples
 MB = 1e6
@@ -189,7 +189,7 @@ def _child(args: argparse.Namespace) -> int:
 def _run_child(kind: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, os.fspath(Path(__file__).resolve()), "--child", kind, "--data", args.data,
                "--out", args.out, "--size", str(args.size), "--layout", args.layout, "--workers", str(args.workers)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = checkout_env()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:

@@ -78,7 +78,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from _common import ROOT, SEED, first_made, require_positive, use_checkout
+from _common import ROOT, SEED, checkout_env, first_made, require_positive, use_checkout
 
 SECTIONS = ("main", "big", "scaling", "listing")
 SAMPLE_ROWS = 64  # rows each child saves for the PSNR comparison
@@ -334,7 +334,7 @@ def run_job(job: Job, scratch: str, rows: str | None = None) -> dict:
         os.remove(result_path)
     with open(spec_path, "w", encoding="utf-8") as handle:
         json.dump({"job": asdict(job), "result": result_path, "rows": rows}, handle)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = checkout_env()
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     done = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--child", spec_path], capture_output=True, text=True, env=env
@@ -461,9 +461,8 @@ def prepare_data(folder: str, count: int, long_side: tuple[int, int] | None, ech
         echo(f"data     {folder}: {len(paths)} images, making {count} ...")
         started = time.perf_counter()
         sides = long_side or (450, 520)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
         command = [sys.executable, "-c", _SAMPLES_CODE, folder, str(count), str(SEED), *map(str, sides)]
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, env=checkout_env())
         if done.returncode != 0:
             raise RuntimeError(f"cannot make samples in '{folder}': {done.stderr.strip().splitlines()[-1:]}")
         echo(f"data     made in {time.perf_counter() - started:.1f} s")

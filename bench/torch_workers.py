@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, use_checkout
+from _common import ROOT, checkout_env, use_checkout
 
 use_checkout()
 
@@ -41,7 +41,7 @@ def baseline() -> dict[str, int]:
     """A fresh interpreter that imported what a worker imports."""
     code = "import os, numpy, torch, preload, preload.torch; print(open(f'/proc/{os.getpid()}/status').read())"
     text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+                          env=checkout_env()).stdout
     values = {}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
