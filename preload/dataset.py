@@ -129,8 +129,8 @@ def take_rows(
 
     Raises
     ------
-    ValueError
-        ``out`` has the wrong shape or dtype, or is read-only.
+    OptionError
+        ``out`` has the wrong shape or dtype, or is read-only (a ``ValueError``).
 
     Examples
     --------
@@ -146,10 +146,10 @@ def take_rows(
     elif not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != images.dtype:
         given = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}".strip()
         message = f"out= must be an array of shape {shape} and dtype {images.dtype}, not {given}"
-        raise ValueError(message)
+        raise OptionError(message)
     elif not out.flags.writeable:
         message = f"out= must be writable; the given array of shape {out.shape} is read-only"
-        raise ValueError(message)
+        raise OptionError(message)
     if len(rows) == 0:
         return out
     if not _maps_a_file(images):
@@ -480,7 +480,7 @@ class Dataset(ArrayAccess):
         return take_rows(self.images, rows, out)
 
     def _prefetch(self, rows: np.ndarray) -> None:
-        prefetch_rows(self.images, np.sort(rows))
+        prefetch_rows(self.images, rows)
 
     def __repr__(self) -> str:
         classes = "none" if self.classes is None else f"{len(self.classes)}"

@@ -217,7 +217,7 @@ def test_take_rows_two_threads_by_default_only_for_big_batches(tmp_path, monkeyp
 )
 def test_take_rows_refuses_a_wrong_out(source, out, words):
     images, _, _ = source
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(preload.OptionError, match=words):
         take_rows(images, np.array([1, 0, 1]), out=out)
 
 
