@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 import psutil
 
-from .decode import DecodeOptions, Decoder, cpu_count
+from .decode import INTERPOLATIONS, DecodeOptions, Decoder, cpu_count
 from .errors import ImageDecodeError, OptionError, PreloadError, Reason
 from .memory import PeakSampler, memory_profiler_peak, ru_maxrss
 from .sources import manifest
@@ -130,8 +130,32 @@ def load_naive_vstack(
     return array
 
 
-def _preload_kwargs(options: DecodeOptions) -> dict:
-    return {"size": options.size, "layout": options.layout, "color": options.color, "resize": options.resize}
+_INTERPOLATION_NAMES = {code: name for name, code in INTERPOLATIONS.items() if code is not None}
+
+
+def load_kwargs(options: DecodeOptions) -> dict:
+    """Every field of ``options`` as the keyword arguments of :func:`preload.load` that give it back.
+
+    Built from the dataclass's fields, so an option added to
+    :class:`DecodeOptions` reaches :func:`preload.load` (or fails loudly) instead
+    of being dropped.
+
+    Examples
+    --------
+    >>> options = DecodeOptions.create(size=8, interpolation="nearest", fill=9)
+    >>> kwargs = load_kwargs(options)
+    >>> kwargs["interpolation"], kwargs["fill"], DecodeOptions.create(**kwargs) == options
+    ('nearest', (9, 9, 9), True)
+    """
+    kwargs = {item.name: getattr(options, item.name) for item in fields(options)}
+    kwargs["interpolation"] = _INTERPOLATION_NAMES.get(options.interpolation)  # the cv2 code back to its name
+    return kwargs
+
+
+def options_record(options: DecodeOptions) -> dict:
+    """``options`` as JSON-ready keyword arguments of :meth:`DecodeOptions.create` (for the child process)."""
+    kwargs = load_kwargs(options)
+    return {**kwargs, "size": list(kwargs["size"]) if kwargs["size"] else None, "fill": list(kwargs["fill"])}
 
 
 def load_preload(paths: Sequence[str], options: DecodeOptions, *, workers: int, npy_path: str, mark) -> np.ndarray:
@@ -147,7 +171,7 @@ def load_preload(paths: Sequence[str], options: DecodeOptions, *, workers: int, 
     """
     from .loader import load
 
-    array = load(list(paths), workers=workers, progress=False, **_preload_kwargs(options)).images
+    array = load(list(paths), workers=workers, progress=False, **load_kwargs(options)).images
     mark()
     return array
 
@@ -170,7 +194,7 @@ def load_preload_memmap(
     """
     from .loader import load
 
-    array = load(list(paths), workers=workers, progress=False, out=npy_path, **_preload_kwargs(options)).images
+    array = load(list(paths), workers=workers, progress=False, out=npy_path, **load_kwargs(options)).images
     mark()
     return array
 
@@ -413,7 +437,7 @@ def measure(
         spec = {
             "strategy": strategy,
             "paths": [os.fspath(p) for p in paths],
-            "options": {**_preload_kwargs(options), "interpolation": None},
+            "options": options_record(options),
             "workers": threads,
             "npy_path": npy_path,
             "interval": interval,

@@ -87,6 +87,35 @@ def test_naive_strategy_reports_a_corrupt_file_like_preload(tmp_path):
             STRATEGIES[name].load([good, str(bad)], options, workers=1, npy_path="", mark=lambda: None)
 
 
+# Options beyond size/layout/color/resize change the pixels too; the report must build
+# with exactly the options it was given, in process and in the measuring child.
+EVERY_OPTION_CASES = [
+    {"interpolation": "nearest"},
+    {"interpolation": "area"},
+    {"resize": "fit", "fill": 200},
+]
+
+
+@pytest.mark.parametrize("extra", EVERY_OPTION_CASES, ids=lambda extra: ",".join(f"{k}={v}" for k, v in extra.items()))
+def test_every_decode_option_reaches_every_strategy(photos, tmp_path, extra):
+    paths = preload.Manifest.from_folder(photos).paths[:3]
+    kwargs = {"size": (40, 72), "layout": "NHWC", **extra}
+    expected = preload.load(paths, progress=False, **kwargs).images
+    auto = preload.load(paths, progress=False, size=(40, 72)).images
+    assert not np.array_equal(expected, auto)  # the option does change the pixels here
+    options = DecodeOptions.create(**kwargs)
+
+    for name in STRATEGIES:
+        images = STRATEGIES[name].load(paths, options, workers=1, npy_path=str(tmp_path / f"{name}.npy"),
+                                       mark=lambda: None)
+        assert np.array_equal(images, expected), name
+        del images
+    for name in ("naive", "preload"):
+        run = measure(name, paths, options, workers=1)
+        assert run.status == "ok", run.detail
+        assert run.checksum == hashlib.sha256(expected.tobytes()).hexdigest(), name
+
+
 # ------------------------------------------------------------------ the measured runs
 
 
