@@ -105,9 +105,10 @@ from tqdm import tqdm
 
 from . import __version__
 from .dataset import Dataset
-from .decode import DEFAULT_MAX_PIXELS, DecodeOptions, Decoder
+from .decode import Decoder
 from .errors import CacheError, CacheLockedError, Failure, IncompleteCacheError, Reason, StaleCacheError, TargetError
-from .loader import check_policy, common_size, fill_slots, progress_wanted, quiet_opencv, resolve_workers
+from .loader import common_size, fill_slots, progress_wanted, quiet_opencv
+from .options import DEFAULT_MAX_PIXELS, DecodeOptions, check_on_error, resolve_workers
 from .sources import Manifest, manifest
 from .target import create_npy, read_npy_header
 
@@ -542,7 +543,7 @@ def build_cache(
     files = CacheFiles(path)
     options = DecodeOptions.create(size=size, layout=layout, color=color, resize=resize, interpolation=interpolation,
                                    fill=fill, exif=exif, reduce=reduce, max_pixels=max_pixels)
-    policy = check_policy(on_error)
+    policy = check_on_error(on_error)
     threads = resolve_workers(workers)
     source, source_record = _source_record(source)
     show = progress_wanted(progress)

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .decode import DecodeOptions, Decoder
+from .decode import Decoder
 from .errors import Failure, OptionError
+from .options import DecodeOptions, resolve_workers
 
 
 def resolve_index(key, count: int, what: str):
@@ -524,7 +525,6 @@ class ImageFiles(ArrayAccess):
     """
 
     def __init__(self, source, *, size, labels=None, workers: int = 1, **options):
-        from .loader import resolve_workers
         from .sources import manifest
 
         if size is None:

@@ -23,137 +23,17 @@ The path of one image, and why each step is where it is:
 from __future__ import annotations
 
 import math
-import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from .errors import ImageDecodeError, OptionError, Reason, open_error
+from .errors import ImageDecodeError, Reason, open_error
 from .headers import ImageInfo, parse
-
-LAYOUTS = ("NHWC", "NCHW")
-COLORS = ("rgb", "bgr", "gray")
-RESIZE_MODES = ("stretch", "fit", "cover", "shorter")
-INTERPOLATIONS = {
-    "auto": None,  # the default: fast antialiased shrink (Decoder._shrink), linear to enlarge
-    "area": cv2.INTER_AREA,
-    "linear": cv2.INTER_LINEAR,
-    "nearest": cv2.INTER_NEAREST,
-    "cubic": cv2.INTER_CUBIC,
-    "lanczos": cv2.INTER_LANCZOS4,
-}
-DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: above any camera, far below a bomb's gigapixels
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def choice(name: str, value, allowed) -> str:
-    text = str(value)
-    for option in allowed:
-        if text.lower() == option.lower():
-            return option
-    message = f"{name}={value!r} is not accepted; use one of {', '.join(map(repr, allowed))}"
-    raise OptionError(message)
-
-
-def normalize_size(size) -> tuple[int, int] | None:
-    """``int`` -> square, ``(height, width)`` -> itself, ``None`` -> keep each image's size."""
-    if size is None:
-        return None
-    if _is_int(size):
-        pair = (int(size), int(size))
-    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_int(v) for v in size):
-        pair = (int(size[0]), int(size[1]))
-    else:
-        message = f"size={size!r} is not accepted; use an int, a (height, width) pair of ints, or None"
-        raise OptionError(message)
-    if min(pair) < 1:
-        message = f"size={size!r} is not accepted; height and width must be at least 1"
-        raise OptionError(message)
-    return pair
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How every image is turned into a slot; one object shared by all workers.
-
-    Build it with :meth:`create`, which validates and normalises user values.
-    """
-
-    size: tuple[int, int] | None = None
-    layout: str = "NHWC"
-    color: str = "rgb"
-    resize: str = "stretch"
-    interpolation: int | None = None
-    fill: tuple[int, ...] = (0, 0, 0)
-    exif: bool = True
-    reduce: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    @classmethod
-    def create(
-        cls,
-        *,
-        size=None,
-        layout="NHWC",
-        color="rgb",
-        resize="stretch",
-        interpolation=None,
-        fill=0,
-        exif=True,
-        reduce=True,
-        max_pixels=DEFAULT_MAX_PIXELS,
-    ) -> DecodeOptions:
-        """Validate user-facing values.
-
-        Examples
-        --------
-        >>> DecodeOptions.create(size=224, layout="nchw").slot_shape()
-        (3, 224, 224)
-        """
-        color = choice("color", color, COLORS)
-        channels = 1 if color == "gray" else 3
-        if interpolation is not None:
-            interpolation = INTERPOLATIONS[choice("interpolation", interpolation, tuple(INTERPOLATIONS))]
-        fill_values = fill if isinstance(fill, (tuple, list)) else (fill,) * channels
-        if len(fill_values) != channels or not all(_is_int(v) and 0 <= v <= 255 for v in fill_values):
-            message = f"fill={fill!r} is not accepted; use an int 0..255 or {channels} such ints (in {color} order)"
-            raise OptionError(message)
-        fill_tuple = tuple(int(v) for v in fill_values)
-        if not _is_int(max_pixels) or max_pixels < 1:
-            message = f"max_pixels={max_pixels!r} is not accepted; use a positive int"
-            raise OptionError(message)
-        for name, value in (("exif", exif), ("reduce", reduce)):
-            if not isinstance(value, (bool, np.bool_)):
-                message = f"{name}={value!r} is not accepted; use True or False"
-                raise OptionError(message)
-        return cls(
-            size=normalize_size(size),
-            layout=choice("layout", layout, LAYOUTS),
-            color=color,
-            resize=choice("resize", resize, RESIZE_MODES),
-            interpolation=interpolation,
-            fill=fill_tuple,
-            exif=bool(exif),
-            reduce=bool(reduce),
-            max_pixels=int(max_pixels),
-        )
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.color == "gray" else 3
-
-    def slot_shape(self, size: tuple[int, int] | None = None) -> tuple[int, int, int]:
-        """Shape of one row of the array; ``size`` overrides ``self.size`` (for size=None)."""
-        height, width = size or self.size
-        if self.layout == "NCHW":
-            return (self.channels, height, width)
-        return (height, width, self.channels)
-
+from .options import INTERPOLATIONS, DecodeOptions, cpu_count  # noqa: F401 - report.py imports two from here
 
 # ----------------------------------------------------------------------- geometry
 
@@ -336,8 +216,14 @@ class Decoder:
         """Read and decode ``path``; returns the image and its channel order ("rgb"/"bgr"/"gray").
 
         ``size`` is the slot size the image is headed for (for the JPEG scale).
+
+        Raises
+        ------
+        ImageDecodeError
+            The file cannot be read or decoded; never a ``cv2.error``.
         """
-        image, order, _, _ = self._decode(path, size)
+        with _opencv_failures(path):
+            image, order, _, _ = self._decode(path, size)
         return image, order
 
     def _decode(self, path: str, size: tuple[int, int] | None) -> tuple[np.ndarray, str, ImageInfo, int]:
@@ -391,7 +277,23 @@ class Decoder:
     # -- writing into a slot --------------------------------------------------
 
     def decode_into(self, path: str, slot: np.ndarray) -> None:
-        """Decode ``path`` and write it into ``slot`` (one row of the target)."""
+        """Decode ``path`` and write it into ``slot`` (one row of the target).
+
+        Every caller (the fill engine, a cluster task, the report's naive
+        loops, :class:`preload.ImageFiles`) gets the same failure for the same
+        file: whatever goes wrong is an :class:`ImageDecodeError`, an OpenCV
+        error in the resize or colour conversion included
+        (``Reason.CORRUPT``, "OpenCV failed: <its reason>").
+
+        Raises
+        ------
+        ImageDecodeError
+            The file cannot be read, decoded or fitted into ``slot``.
+        """
+        with _opencv_failures(path):
+            self._decode_into(path, slot)
+
+    def _decode_into(self, path: str, slot: np.ndarray) -> None:
         options = self.options
         size = options.size or _slot_size(slot, options.layout)
         image, order, info, factor = self._decode(path, size)
@@ -452,17 +354,14 @@ class Decoder:
         return dst
 
     def _shrink(self, src: np.ndarray, size: tuple[int, int], dst: np.ndarray) -> None:
-        """The default antialiased shrink: linear to 2**n x the output, then n exact 2:1 area halvings.
+        """The default antialiased shrink (``interpolation="auto"``, described in :mod:`preload.options`).
 
         OpenCV runs INTER_AREA on a vectorised fast path only for an exact 2:1
         ratio on both axes (a 2x2 box average); every other ratio takes a
-        generic path 5-20x slower per value, slower than the JPEG decode
-        itself. A linear resize to twice the output (n halvings for bigger
-        factors, so the linear step never shrinks by more than 1.75x) followed
-        by 2:1 area steps costs about 0.4x INTER_AREA and stays >= 40 dB PSNR
-        from it on fine textures shrunk 1.3-3x (bench/filters.py,
-        tests/test_decode.py checks >= 38 dB). ``interpolation="area"`` is the
-        exact filter.
+        generic path 5-20x slower per value. So: linear to 2**n x the output
+        (n chosen so the linear step never shrinks by more than 1.75x), then
+        n exact 2:1 area halvings (tests/test_decode.py checks the result
+        against INTER_AREA).
         """
         dh, dw = size
         scale = max(src.shape[0] / dh, src.shape[1] / dw)
@@ -487,6 +386,16 @@ class Decoder:
         if buffer is None or buffer.size < need:
             buffer = buffers[key] = np.empty(need, np.uint8)
         return buffer[:need].reshape(shape)
+
+
+@contextmanager
+def _opencv_failures(path: str) -> Iterator[None]:
+    """An OpenCV error past the decode step (resize, colour conversion refused the data) as a failure of ``path``."""
+    try:
+        yield
+    except cv2.error as exc:
+        detail = f"OpenCV failed: {opencv_reason(exc)}"
+        raise ImageDecodeError(path, Reason.CORRUPT, detail) from None
 
 
 def _slot_size(slot: np.ndarray, layout: str) -> tuple[int, int]:
@@ -576,10 +485,3 @@ def opencv_reason(exc: cv2.error) -> str:
     last = text[-1] if text else "unknown error"
     return last.split("error:", 1)[-1].strip()
 
-
-def cpu_count() -> int:
-    """Cores this process may run on (honours affinity masks and containers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

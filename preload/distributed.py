@@ -82,9 +82,10 @@ import cv2
 import numpy as np
 
 from . import __version__
-from .decode import DecodeOptions, Decoder, opencv_reason
-from .errors import Failure, ImageDecodeError, OptionError, PreloadError, Reason
+from .decode import Decoder
+from .errors import Failure, ImageDecodeError, OptionError, PreloadError
 from .loader import quiet_opencv
+from .options import DecodeOptions
 from .target import read_npy_header
 
 if TYPE_CHECKING:
@@ -227,11 +228,7 @@ def fill_chunk(partial: str, token: str, rows: np.ndarray, paths: Sequence[str],
                         break
                     next_check = time.monotonic() + CHECK_SECONDS
                 try:
-                    try:
-                        decoder.decode_into(path, array[i])
-                    except cv2.error as exc:  # resize or color conversion refused the data
-                        detail = f"OpenCV failed: {opencv_reason(exc)}"
-                        raise ImageDecodeError(path, Reason.CORRUPT, detail) from None
+                    decoder.decode_into(path, array[i])
                 except ImageDecodeError as exc:
                     failure = Failure(int(i), exc.path, exc.reason, exc.detail)
                     if policy == "raise":

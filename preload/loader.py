@@ -30,15 +30,13 @@ from tqdm import tqdm
 
 from . import headers
 from .dataset import Dataset
-from .decode import DEFAULT_MAX_PIXELS, DecodeOptions, Decoder, choice, cpu_count, opencv_reason
-from .errors import Failure, ImageDecodeError, OptionError, Reason, SizeMismatchError
+from .decode import Decoder
+from .errors import Failure, ImageDecodeError, SizeMismatchError
+from .options import DEFAULT_MAX_PIXELS, DecodeOptions, check_on_error, resolve_workers
 from .sources import Manifest, manifest
 from .target import allocate
 
 logger = logging.getLogger("preload")
-
-ON_ERROR = ("raise", "skip", "zero")
-
 
 def load(
     source,
@@ -150,7 +148,7 @@ def load(
         reduce=reduce,
         max_pixels=max_pixels,
     )
-    policy = check_policy(on_error)
+    policy = check_on_error(on_error)
     threads = resolve_workers(workers)
     files = manifest(source, labels=labels)
     total = len(files)
@@ -229,11 +227,7 @@ def fill_slots(
             if stop.is_set():
                 return rows[:k], found
             try:
-                try:
-                    decoder.decode_into(paths[i], array[i])
-                except cv2.error as exc:  # resize or color conversion refused the data
-                    detail = f"OpenCV failed: {opencv_reason(exc)}"
-                    raise ImageDecodeError(paths[i], Reason.CORRUPT, detail) from None
+                decoder.decode_into(paths[i], array[i])
             except ImageDecodeError as exc:
                 failure = Failure(int(i), exc.path, exc.reason, exc.detail)
                 failures.append(failure)
@@ -327,19 +321,6 @@ def _compact(array: np.ndarray, keep: np.ndarray) -> None:
     for write, read in enumerate(keep):
         if write != read:
             array[write] = array[read]
-
-
-def check_policy(on_error: str) -> str:
-    return choice("on_error", on_error, ON_ERROR)
-
-
-def resolve_workers(workers: int | None) -> int:
-    if workers is None:
-        return cpu_count()
-    if isinstance(workers, (int, np.integer)) and not isinstance(workers, bool) and workers >= 1:
-        return int(workers)
-    message = f"workers={workers!r} is not accepted; use a positive int, or None for every core"
-    raise OptionError(message)
 
 
 # What libjpeg, libpng, libtiff and OpenCV print on their own; anything else

@@ -361,3 +361,27 @@ def test_default_filter_is_the_fast_shrink_and_area_stays_exact(tmp_path, textur
     assert not np.array_equal(auto, exact) and psnr(auto, exact) >= 38
     linear = preload.load([path], size=200, color="gray", interpolation="linear", progress=False).images[0, :, :, 0]
     assert psnr(linear, exact) < psnr(auto, exact)  # linear aliases; only used when asked for
+
+
+def test_an_opencv_error_after_decoding_is_the_same_failure_for_every_caller(tmp_path, rng, monkeypatch):
+    from preload.distributed import fill_chunk
+    from preload.target import create_npy
+
+    path = write(tmp_path / "a.png", rng.integers(0, 256, (20, 30, 3), np.uint8))
+
+    def refuse(*args, **kwargs):
+        raise cv2.error("OpenCV(5.1.0) resize.cpp:4000: error: (-215:Assertion failed) !dsize.empty() in 'resize'")
+
+    monkeypatch.setattr(cv2, "resize", refuse)
+    options = DecodeOptions.create(size=8, interpolation="area")
+    expected = "OpenCV failed: (-215:Assertion failed) !dsize.empty() in 'resize'"
+    with pytest.raises(preload.ImageDecodeError) as direct:
+        Decoder(options).decode_into(path, np.empty((8, 8, 3), np.uint8))
+    assert (direct.value.reason, direct.value.detail) == (preload.Reason.CORRUPT, expected)
+    loaded = preload.load([path], size=8, interpolation="area", on_error="zero", progress=False)
+    assert [(f.reason, f.detail) for f in loaded.failed] == [(preload.Reason.CORRUPT, expected)]
+    partial = str(tmp_path / "c.npy.partial")
+    create_npy(partial, (1, 8, 8, 3))
+    (tmp_path / "c.npy.partial.probe").write_text("t0")
+    chunk = fill_chunk(partial, "t0", np.array([0]), [path], options, "zero", (1, 8, 8, 3))
+    assert [(f.reason, f.detail) for f in chunk.failures] == [(preload.Reason.CORRUPT, expected)]
