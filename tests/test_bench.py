@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.bench  # run by `python -m pytest -m bench`, not by default
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "load.py"
 STRATEGIES = ("preload", "naive-stack")
 COLUMNS = ("runs", "images", "seconds", "images/s", "peak MB", "ratio")

@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.bench  # run by `python -m pytest -m bench`, not by default
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "cache.py"
 OPEN_ROWS = (
     "open_cache(check=False)",

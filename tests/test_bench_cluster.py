@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("distributed")
 
+pytestmark = pytest.mark.bench  # run by `python -m pytest -m bench`, not by default
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "cluster.py"
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench  # run by `python -m pytest -m bench`, not by default
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "storage.py"
 LIBRARIES = {"h5py": ("HDF5 contiguous", "HDF5 chunked (1 image)"), "lmdb": ("LMDB (1 value/image)",)}
 ALWAYS = ("preload cache (.npy)", "PNG folder")
