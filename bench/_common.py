@@ -9,7 +9,6 @@ that the benchmarks measure this checkout and not an installed preload.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,10 @@ def use_checkout() -> None:
 
 def checkout_env() -> dict[str, str]:
     """This environment with the checkout first on ``PYTHONPATH``, for child interpreters that import preload."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    use_checkout()
+    from preload.measure import child_env
+
+    return child_env()
 
 
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]) -> None:
@@ -50,7 +52,7 @@ def count_images(folder: str) -> int:
 
 def prepare_data(folder: str, count: int) -> int:
     """Make ``count`` sample images in ``folder`` unless at least that many are there; return how many."""
-    from preload.report import make_samples_subprocess
+    from preload.measure import make_samples_subprocess
 
     found = count_images(folder)
     if found >= count:

@@ -96,7 +96,7 @@ def _read_kb(path: str, fields: dict[str, str]) -> dict[str, int]:
 
 def _memory_now() -> dict[str, int]:
     """This process's RSS and its parts, and the system's dirty and writeback bytes."""
-    from preload.memory import read_status
+    from preload.measure import read_status
 
     return {**read_status(), **_read_kb("/proc/meminfo", MEMINFO_FIELDS)}
 
@@ -214,7 +214,7 @@ def _child_build(args: argparse.Namespace) -> int:
     for name in ("numpy", "cv2", "preload"):
         importlib.import_module(name)
     import preload
-    from preload.memory import reset_high_water
+    from preload.measure import reset_high_water
 
     path = os.path.join(args.out, CACHE_NAME)
     gc.collect()
@@ -346,7 +346,7 @@ def _prepare_data(folder: str, count: int, given: bool) -> int:
     given with ``--data`` that holds at least ``count`` images is used as it
     is when it is a complete set or has no sentinel (the user's own images).
     """
-    from preload.report import make_samples_subprocess
+    from preload.measure import make_samples_subprocess
 
     found = count_images(folder)
     try:
@@ -376,12 +376,12 @@ def _prepare_data(folder: str, count: int, given: bool) -> int:
 
 
 def _machine() -> dict:
-    """:func:`preload.report.machine`, and the RAM available now (the cache's page cache competes for it)."""
+    """:func:`preload.measure.machine`, and the RAM available now (the cache's page cache competes for it)."""
     import psutil
 
-    from preload import report
+    from preload import measure
 
-    return {**report.machine(), "available_bytes": psutil.virtual_memory().available}
+    return {**measure.machine(), "available_bytes": psutil.virtual_memory().available}
 
 
 def _dirty_settings() -> str:
@@ -606,7 +606,7 @@ def main(argv=None) -> int:
         return _child_build(args)
     if args.child:
         return _child_open(args)
-    from preload import Manifest, report
+    from preload import Manifest, measure
 
     given = args.data is not None
     args.data = os.path.abspath(os.fspath(args.data or DATA / f"samples-{args.count}"))
@@ -625,7 +625,7 @@ def main(argv=None) -> int:
     )
     print(f"versions python {machine['python']}, numpy {machine['numpy']}, opencv {machine['opencv']}")
     found = _prepare_data(args.data, args.count, given)
-    report.warm_cache(Manifest.from_folder(args.data).paths, budget=2**62)  # the build reads a warm cache
+    measure.warm_cache(Manifest.from_folder(args.data).paths, budget=2**62)  # the build reads a warm cache
 
     created = args.out is None or not os.path.exists(args.out)
     if args.out is None:

@@ -92,7 +92,7 @@ class Peaks(threading.Thread):
             time.sleep(INTERVAL)
 
     def _sample(self) -> None:
-        from preload.memory import read_status
+        from preload.measure import read_status
 
         for key, value in read_status().items():
             self.mine[key] = max(self.mine.get(key, 0), value)
@@ -122,7 +122,7 @@ def _child(args: argparse.Namespace) -> int:
     for name in ("numpy", "cv2", "preload"):
         importlib.import_module(name)
     import preload
-    from preload.memory import read_status
+    from preload.measure import read_status
 
     out = os.path.join(args.out, f"{args.child}.npy")
     result = {"kind": args.child}
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     if args.child:
         return _child(args)
     from preload import Manifest
-    from preload import report as harness
+    from preload import measure as harness
 
     try:
         import distributed

@@ -1,7 +1,7 @@
 """Benchmark: ``preload.load`` against the list-then-``np.stack`` way, for speed and peak memory.
 
 Every measurement runs in a fresh interpreter, by the harness of ``preload
-report`` (:func:`preload.report.measure`), so one strategy's freed-but-kept
+report`` (:func:`preload.measure.measure`), so one strategy's freed-but-kept
 heap, page tables or OpenCV thread pools cannot inflate or hide the next
 one's peak. The child imports numpy, OpenCV and preload first, then measures
 RSS above that baseline while the strategy runs; both strategies decode with
@@ -30,7 +30,7 @@ import sys
 from _common import ROOT, prepare_data, require_positive, use_checkout
 
 STRATEGIES = ("preload", "naive-stack")
-HARNESS = {"preload": "preload", "naive-stack": "naive"}  # this script's names -> preload.report.STRATEGIES
+HARNESS = {"preload": "preload", "naive-stack": "naive"}  # this script's names -> preload.measure.STRATEGIES
 TARGET_RATIO = 1.05  # from the issue: preload may cost at most 5% above the array itself
 
 EPILOG = """examples:
@@ -43,9 +43,9 @@ EPILOG = """examples:
 
 
 def _measure(strategy: str, paths: list[str], args: argparse.Namespace) -> dict:
-    """One run of ``strategy`` in a fresh interpreter, by preload.report's harness."""
+    """One run of ``strategy`` in a fresh interpreter, by preload.measure's harness."""
     from preload import DecodeOptions
-    from preload.report import measure
+    from preload.measure import measure
 
     options = DecodeOptions.create(size=args.size, layout=args.layout)
     run = measure(HARNESS[strategy], paths, options, workers=args.workers)
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     require_positive(parser, args, ("count", "size", "repeats", "workers"))
     use_checkout()
     from preload import Manifest
-    from preload import report as harness
+    from preload import measure as harness
 
     args.data = os.fspath(args.data or ROOT / "bench" / "data" / f"samples-{args.count}")
     if os.path.exists(args.data) and not os.path.isdir(args.data):

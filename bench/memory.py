@@ -1,6 +1,6 @@
 """Benchmark: how peak memory grows with the number of images, per strategy.
 
-Runs the harness of ``preload report`` (:func:`preload.report.measure`: every
+Runs the harness of ``preload report`` (:func:`preload.measure.measure`: every
 strategy in a fresh interpreter, peak RSS above the post-import baseline) at
 several N on the same sample photos, and prints the peak for each N and
 strategy, its ratio to the array's bytes, and the least-squares slope of peak
@@ -47,7 +47,7 @@ def _counts(text: str) -> list[int]:
 def _prepare_data(folder: str, count: int) -> list[str]:
     """All image paths in ``folder``, after making ``count`` samples there if it holds fewer."""
     from preload import Manifest
-    from preload.report import make_samples_subprocess
+    from preload.measure import make_samples_subprocess
 
     found = count_images(folder)
     if found < count:
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
         parser.error("--size and --workers must be positive")
     use_checkout()
     from preload import DecodeOptions
-    from preload import report as harness
+    from preload import measure as harness
+    from preload.report import strategy_line
 
     names = list(harness.STRATEGIES) if args.strategies is None else args.strategies.split(",")
     unknown = [name for name in names if name not in harness.STRATEGIES]
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
             if run.status == "failed":
                 print(f"bench: error: N = {count}, {name}: {run.detail}", file=sys.stderr)
                 return 1
-            print(f"  N={count:<6} {harness.run_line(run).strip()}", flush=True)
+            print(f"  N={count:<6} {strategy_line(run).strip()}", flush=True)
             record = {k: v for k, v in vars(run).items() if k != "samples"}
             results[count][name] = {**record, "ok": run.ok}
     _print_tables(results, names, row_bytes)

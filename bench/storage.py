@@ -481,7 +481,7 @@ def _run_child(spec: dict) -> dict:
 def _prepare_data(folder: str, count: int) -> list[str]:
     """The first ``count`` images of ``folder`` (sample photos are made there if it has fewer)."""
     from preload import Manifest, SourceError
-    from preload.report import make_samples_subprocess
+    from preload.measure import make_samples_subprocess
 
     try:
         found = Manifest.from_folder(folder)
@@ -499,9 +499,9 @@ def _prepare_data(folder: str, count: int) -> list[str]:
 
 
 def _machine(out: str) -> dict:
-    from preload import report
+    from preload import measure
 
-    machine = report.machine()
+    machine = measure.machine()
     machine["read_ahead_kb"] = _read_ahead_kb(out)
     for name in ("h5py", "lmdb"):
         try:

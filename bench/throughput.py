@@ -31,7 +31,7 @@ noisy neighbour on a shared host slows them alike), medians of ``--repeats``.
 
     Per loader: images/s, CPU time per image (user + system, threads and
     child processes included), peak RSS above the child's post-import
-    baseline (:class:`preload.memory.PeakSampler` every 100 ms plus the
+    baseline (:class:`preload.measure.PeakSampler` every 100 ms plus the
     kernel's ``VmHWM``), and the PSNR of 64 rows against naive OpenCV
     ``INTER_AREA`` (preload "area" must be identical). The targets are
     printed from the medians and, as "best runs", from each loader's fastest
@@ -259,7 +259,7 @@ def child_main(spec_path: str) -> int:
     import PIL.Image  # noqa: F401  imported before the baseline, like NumPy and OpenCV
 
     import preload  # noqa: F401
-    from preload.memory import PeakSampler
+    from preload.measure import PeakSampler
 
     if job.kind == "torchvision":
         import torch  # noqa: F401
@@ -356,7 +356,7 @@ def interleave(groups: list[list[Job]], repeats: int, scratch: str, echo) -> lis
     job's files are read once just before it runs, so that every run starts
     from a warm page cache even if something else on the host evicted it.
     """
-    from preload.report import warm_cache
+    from preload.measure import warm_cache
 
     runs = []
     for repeat in range(repeats):
@@ -825,7 +825,7 @@ def main(argv=None) -> int:
     import numpy as np
     import PIL
 
-    from preload import report as harness
+    from preload import measure as harness
 
     def echo(line: str) -> None:
         print(line, flush=True)

@@ -23,9 +23,8 @@ from . import __version__
 from .cache import build_cache, cache_info, verify_cache
 from .errors import IncompleteCacheError, OptionError, PreloadError, StaleCacheError, TargetError
 from .loader import load
-from .memory import PeakSampler
-from .report import add_parser as add_report_parser
-from .report import run_command as run_report_command
+from .measure import STRATEGIES, PeakSampler
+from .report import DEFAULT_SAMPLES, PLOT_HINT, console_lines, run_report, write_report
 
 EPILOG = """examples:
   preload demo                                  # 400 sample photos -> 256x256 NCHW, timed
@@ -65,14 +64,73 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _add_decode_options(parser: argparse.ArgumentParser, default_size) -> None:
+def add_decode_options(parser: argparse.ArgumentParser, *, default_size) -> None:
+    """Add ``--size --layout --color --resize`` (how each image becomes a row) to ``parser``."""
     parser.add_argument("--size", type=parse_size, default=default_size, help="N or HxW (default: %(default)s)")
     parser.add_argument("--layout", default="NCHW", help="NHWC or NCHW (default: %(default)s)")
     parser.add_argument("--color", default="rgb", help="rgb, bgr or gray (default: %(default)s)")
     parser.add_argument("--resize", default="stretch", help="stretch, fit, cover or shorter (default: %(default)s)")
+
+
+def add_workers_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--workers``; the library refuses values below 1, so every command says the same about 0."""
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: every core)")
+
+
+def _add_load_options(parser: argparse.ArgumentParser, default_size) -> None:
+    """The options of the commands that decode a whole source into an array: demo, load, build."""
+    add_decode_options(parser, default_size=default_size)
+    add_workers_option(parser)
     parser.add_argument("--on-error", default="raise", help="raise, skip or zero (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+REPORT_EPILOG = """examples:
+  preload report --limit 4000 --out report/                      # built-in sample photos
+  preload report data/train --size 256 --layout nchw --limit 4000 --out report/
+  preload report data/train --strategies naive,preload --out report/
+"""
+
+
+def _strategy_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STRATEGIES]
+    if unknown or not names:
+        message = f"{text!r}: use a comma-separated list of {', '.join(STRATEGIES)}"
+        raise argparse.ArgumentTypeError(message)
+    return names
+
+
+def _add_report_parser(commands) -> None:
+    parser = commands.add_parser(
+        "report",
+        help="measure peak memory of list-then-stack vs preload on your files; write JSON, Markdown, PNG",
+        description="Run list-then-np.stack, list-then-np.vstack, preload into RAM and preload into a .npy memmap "
+        "on the same files, each in a fresh process; report peak RSS above baseline against the array's size.",
+        epilog=REPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source", nargs="?", default=None,
+        help="folder of class folders, flat folder, or CSV (default: make built-in sample photos in a temp folder)",
+    )
+    add_decode_options(parser, default_size=256)
+    parser.add_argument(
+        "--limit", type=positive_int, default=None,
+        help=f"use the first N files (without SOURCE: make N samples, default {DEFAULT_SAMPLES})",
+    )
+    parser.add_argument(
+        "--out", default="report", help="folder for report.json/.md and memory.png (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--strategies", type=_strategy_list, default=list(STRATEGIES),
+        help=f"comma-separated, run in this order (default: {','.join(STRATEGIES)})",
+    )
+    add_workers_option(parser)
+    parser.add_argument(
+        "--npy-dir", default=None,
+        help="where the memmap strategy writes its temporary .npy (default: the --out folder)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,12 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="make sample photos and load them; print shape, time, peak memory")
     demo.add_argument("--count", type=positive_int, default=400, help="sample images to make (default: %(default)s)")
     demo.add_argument("--dir", default=None, help="where to write the samples (default: a temporary folder)")
-    _add_decode_options(demo, 256)
+    _add_load_options(demo, 256)
 
     load_cmd = commands.add_parser("load", help="load a folder / CSV into an array and report it")
     load_cmd.add_argument("source", help="folder of class folders, flat folder, or CSV file")
     load_cmd.add_argument("--out", default=None, help="write the array to this .npy file")
-    _add_decode_options(load_cmd, None)
+    _add_load_options(load_cmd, None)
 
     build = commands.add_parser("build", help="build (or resume, or refresh) an on-disk cache")
     build.add_argument("source", help="folder of class folders, flat folder, or CSV file")
@@ -103,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decode on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://host:8786; needs "
                             "preload[dask]); SOURCE and CACHE must be at the same paths on every worker, and "
                             "--workers is ignored")
-    _add_decode_options(build, None)
+    _add_load_options(build, None)
 
     for name, text in (("info", "describe a cache: shape, options, classes, failures"),
                        ("verify", "check a cache is complete and fresh (exit 0), stale (1) or absent (3)")):
@@ -111,12 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("cache", help="the cache's .npy path")
         command.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    add_report_parser(commands)  # its options and its run live in preload/report.py
+    _add_report_parser(commands)
     return parser
 
 
 def _decode_kwargs(args) -> dict:
-    """The options every decoding command shares (see _add_decode_options)."""
+    """The options every command that loads a source shares (see _add_load_options)."""
     return {
         "size": args.size,
         "layout": args.layout,
@@ -128,13 +186,13 @@ def _decode_kwargs(args) -> dict:
     }
 
 
-def _run_load(source, args, out=None) -> tuple:
+def _load_measured(source, args, out=None) -> tuple:
     with PeakSampler() as sampler:
         ds = load(source, out=out, **_decode_kwargs(args))
     return ds, sampler
 
 
-def _report(ds, sampler: PeakSampler) -> None:
+def _print_load(ds, sampler: PeakSampler) -> None:
     seconds = sampler.seconds
     array_bytes = ds.images.nbytes
     ratio = sampler.peak_above_baseline / array_bytes if array_bytes else float("nan")
@@ -159,15 +217,15 @@ def _demo(args) -> int:
         make_samples(folder, args.count)
         print(f"samples  {args.count} images from scikit-image's photos in {folder} "
               f"({time.perf_counter() - started:.1f} s to make)")
-        _report(*_run_load(folder, args))
+        _print_load(*_load_measured(folder, args))
     return 0
 
 
 def _load(args) -> int:
-    ds, sampler = _run_load(args.source, args, out=args.out)
+    ds, sampler = _load_measured(args.source, args, out=args.out)
     if args.out:
         print(f"wrote    {os.path.abspath(args.out)}")
-    _report(ds, sampler)
+    _print_load(ds, sampler)
     return 0
 
 
@@ -177,7 +235,7 @@ def _build(args) -> int:
         sampler = stack.enter_context(PeakSampler())
         ds = build_cache(args.source, args.cache, force=args.force, client=client, **_decode_kwargs(args))
     print(f"cache    {os.path.abspath(args.cache)}")
-    _report(ds, sampler)
+    _print_load(ds, sampler)
     return 0
 
 
@@ -253,8 +311,53 @@ def _verify(args) -> int:
     return {"fresh": 0, "stale": EXIT_STALE}.get(result["status"], EXIT_NO_CACHE)
 
 
-COMMANDS = {"demo": _demo, "load": _load, "build": _build, "info": _info, "verify": _verify,
-            "report": run_report_command}
+def _report(args) -> int:
+    out = os.fspath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        message = f"--out '{out}' exists and is not a folder"
+        raise OptionError(message)
+    if args.npy_dir is not None and not os.path.isdir(args.npy_dir):
+        message = f"--npy-dir '{args.npy_dir}' is not a folder"
+        raise OptionError(message)
+    created = not os.path.exists(out)
+    os.makedirs(out, exist_ok=True)  # before the runs: it holds the memmap strategy's .npy by default
+    try:
+        report = run_report(
+            args.source,
+            size=args.size,
+            layout=args.layout,
+            color=args.color,
+            resize=args.resize,
+            limit=args.limit,
+            strategies=args.strategies,
+            workers=args.workers,
+            npy_dir=args.npy_dir or out,
+            echo=lambda line: print(line, flush=True),
+        )
+    except BaseException:
+        if created and not os.listdir(out):  # a mistyped SOURCE leaves no empty folder behind
+            os.rmdir(out)
+        raise
+    written = write_report(report, out)
+    print()
+    print("\n".join(console_lines(report)))
+    print(f"wrote    {written['json']}")
+    print(f"wrote    {written['markdown']}")
+    if written["plot"]:
+        print(f"wrote    {written['plot']}")
+    else:
+        print(f"no plot  memory.png needs matplotlib: {PLOT_HINT}")
+    failed = [run for run in report.runs if run.status == "failed"]
+    if failed:
+        print(f"preload: error: {failed[0].detail}", file=sys.stderr)
+        return 1
+    if report.checksums_match is False:
+        print("preload: error: the strategies produced different arrays (see the checksums)", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"demo": _demo, "load": _load, "build": _build, "info": _info, "verify": _verify, "report": _report}
 
 
 def main(argv=None) -> int:

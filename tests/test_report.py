@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 
 import preload
 from conftest import smooth_image, write
-from preload import report as harness
+from preload import measure as harness
 from preload.cli import main
-from preload.decode import DecodeOptions
-from preload.report import STRATEGIES, Run, measure, run_report, write_report
+from preload.measure import STRATEGIES, StrategyRun, measure
+from preload.options import DecodeOptions
+from preload.report import run_report, write_report
 
 COUNT, SIDE = 72, 320
 ARRAY_BYTES = COUNT * SIDE * SIDE * 3
@@ -160,9 +163,9 @@ def test_measurements_are_consistent(report):
 
 
 def test_naive_peaks_exceed_preload_by_most_of_an_array(report):
-    fast = report.run("preload")
+    fast = report.get("preload")
     for name in ("naive", "naive-vstack"):
-        naive = report.run(name)
+        naive = report.get(name)
         # The list and the stacked copy are alive together: one more array than preload, minus noise.
         assert naive.peak_above_baseline - fast.peak_above_baseline > 0.5 * ARRAY_BYTES, (name, naive, fast)
         assert naive.ratio > 1.5
@@ -171,7 +174,7 @@ def test_naive_peaks_exceed_preload_by_most_of_an_array(report):
 
 
 def test_memmap_keeps_the_array_out_of_anonymous_memory(report):
-    mapped, ram = report.run("preload-memmap"), report.run("preload")
+    mapped, ram = report.get("preload-memmap"), report.get("preload")
     if mapped.anon_above_baseline is None:
         pytest.skip("this kernel does not split RSS into RssAnon / RssFile")
 
@@ -207,7 +210,7 @@ def test_json_holds_the_arithmetic_every_run_and_the_plot(report, tmp_path):
     assert [run["strategy"] for run in data["runs"]] == list(STRATEGIES)
     for run in data["runs"]:
         assert set(RUN_FIELDS) <= set(run), set(RUN_FIELDS) - set(run)
-        assert Run.from_dict(run) == report.run(run["strategy"])
+        assert StrategyRun.from_dict(run) == report.get(run["strategy"])
 
 
 def test_markdown_shows_the_arithmetic_tables_and_plot(report, tmp_path):
@@ -251,9 +254,9 @@ def test_without_matplotlib_json_and_markdown_say_how_to_get_the_plot(report, tm
 def test_a_strategy_that_would_not_fit_is_skipped(photos, monkeypatch):
     paths = preload.Manifest.from_folder(photos).paths[:8]
     array_bytes = 8 * 64 * 64 * 3
-    real = harness.psutil.virtual_memory
+    real = psutil.virtual_memory
     monkeypatch.setattr(
-        harness.psutil, "virtual_memory",
+        psutil, "virtual_memory",
         lambda: type("Memory", (), {"available": int(1.5 * array_bytes), "total": real().total})(),
     )
 
@@ -273,6 +276,30 @@ def test_a_killed_child_is_a_failed_run(photos, monkeypatch):
 
     assert run.status == "failed"
     assert run.detail.startswith("the naive run failed: killed by signal 9")
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5])
+def test_workers_below_one_are_refused_as_by_load(photos, workers):
+    paths = preload.Manifest.from_folder(photos).paths[:2]
+    message = f"workers={workers!r} is not accepted; use a positive int, or None for every core"
+    with pytest.raises(preload.OptionError, match=re.escape(message)):
+        preload.load(paths, size=8, workers=workers)
+
+    with pytest.raises(preload.OptionError, match=re.escape(message)):
+        measure("preload", paths, DecodeOptions.create(size=8), workers=workers)
+    with pytest.raises(preload.OptionError, match=re.escape(message)):
+        run_report(paths, size=8, workers=workers)
+
+
+def test_workers_none_is_every_usable_core(photos):
+    paths = preload.Manifest.from_folder(photos).paths[:2]
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    result = run_report(paths, size=8, strategies=["naive", "preload"], workers=None)
+
+    assert result.options["workers"] == usable
+    assert [run.threads for run in result.runs] == [1, usable]
 
 
 def test_unknown_strategy_and_missing_size_are_option_errors(photos):
@@ -350,6 +377,7 @@ def test_cli_report_on_a_corrupt_file_exits_1_naming_it(tmp_path, capsys):
     ("args", "code", "message"),
     [
         (["--layout", "NWHC"], 2, "layout='NWHC' is not accepted"),
+        (["--workers", "0"], 2, "workers=0 is not accepted; use a positive int"),
         (["--out", "FILE"], 2, "exists and is not a folder"),
         (["SOURCE/missing"], 1, "does not exist or is not a folder"),
     ],

@@ -1,4 +1,4 @@
-"""RSS sampling (preload/memory.py): /proc status, the high-water reset, children, exclusions, the split."""
+"""RSS sampling (preload/measure.py): /proc status, the high-water reset, children, exclusions, the split."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from preload import memory
-from preload.memory import PeakSampler, RssSample, memory_profiler_peak, read_status, reset_high_water
+from preload import measure
+from preload.measure import PeakSampler, RssSample, memory_profiler_peak, read_status, reset_high_water
 
 BLOCK = 60_000_000  # far above the few MB an interpreter allocates on its own between two samples
 
@@ -101,7 +101,7 @@ def test_sampler_counts_children_unless_excluded():
 
 
 def test_without_proc_the_split_is_empty(monkeypatch):
-    monkeypatch.setattr(memory, "read_status", lambda pid="self": {})
+    monkeypatch.setattr(measure, "read_status", lambda pid="self": {})
 
     with PeakSampler() as sampler:
         block = np.ones(BLOCK, np.uint8)
