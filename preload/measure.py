@@ -66,7 +66,7 @@ import numpy as np
 import psutil
 
 from .decode import Decoder
-from .errors import ImageDecodeError, OptionError, PreloadError, Reason
+from .errors import OptionError, PreloadError
 from .loader import load
 from .options import INTERPOLATIONS, DecodeOptions, cpu_count, resolve_workers
 
@@ -352,13 +352,6 @@ class PeakSampler:
 # while the list is still alive), which a 10 ms sampler could step over.
 
 
-def _decode_into(decoder: Decoder, path: str, slot: np.ndarray) -> None:
-    try:
-        decoder.decode_into(path, slot)
-    except cv2.error as exc:  # as preload.load reports it: the data is what OpenCV refused
-        raise ImageDecodeError(path, Reason.CORRUPT, f"OpenCV failed: {exc}") from None
-
-
 def load_naive(paths: Sequence[str], options: DecodeOptions, *, workers: int, npy_path: str, mark) -> np.ndarray:
     """Decode every file into its own array, keep them in a list, then ``np.stack``.
 
@@ -380,7 +373,7 @@ def load_naive(paths: Sequence[str], options: DecodeOptions, *, workers: int, np
     images = []
     for path in paths:
         image = np.empty(options.slot_shape(), np.uint8)
-        _decode_into(decoder, path, image)
+        decoder.decode_into(path, image)
         images.append(image)
     array = np.stack(images)
     mark()
@@ -405,7 +398,7 @@ def load_naive_vstack(
     images = []
     for path in paths:
         image = np.empty((1,) + options.slot_shape(), np.uint8)
-        _decode_into(decoder, path, image[0])
+        decoder.decode_into(path, image[0])
         images.append(image)
     array = np.vstack(images)
     mark()

@@ -90,6 +90,24 @@ def test_naive_strategy_reports_a_corrupt_file_like_preload(tmp_path):
             STRATEGIES[name].load([good, str(bad)], options, workers=1, npy_path="", mark=lambda: None)
 
 
+def test_naive_strategies_report_an_opencv_error_in_preload_load_words(photos, monkeypatch):
+    path = preload.Manifest.from_folder(photos).paths[0]
+
+    def refuse(*args, **kwargs):
+        raise cv2.error("OpenCV(5.1.0) resize.cpp:4000: error: (-215:Assertion failed) !dsize.empty() in 'resize'")
+
+    monkeypatch.setattr(cv2, "resize", refuse)
+    with pytest.raises(preload.ImageDecodeError) as by_load:
+        preload.load([path], size=8, interpolation="area", progress=False)
+    options = DecodeOptions.create(size=8, interpolation="area")
+
+    for name in ("naive", "naive-vstack"):
+        with pytest.raises(preload.ImageDecodeError) as by_strategy:
+            STRATEGIES[name].load([path], options, workers=1, npy_path="", mark=lambda: None)
+        assert str(by_strategy.value) == str(by_load.value), name
+        assert by_strategy.value.detail == "OpenCV failed: (-215:Assertion failed) !dsize.empty() in 'resize'"
+
+
 # Options beyond size/layout/color/resize change the pixels too; the report must build
 # with exactly the options it was given, in process and in the measuring child.
 EVERY_OPTION_CASES = [
