@@ -18,12 +18,14 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 from . import __version__
 from .cache import build_cache, cache_info, verify_cache
 from .errors import IncompleteCacheError, OptionError, PreloadError, StaleCacheError, TargetError
 from .loader import load
 from .measure import STRATEGIES, PeakSampler
+from .options import parse_size
 from .report import DEFAULT_SAMPLES, PLOT_HINT, console_lines, run_report, write_report
 
 EPILOG = """examples:
@@ -41,17 +43,21 @@ SCHEDULER_TIMEOUT = 10  # seconds to reach a --scheduler before giving up
 EXIT_NO_CACHE = 3
 
 
-def parse_size(text: str):
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not N or HxW (e.g. 256 or 224x320)") from None
-    if len(values) == 1:
-        return values[0]
-    if len(values) == 2:
-        return tuple(values)
-    raise argparse.ArgumentTypeError(f"size {text!r} is not N or HxW (e.g. 256 or 224x320)")
+def argument_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse ``type=`` from a :mod:`preload.options` parser: its OptionError becomes a usage error (exit 2).
+
+    argparse keeps the message only of an ``ArgumentTypeError``; any other
+    ValueError would be reported as "invalid value".
+    """
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except OptionError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def positive_int(text: str) -> int:
@@ -66,7 +72,8 @@ def positive_int(text: str) -> int:
 
 def add_decode_options(parser: argparse.ArgumentParser, *, default_size) -> None:
     """Add ``--size --layout --color --resize`` (how each image becomes a row) to ``parser``."""
-    parser.add_argument("--size", type=parse_size, default=default_size, help="N or HxW (default: %(default)s)")
+    parser.add_argument("--size", type=argument_type(parse_size), default=default_size,
+                        help="N or HxW (default: %(default)s)")
     parser.add_argument("--layout", default="NCHW", help="NHWC or NCHW (default: %(default)s)")
     parser.add_argument("--color", default="rgb", help="rgb, bgr or gray (default: %(default)s)")
     parser.add_argument("--resize", default="stretch", help="stretch, fit, cover or shorter (default: %(default)s)")

@@ -206,7 +206,6 @@ def test_load_mixed_sizes_without_size_is_a_one_line_error(classes_root, capsys)
         (["--resize", "squash"], "resize='squash' is not accepted"),
         (["--on-error", "ignore"], "on_error='ignore' is not accepted"),
         (["--workers", "0"], "workers=0 is not accepted"),
-        (["--size", "0"], "size=0 is not accepted"),
         (["--out", "images.bin"], "out='images.bin' is not accepted; a file target must end in .npy"),
     ],
 )
@@ -234,6 +233,8 @@ def test_load_out_in_a_missing_folder_is_a_one_line_error(classes_root, tmp_path
     [
         (["load", "x", "--size", "abc"], "argument --size: size 'abc' is not N or HxW (e.g. 256 or 224x320)"),
         (["load", "x", "--size", "1x2x3"], "argument --size: size '1x2x3' is not N or HxW (e.g. 256 or 224x320)"),
+        (["load", "x", "--size", "0"], "argument --size: size=0 is not accepted"),
+        (["report", "--size=-5x8"], "argument --size: size=(-5, 8) is not accepted"),
         (["load", "x", "--workers", "many"], "argument --workers: invalid int value: 'many'"),
         (["demo", "--count", "lots"], "argument --count: invalid int value: 'lots'"),
         (["load"], "the following arguments are required: source"),

@@ -210,8 +210,8 @@ def test_chunk_override_sets_the_rows_per_task(tmp_path, source, workers, monkey
     for bad in (0, -3, 2.5, True):
         with pytest.raises(preload.OptionError, match=rf"chunk={bad!r} is not accepted; use a positive int"):
             cluster_fill.fill_on_cluster(workers, str(out), [], None, np.arange(3), chunk=bad)
-    with pytest.raises(preload.OptionError, match=r"policy='skip' is not accepted; use one of 'raise', 'zero'"):
-        cluster_fill.fill_on_cluster(workers, str(out), [], None, np.arange(3), policy="skip")
+    with pytest.raises(preload.OptionError, match=r"on_error='ignore' is not accepted; use one of 'raise', 'skip'"):
+        cluster_fill.fill_on_cluster(workers, str(out), [], None, np.arange(3), on_error="ignore")
     with pytest.raises(preload.OptionError, match=r"retries=-1 is not accepted; use an int >= 0"):
         cluster_fill.fill_on_cluster(workers, str(out), [], None, np.arange(3), retries=-1)
     reported = spy_on_chunks(monkeypatch, chunk=7)

@@ -254,7 +254,7 @@ def test_a_process_started_during_a_load_does_not_hold_up_its_end(capfd):
     """
     import subprocess
 
-    from preload.loader import quiet_opencv
+    from preload.quiet import quiet_opencv
 
     script = "import sys, time; time.sleep(2.5); print('child: done', file=sys.stderr)"
     context = quiet_opencv()
