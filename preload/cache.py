@@ -107,8 +107,9 @@ from . import __version__
 from .dataset import Dataset
 from .decode import Decoder
 from .errors import CacheError, CacheLockedError, Failure, IncompleteCacheError, Reason, StaleCacheError, TargetError
-from .loader import common_size, fill_slots, progress_wanted, quiet_opencv
-from .options import DEFAULT_MAX_PIXELS, DecodeOptions, check_on_error, resolve_workers
+from .fill import common_size, fill_slots
+from .options import DEFAULT_MAX_PIXELS, DecodeOptions, check_on_error, progress_wanted, resolve_workers
+from .quiet import quiet_opencv
 from .sources import Manifest, manifest
 from .target import create_npy, read_npy_header
 
@@ -543,7 +544,7 @@ def build_cache(
     files = CacheFiles(path)
     options = DecodeOptions.create(size=size, layout=layout, color=color, resize=resize, interpolation=interpolation,
                                    fill=fill, exif=exif, reduce=reduce, max_pixels=max_pixels)
-    policy = check_on_error(on_error)
+    on_error = check_on_error(on_error)
     threads = resolve_workers(workers)
     source, source_record = _source_record(source)
     show = progress_wanted(progress)
@@ -555,8 +556,8 @@ def build_cache(
     with BuildLock(files.lock), quiet_opencv() as console:
         sources = manifest(source, labels=labels)
         slot_size = options.size
-        if slot_size is None:  # unreadable headers become failures of the fill below
-            slot_size, _, _ = common_size(sources, options, "raise" if policy == "raise" else "zero", threads)
+        if slot_size is None:  # unreadable headers become failures of the fill below (the rows are kept)
+            slot_size, _, _ = common_size(sources, options, on_error, threads)
         snapshot = Snapshot.take(sources)
         shape = (len(sources),) + options.slot_shape(slot_size)
         plan = {"format": FORMAT + "-build", "version": VERSION, "shape": list(shape),
@@ -577,16 +578,15 @@ def build_cache(
             if journal.due(row_bytes):
                 journal.commit(array, files.failures)
 
-        fill_policy = "raise" if policy == "raise" else "zero"
         try:
             with bar:
                 if client is None:
-                    fill_slots(Decoder(options), sources.paths, array, policy=fill_policy, workers=threads,
+                    fill_slots(Decoder(options), sources.paths, array, on_error=on_error, workers=threads,
                                on_done=on_done, indices=todo)
                 else:
                     from .distributed import fill_on_cluster  # dask is an optional extra
 
-                    fill_on_cluster(client, files.partial, sources.paths, options, todo, policy=fill_policy,
+                    fill_on_cluster(client, files.partial, sources.paths, options, todo, on_error=on_error,
                                     on_done=on_done)
             journal.commit(array, files.failures)
         except OSError as exc:
@@ -601,7 +601,7 @@ def build_cache(
                 journal.commit(array, files.failures)
             raise
         failures = _read_failures(files.failures)
-        _finalize(files, plan, snapshot, failures, policy, time.perf_counter() - started)
+        _finalize(files, plan, snapshot, failures, on_error, time.perf_counter() - started)
     return open_cache(files.data, check=False)
 
 
@@ -710,7 +710,7 @@ def _failure_line(failure: Failure) -> str:
     return json.dumps(record) + "\n"
 
 
-def _finalize(files: CacheFiles, plan: dict, snapshot: Snapshot, failures: list[Failure], policy: str,
+def _finalize(files: CacheFiles, plan: dict, snapshot: Snapshot, failures: list[Failure], on_error: str,
               seconds: float) -> None:
     """Compact (skip), move the array into place, then write the metadata: the commit point.
 
@@ -719,7 +719,7 @@ def _finalize(files: CacheFiles, plan: dict, snapshot: Snapshot, failures: list[
     """
     count = plan["shape"][0]
     rows = None
-    if policy == "skip" and failures:
+    if on_error == "skip" and failures:
         bad = {f.index for f in failures}
         rows = np.asarray([i for i in range(count) if i not in bad], np.int64)
         _compact_copy(files.partial, files.compact, rows)

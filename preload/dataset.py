@@ -26,6 +26,7 @@ import numpy as np
 
 from .decode import Decoder
 from .errors import Failure, OptionError
+from .fill import fill_slots
 from .options import DecodeOptions, resolve_workers
 
 
@@ -550,8 +551,6 @@ class ImageFiles(ArrayAccess):
         return image
 
     def _rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        from .loader import fill_slots
-
         if out is None:
             out = np.empty((len(rows),) + self.image_shape, np.uint8)
         fill_slots(self._decoder, [self.paths[i] for i in rows], out, workers=self.workers)

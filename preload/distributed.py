@@ -84,8 +84,9 @@ import numpy as np
 from . import __version__
 from .decode import Decoder
 from .errors import Failure, ImageDecodeError, OptionError, PreloadError
-from .loader import quiet_opencv
-from .options import DecodeOptions
+from .fill import decode_rows
+from .options import DecodeOptions, check_on_error
+from .quiet import quiet_opencv
 from .target import read_npy_header
 
 if TYPE_CHECKING:
@@ -103,7 +104,6 @@ DRAIN_SECONDS = 60.0  # after a stop: how long to wait for running tasks to repo
 WORKER_WAIT_SECONDS = 60.0  # how long to wait for a cluster with no workers yet
 PROBE_SUFFIX = ".probe"
 STOPPED = "stopped"  # the token's value once the coordinator has stopped the build
-FILL_POLICIES = ("raise", "zero")
 
 
 class ClusterError(PreloadError):
@@ -173,16 +173,16 @@ class ClusterSummary:
 
 
 def fill_chunk(partial: str, token: str, rows: np.ndarray, paths: Sequence[str], options: DecodeOptions,
-               policy: str, shape: tuple[int, ...]) -> ChunkResult:
+               on_error: str, shape: tuple[int, ...]) -> ChunkResult:
     """Decode ``paths[k]`` into row ``rows[k]`` of the ``.npy`` at ``partial``: the task of a cluster build.
 
-    Runs on a Dask worker (a top-level function, so it pickles by name).
-    Failed files are handled as in :func:`preload.loader.fill_slots`: zeroed
-    and reported under ``policy="zero"``; under ``"raise"`` the chunk ends at
-    the first one, reporting only the rows before it. The mapping is flushed
-    before returning, so every row reported is on disk. The task ends early,
-    reporting the rows it finished, when the token in ``partial + ".probe"``
-    is no longer ``token``.
+    Runs on a Dask worker (a top-level function, so it pickles by name), with
+    the same per-row loop as a local build (:func:`preload.fill.decode_rows`):
+    failed files are zeroed and reported under ``on_error="skip"`` or
+    ``"zero"``; under ``"raise"`` the chunk ends at the first one, reporting
+    only the rows before it. The mapping is flushed before returning, so every
+    row reported is on disk. The task ends early, reporting the rows it
+    finished, when the token in ``partial + ".probe"`` is no longer ``token``.
 
     Raises
     ------
@@ -213,35 +213,26 @@ def fill_chunk(partial: str, token: str, rows: np.ndarray, paths: Sequence[str],
     if not _token_matches(partial, token, worker, host, first=True):
         return ChunkResult(rows[:0], [], None, True, worker, host, time.perf_counter() - started)
     array = _open_partial(partial, shape, worker, host)
-    decoder = Decoder(options)
-    found: list[Failure] = []
-    raised = None
-    done = len(rows)
-    stopped = False
     next_check = time.monotonic() + CHECK_SECONDS
+
+    def token_changed() -> bool:
+        nonlocal next_check
+        if time.monotonic() < next_check:
+            return False
+        next_check = time.monotonic() + CHECK_SECONDS
+        return not _token_matches(partial, token, worker, host)
+
     try:
         with quiet_opencv():  # single-threaded OpenCV, as in a local build; decoder chatter summarised
-            for k, (i, path) in enumerate(zip(rows, paths, strict=True)):
-                if time.monotonic() >= next_check:
-                    if not _token_matches(partial, token, worker, host):
-                        done, stopped = k, True
-                        break
-                    next_check = time.monotonic() + CHECK_SECONDS
-                try:
-                    decoder.decode_into(path, array[i])
-                except ImageDecodeError as exc:
-                    failure = Failure(int(i), exc.path, exc.reason, exc.detail)
-                    if policy == "raise":
-                        done, raised = k, failure
-                        break
-                    found.append(failure)
-                    array[i] = 0
+            result = decode_rows(Decoder(options), paths, rows, array, on_error, token_changed)
     finally:
         # msync before reporting: the coordinator sets journal bits for these rows
         # as soon as it hears of them, and its own mapping holds none of our pages.
         array.flush()
         del array
-    return ChunkResult(rows[:done], found, raised, stopped, worker, host, time.perf_counter() - started)
+    stopped = result.raised is None and result.done < len(rows)
+    return ChunkResult(rows[: result.done], result.failures, result.raised, stopped, worker, host,
+                       time.perf_counter() - started)
 
 
 def _whoami() -> tuple[str, str]:
@@ -327,14 +318,14 @@ def fill_on_cluster(
     options: DecodeOptions,
     todo: np.ndarray,
     *,
-    policy: str = "raise",
+    on_error: str = "raise",
     on_done: Callable[[np.ndarray, list[Failure]], object] | None = None,
     chunk: int | None = None,
     retries: int = RETRIES,
 ) -> ClusterSummary:
     """Decode ``paths[i]`` into row ``i`` of the ``.npy`` at ``partial`` for every ``i`` in ``todo``, on Dask.
 
-    The cluster counterpart of :func:`preload.loader.fill_slots`, called by
+    The cluster counterpart of :func:`preload.fill.fill_slots`, called by
     :func:`preload.build_cache` when it is given ``client=``; see the module
     docs for the protocol. Workers write the rows straight into the file,
     which must be on a file system every worker mounts at the same path;
@@ -352,9 +343,11 @@ def fill_on_cluster(
         How to decode (pickled to the workers).
     todo : array of int
         The rows to decode.
-    policy : {"raise", "zero"}
+    on_error : {"raise", "skip", "zero"}
         A failed file stops the build (raising after the running chunks
-        have reported), or has its row zeroed and is reported.
+        have reported), or has its row zeroed and is reported (dropping
+        skipped rows is the caller's part, as for
+        :func:`preload.fill.fill_slots`).
     on_done : callable, optional
         ``on_done(rows, failures)``, called in this thread once per finished
         chunk with the rows now final on disk and the failures among them.
@@ -378,7 +371,7 @@ def fill_on_cluster(
         A worker cannot see or write the cache or read the source, runs
         another preload or OpenCV version, or a chunk kept failing.
     ImageDecodeError
-        A file failed under ``policy="raise"``.
+        A file failed under ``on_error="raise"``.
 
     Examples
     --------
@@ -387,9 +380,7 @@ def fill_on_cluster(
     >>> with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:  # doctest: +SKIP
     ...     ds = preload.build_cache("data/train", "cache/train.npy", size=256, client=client)
     """
-    if policy not in FILL_POLICIES:
-        message = f"policy={policy!r} is not accepted; use one of {', '.join(map(repr, FILL_POLICIES))}"
-        raise OptionError(message)
+    on_error = check_on_error(on_error)
     if chunk is not None and (not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1):
         message = f"chunk={chunk!r} is not accepted; use a positive int, or None to size chunks by time"
         raise OptionError(message)
@@ -411,7 +402,7 @@ def fill_on_cluster(
     started = time.perf_counter()
     try:
         _check_workers(client, partial, token, shape, _readable_sample(paths, todo))
-        run = _Run(client, partial, paths, options, todo, policy, on_done, chunk, retries, token, shape, summary)
+        run = _Run(client, partial, paths, options, todo, on_error, on_done, chunk, retries, token, shape, summary)
         run.fill()
     finally:
         # Tasks still running (after Ctrl-C, an error, a kill of this process
@@ -428,13 +419,13 @@ def fill_on_cluster(
 class _Run:
     """The submit / collect loop of one :func:`fill_on_cluster` call."""
 
-    def __init__(self, client, partial, paths, options, todo, policy, on_done, chunk, retries, token, shape,
+    def __init__(self, client, partial, paths, options, todo, on_error, on_done, chunk, retries, token, shape,
                  summary: ClusterSummary):
         self.client = client
         self.partial = partial
         self.paths = paths
         self.options = options
-        self.policy = policy
+        self.on_error = on_error
         self.report = on_done or (lambda rows, found: None)
         self.retries = retries
         self.token = token
@@ -490,7 +481,7 @@ class _Run:
             key = f"preload-fill-{self.token[:12]}-{self.count}"
             self.count += 1
             future = self.client.submit(fill_chunk, self.partial, self.token, rows, [self.paths[i] for i in rows],
-                                        self.options, self.policy, self.shape, key=key, retries=self.retries)
+                                        self.options, self.on_error, self.shape, key=key, retries=self.retries)
             self.in_flight[future] = rows
             completed.add(future)
 

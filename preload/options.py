@@ -28,6 +28,7 @@ aliases when it shrinks).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -167,6 +168,13 @@ def resolve_workers(workers) -> int:
     raise OptionError(message)
 
 
+def progress_wanted(progress) -> bool:
+    """``progress=None``: a bar only when stderr is a terminal; otherwise ``bool(progress)``."""
+    if progress is not None:
+        return bool(progress)
+    return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
 # ------------------------------------------------------------- text (CLI) parsers
 
 
@@ -295,6 +303,8 @@ OPTIONS: dict[str, Option] = {
                parse_positive_int("max_pixels")),
         Option("workers", "int or None", None, None,
                "decoding threads; None uses every usable core, 1 runs serially", parse_workers),
+        Option("progress", "bool or None", None, None,
+               "show a progress bar on stderr; None shows it when stderr is a terminal", parse_bool),
         Option("on_error", "str", "raise", ON_ERROR,
                "a file that cannot be loaded: raise, skip it (rows stay aligned), or leave its slot zero",
                _choice_parser("on_error", ON_ERROR)),
