@@ -7,7 +7,7 @@
 
 import os as _os
 
-__version__ = "0.1.0"  # first: submodules import it
+from ._version import __version__
 
 # OpenCV reads this once, at its first decode. preload checks the pixel count
 # of the formats whose headers it parses itself (headers.py); for any other

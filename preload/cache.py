@@ -103,7 +103,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__
+from ._version import __version__
 from .dataset import Dataset
 from .decode import Decoder
 from .errors import CacheError, CacheLockedError, Failure, IncompleteCacheError, Reason, StaleCacheError, TargetError

@@ -81,7 +81,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .decode import Decoder
 from .errors import Failure, ImageDecodeError, OptionError, PreloadError
 from .fill import decode_rows
