@@ -29,6 +29,25 @@ def write(path, image: np.ndarray, *params) -> str:
     return str(path)
 
 
+def class_folders(root: Path, rng: np.random.Generator, *, per_class: int = 20) -> Path:
+    """``root/{ant,bee,cow}/00.png ...``: ``per_class`` small PNGs per class, every image different.
+
+    Sizes vary with the class (width 40-42) and the index (height 30-34), so a
+    resize is always at work and a wrong row cannot pass for a right one.
+    """
+    for c, name in enumerate(("ant", "bee", "cow")):
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            write(root / name / f"{k:02d}.png", smooth_image(rng, 30 + k % 5, 40 + c))
+    return root
+
+
+@pytest.fixture
+def source(tmp_path, rng) -> Path:
+    """Three classes of small images, 60 in all, in ``tmp_path / "src"`` (fresh for each test: tests change it)."""
+    return class_folders(tmp_path / "src", rng)
+
+
 def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
     """Insert an APP1 EXIF segment holding only the Orientation tag after SOI."""
     ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)

@@ -22,17 +22,6 @@ from preload import cache, decode
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def source(tmp_path, rng):
-    """Three classes of small images, 60 in all, every image different."""
-    root = tmp_path / "src"
-    for c, name in enumerate(("ant", "bee", "cow")):
-        (root / name).mkdir(parents=True)
-        for k in range(20):
-            write(root / name / f"{k:02d}.png", smooth_image(rng, 30 + k % 5, 40 + c))
-    return root
-
-
 def build(source, out, **options):
     options = {"size": 16, "layout": "NCHW", "progress": False, **options}
     return preload.build_cache(source, out, **options)

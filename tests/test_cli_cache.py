@@ -6,21 +6,9 @@ import json
 import os
 
 import numpy as np
-import pytest
 
-from conftest import smooth_image, write
 from preload import cache
 from preload.cli import main
-
-
-@pytest.fixture
-def source(tmp_path, rng):
-    root = tmp_path / "src"
-    for name in ("cat", "dog"):
-        (root / name).mkdir(parents=True)
-        for k in range(6):
-            write(root / name / f"{k}.png", smooth_image(rng, 20, 24))
-    return root
 
 
 def run(capsys, *argv):
@@ -34,17 +22,18 @@ def test_build_info_verify(tmp_path, source, capsys):
     code, text, err = run(capsys, "build", source, out, "--size", 8, "--layout", "nchw", "--no-progress")
     assert code == 0, err
     assert f"cache    {out}" in text
-    assert "images   (12, 3, 8, 8) uint8 NCHW" in text
-    assert np.load(out, mmap_mode="r").shape == (12, 3, 8, 8)
+    assert "images   (60, 3, 8, 8) uint8 NCHW" in text
+    assert np.load(out, mmap_mode="r").shape == (60, 3, 8, 8)
 
     code, text, _ = run(capsys, "info", out)
     assert code == 0
-    assert "images   12 of 12 files, shape (12, 3, 8, 8) uint8, NCHW" in text
-    assert "classes  2: cat, dog" in text
+    assert "images   60 of 60 files, shape (60, 3, 8, 8) uint8, NCHW" in text
+    assert "classes  3: ant, bee, cow" in text
 
     code, text, _ = run(capsys, "info", out, "--json")
     info = json.loads(text)
-    assert (code, info["status"], info["shape"], info["classes"]) == (0, "complete", [12, 3, 8, 8], ["cat", "dog"])
+    assert (code, info["status"], info["shape"]) == (0, "complete", [60, 3, 8, 8])
+    assert info["classes"] == ["ant", "bee", "cow"]
 
     code, text, _ = run(capsys, "verify", out)
     assert (code, text.split(":")[0]) == (0, "fresh")
@@ -53,11 +42,11 @@ def test_build_info_verify(tmp_path, source, capsys):
 def test_verify_stale_exits_1_and_lists_the_file(tmp_path, source, capsys):
     out = tmp_path / "c.npy"
     run(capsys, "build", source, out, "--size", 8, "--no-progress")
-    os.remove(source / "dog" / "2.png")
+    os.remove(source / "cow" / "02.png")
     code, text, _ = run(capsys, "verify", out, "--json")
     result = json.loads(text)
     assert code == 1
-    assert result["status"] == "stale" and result["removed"] == [str(source / "dog" / "2.png")]
+    assert result["status"] == "stale" and result["removed"] == [str(source / "cow" / "02.png")]
 
 
 def test_missing_and_partial_caches_exit_3(tmp_path, source, capsys, monkeypatch):
@@ -70,7 +59,7 @@ def test_missing_and_partial_caches_exit_3(tmp_path, source, capsys, monkeypatch
     code, _, err = run(capsys, "build", source, tmp_path / "p.npy", "--size", 8, "--no-progress")
     assert code == 130 and err == "preload: interrupted\n"
     code, text, _ = run(capsys, "info", tmp_path / "p.npy")
-    assert code == 3 and text.startswith(f"unfinished build at '{tmp_path / 'p.npy'}': 0 of 12 images written")
+    assert code == 3 and text.startswith(f"unfinished build at '{tmp_path / 'p.npy'}': 0 of 60 images written")
     code, text, _ = run(capsys, "verify", tmp_path / "p.npy")
     assert code == 3 and text.startswith("partial: ")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import journal_done, smooth_image, write
+from conftest import class_folders, journal_done
 
 distributed = pytest.importorskip("distributed")
 import cloudpickle  # noqa: E402 - a dependency of distributed
@@ -106,14 +106,8 @@ def slow_workers(client, seconds: float, crash: tuple[str, ...] = ()):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """60 small images in three class folders; every image different."""
-    rng = np.random.default_rng(99)
-    root = tmp_path_factory.mktemp("cluster") / "src"
-    for c, name in enumerate(("ant", "bee", "cow")):
-        (root / name).mkdir(parents=True)
-        for k in range(COUNT // 3):
-            write(root / name / f"{k:02d}.png", smooth_image(rng, 30 + k % 5, 40 + c))
-    return root
+    """conftest's ``source`` made once for the module: the cluster tests only read it."""
+    return class_folders(tmp_path_factory.mktemp("cluster") / "src", np.random.default_rng(99), per_class=COUNT // 3)
 
 
 @pytest.fixture(scope="module")
