@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -403,3 +404,54 @@ def test_raise_leaves_the_good_rows_resumable(tmp_path, source, monkeypatch):
     ds = build(source, out, workers=1)
     assert len(calls) == 60 - 50  # rows 0-49 were committed before the failure
     assert np.array_equal(ds.images, preload.load(source, size=16, layout="NCHW", progress=False).images)
+
+
+# ------------------------------------------------- promises held by a second test
+
+
+def test_a_running_build_in_this_process_refuses_a_second_one(tmp_path, source, monkeypatch):
+    # The lock's second path: held by a real build (not BuildLock alone), in this very process.
+    reference, out = tmp_path / "reference.npy", tmp_path / "c.npy"
+    build(source, reference)
+    started, release = threading.Event(), threading.Event()
+    real = decode.Decoder.decode_into
+
+    def wait_at_the_first_decode(self, path, slot):
+        if not started.is_set():
+            started.set()
+            release.wait(30)
+        return real(self, path, slot)
+
+    monkeypatch.setattr(decode.Decoder, "decode_into", wait_at_the_first_decode)
+    built = []
+    first = threading.Thread(target=lambda: built.append(build(source, out, workers=1)))
+    first.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(preload.CacheLockedError, match=rf"held by pid {os.getpid()} on host .*another build"):
+            build(source, out, workers=1)
+    finally:
+        release.set()
+        first.join(60)
+    assert len(built) == 1 and len(built[0]) == 60
+    assert out.read_bytes() == reference.read_bytes()  # the refused builder changed nothing
+
+
+def test_the_metadata_is_renamed_into_place_last(tmp_path, source, monkeypatch):
+    # The JSON-last order seen from the renames themselves (the other test kills a build before the JSON).
+    out = tmp_path / "c.npy"
+    real = os.replace
+    renamed, when_json_landed = [], {}
+
+    def spy(src, dst, *args, **kwargs):
+        real(src, dst, *args, **kwargs)
+        renamed.append(os.path.basename(dst))
+        if renamed[-1] == "c.npy.json":
+            when_json_landed["shape"] = np.load(out, mmap_mode="r").shape
+            when_json_landed["index"] = (tmp_path / "c.npy.index.npz").exists()
+
+    monkeypatch.setattr(os, "replace", spy)
+    build(source, out)
+    assert renamed[-1] == "c.npy.json" and renamed.count("c.npy.json") == 1, renamed
+    assert renamed.index("c.npy") < renamed.index("c.npy.index.npz") < len(renamed) - 1, renamed
+    assert when_json_landed == {"shape": (60, 3, 16, 16), "index": True}

@@ -418,3 +418,22 @@ def test_image_files_decode_on_access(cached):
     assert np.array_equal(clone[0][0], files[0][0])
     with pytest.raises(preload.OptionError, match="ImageFiles needs size="):
         ImageFiles(root, size=None)
+
+
+def test_negative_indices_count_from_the_end_of_a_cache(cached):
+    # The file-backed path: ints, arrays and slices read through the cache's memmap, not an in-RAM array.
+    ds, _ = cached
+    assert isinstance(ds.images, np.memmap)
+    expected = np.array(ds.images)
+    image, label = ds[-14]
+    assert np.array_equal(image, expected[0]) and label == 0
+    image, label = ds[-1]
+    assert np.array_equal(image, expected[13]) and label == 1
+    images, labels = ds[np.array([-1, 0, -14, -8])]
+    assert np.array_equal(images, expected[[13, 0, 0, 6]]) and labels.tolist() == [1, 0, 0, 0]
+    images, labels = ds[-3:]
+    assert np.array_equal(images, expected[11:]) and labels.tolist() == [1, 1, 1]
+    with pytest.raises(IndexError, match=r"index -15 is out of range for .* of 14 images"):
+        ds[-15]
+    with pytest.raises(IndexError, match=r"index -15 is out of range"):
+        ds[[0, -15]]

@@ -385,3 +385,15 @@ def test_an_opencv_error_after_decoding_is_the_same_failure_for_every_caller(tmp
     (tmp_path / "c.npy.partial.probe").write_text("t0")
     chunk = fill_chunk(partial, "t0", np.array([0]), [path], options, "zero", (1, 8, 8, 3))
     assert [(f.reason, f.detail) for f in chunk.failures] == [(preload.Reason.CORRUPT, expected)]
+
+
+def test_max_pixels_refuses_a_jpeg_header_before_writing_the_slot(tmp_path, rng):
+    # The option's second path: the JPEG header parser and the Decoder itself, at the exact limit.
+    path = write(tmp_path / "a.jpg", smooth_image(rng, 40, 50))
+    slot = np.full((8, 8, 3), 77, np.uint8)
+    with pytest.raises(preload.ImageDecodeError, match=r"50x40 = 2,000 pixels, more than max_pixels=1,999") as caught:
+        Decoder(DecodeOptions.create(size=8, max_pixels=1999)).decode_into(path, slot)
+    assert caught.value.reason == preload.Reason.TOO_LARGE and caught.value.path == path
+    assert (slot == 77).all()
+    Decoder(DecodeOptions.create(size=8, max_pixels=2000)).decode_into(path, slot)
+    assert (slot != 77).any()

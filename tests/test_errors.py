@@ -192,3 +192,21 @@ def test_bad_on_error_value(tmp_path, rng):
 def test_on_error_is_case_insensitive(tmp_path, rng):
     bad = _make_bad(tmp_path, rng, "empty")
     assert len(preload.load([bad], size=8, on_error="Zero", progress=False)) == 1
+
+
+def test_zero_clears_a_slot_the_decoder_wrote_before_it_failed(tmp_path, rng, monkeypatch):
+    # Not the caller's garbage this time: real pixels the decoder put in the slot before failing, in a RAM target.
+    paths = [_good(tmp_path, rng, f"{k}.png", (k * 50,) * 3) for k in (1, 2, 3)]
+    real = preload.decode.Decoder.decode_into
+
+    def write_then_fail(self, path, slot):
+        real(self, path, slot)
+        if path == paths[1]:
+            raise preload.ImageDecodeError(path, Reason.CORRUPT, "failed after writing its slot")
+
+    monkeypatch.setattr(preload.decode.Decoder, "decode_into", write_then_fail)
+    ds = preload.load(paths, size=8, layout="NCHW", on_error="zero", workers=2, progress=False)
+    assert ds.images.shape == (3, 3, 8, 8)
+    assert (ds.images[0] == 50).all() and (ds.images[2] == 150).all()
+    assert not ds.images[1].any()
+    assert [(f.index, f.path, f.reason) for f in ds.failed] == [(1, paths[1], Reason.CORRUPT)]

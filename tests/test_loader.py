@@ -284,3 +284,16 @@ def test_dataset_repr_and_len(folder):
     assert len(ds) == 10
     assert repr(ds).startswith("<preload.Dataset 10 images NCHW (3, 8, 8) uint8")
     assert ds.classes == ["cat", "dog"] and ds.labels.tolist() == [0] * 5 + [1] * 5
+
+
+def test_ram_check_takes_exactly_the_available_bytes_and_refuses_one_byte_less(tmp_path, rng, monkeypatch):
+    # A second path to the RAM check: a list of paths, size=(height, width), NCHW, and the exact boundary.
+    paths = [write(tmp_path / f"{k}.png", smooth_image(rng, 12, 10)) for k in range(3)]
+    needed = 3 * 3 * 6 * 5
+    monkeypatch.setattr(target.psutil, "virtual_memory", lambda: SimpleNamespace(available=needed - 1))
+    words = rf"needs 0.00 GB \({needed:,} bytes\) \(N\*C\*H\*W = 3 x 3 x 6 x 5\) but only .*\({needed - 1:,} bytes\)"
+    with pytest.raises(MemoryError, match=words) as caught:
+        preload.load(paths, size=(6, 5), layout="NCHW", progress=False)
+    assert isinstance(caught.value, preload.InsufficientMemoryError)
+    monkeypatch.setattr(target.psutil, "virtual_memory", lambda: SimpleNamespace(available=needed))
+    assert preload.load(paths, size=(6, 5), layout="NCHW", progress=False).images.shape == (3, 3, 6, 5)
