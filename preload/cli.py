@@ -25,7 +25,7 @@ from .cache import build_cache, cache_info, verify_cache
 from .errors import IncompleteCacheError, OptionError, PreloadError, StaleCacheError, TargetError
 from .loader import load
 from .measure import STRATEGIES, PeakSampler
-from .options import parse_size
+from .options import OPTIONS, parse_size
 from .report import DEFAULT_SAMPLES, PLOT_HINT, console_lines, run_report, write_report
 
 EPILOG = """examples:
@@ -70,25 +70,40 @@ def positive_int(text: str) -> int:
     return value
 
 
+# The command line's own defaults where they differ from the API's: a size for the
+# commands that need one is given per command, and arrays default to NCHW here.
+CLI_DEFAULTS = {"layout": "NCHW"}
+
+
+def _add_option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Add the option ``name`` of :data:`preload.options.OPTIONS` with its one description."""
+    option = OPTIONS[name]
+    allowed = f"{', '.join(option.allowed)}; " if option.allowed else ""
+    kwargs.setdefault("default", CLI_DEFAULTS.get(name, option.default))
+    parser.add_argument(option.flag, help=f"{option.help} ({allowed}default: %(default)s)", **kwargs)
+
+
 def add_decode_options(parser: argparse.ArgumentParser, *, default_size) -> None:
-    """Add ``--size --layout --color --resize`` (how each image becomes a row) to ``parser``."""
-    parser.add_argument("--size", type=argument_type(parse_size), default=default_size,
-                        help="N or HxW (default: %(default)s)")
-    parser.add_argument("--layout", default="NCHW", help="NHWC or NCHW (default: %(default)s)")
-    parser.add_argument("--color", default="rgb", help="rgb, bgr or gray (default: %(default)s)")
-    parser.add_argument("--resize", default="stretch", help="stretch, fit, cover or shorter (default: %(default)s)")
+    """Add ``--size --layout --color --resize`` (how each image becomes a row) to ``parser``.
+
+    Values are checked by the library (a bad one is a one-line error, exit 2),
+    except the size's syntax, which argparse checks.
+    """
+    _add_option(parser, "size", type=argument_type(parse_size), default=default_size, metavar="N|HxW")
+    for name in ("layout", "color", "resize"):
+        _add_option(parser, name)
 
 
 def add_workers_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--workers``; the library refuses values below 1, so every command says the same about 0."""
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: every core)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: every usable core)")
 
 
 def _add_load_options(parser: argparse.ArgumentParser, default_size) -> None:
     """The options of the commands that decode a whole source into an array: demo, load, build."""
     add_decode_options(parser, default_size=default_size)
     add_workers_option(parser)
-    parser.add_argument("--on-error", default="raise", help="raise, skip or zero (default: %(default)s)")
+    _add_option(parser, "on_error")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
