@@ -10,8 +10,8 @@ A cache named ``train.npy`` is these files in one folder:
     without preload.
 ``train.npy.json``
     The metadata, and the cache's *commit point*: it is written last, under a
-    temporary name, fsynced and renamed into place, so a cache is complete if
-    and only if this file exists. Fields: ``format`` (``"preload-cache"``),
+    temporary name, fsynced and renamed into place (:mod:`preload.atomic`), so
+    a cache is complete if and only if this file exists. Fields: ``format`` (``"preload-cache"``),
     ``version`` (1), ``shape``, ``dtype``, ``data_offset`` and ``data_bytes``
     (where the pixels sit in ``train.npy``, to detect truncation),
     ``options`` (size, layout, color, resize, interpolation, fill, exif,
@@ -104,6 +104,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ._version import __version__
+from .atomic import atomic_write, write_bytes
 from .dataset import Dataset
 from .decode import Decoder
 from .errors import CacheError, CacheLockedError, Failure, IncompleteCacheError, Reason, StaleCacheError, TargetError
@@ -177,12 +178,8 @@ class Snapshot:
             arrays["classes"] = _join(self.manifest.classes)
         if rows is not None:
             arrays["rows"] = np.asarray(rows, np.int64)
-        temp = path + ".tmp"
-        with open(temp, "wb") as handle:
+        with atomic_write(path) as handle:
             np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
 
     @classmethod
     def load(cls, path: str) -> tuple[Snapshot, np.ndarray | None]:
@@ -278,12 +275,7 @@ class Journal:
     @classmethod
     def create(cls, path: str, count: int, plan_hash: bytes, done: np.ndarray | None = None) -> Journal:
         journal = cls(path, count, plan_hash, np.zeros(count, bool) if done is None else done.copy())
-        temp = path + ".tmp"
-        with open(temp, "wb") as handle:
-            handle.write(journal._header() + journal._bits())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        write_bytes(path, journal._header() + journal._bits())
         return journal
 
     @classmethod
@@ -428,12 +420,7 @@ def _describe_difference(old: dict, new: dict) -> str:
 
 def _write_json(path: str, record: dict) -> bytes:
     text = json.dumps(record, indent=1, sort_keys=True).encode("utf-8")
-    temp = path + ".tmp"
-    with open(temp, "wb") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    write_bytes(path, text)
     return text
 
 
@@ -446,15 +433,6 @@ def _read_json(path: str) -> dict | None:
     except (OSError, ValueError) as exc:
         message = f"cannot read '{path}': {exc}"
         raise CacheError(message) from exc
-
-
-def _fsync_folder(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(os.path.dirname(path), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _remove(*paths: str) -> None:
@@ -696,13 +674,7 @@ def _start_plan(files: CacheFiles, plan: dict, snapshot: Snapshot) -> bytes:
 
 
 def _write_failures(path: str, failures: list[Failure]) -> None:
-    temp = path + ".tmp"
-    with open(temp, "w", encoding="utf-8") as handle:
-        for failure in failures:
-            handle.write(_failure_line(failure))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    write_bytes(path, "".join(_failure_line(f) for f in failures).encode("utf-8"))
 
 
 def _failure_line(failure: Failure) -> str:
@@ -745,8 +717,7 @@ def _finalize(files: CacheFiles, plan: dict, snapshot: Snapshot, failures: list[
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 3),
     }
-    _write_json(files.meta, meta)
-    _fsync_folder(files.meta)
+    _write_json(files.meta, meta)  # the commit point (its folder is fsynced too)
     _remove(*files.build_files())
 
 
