@@ -1,16 +1,33 @@
-"""RSS sampling (preload/measure.py): /proc status, the high-water reset, children, exclusions, the split."""
+"""preload/measure.py: RSS sampling (/proc status, the high-water reset, children, exclusions, the split)
+and the fresh-process harness (the strategies, options reaching the child, failed children).
+
+The whole report on a larger folder, with memory relations asserted, is in test_report.py.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 
-from preload import measure
-from preload.measure import PeakSampler, RssSample, memory_profiler_peak, read_status, reset_high_water
+import preload
+from conftest import smooth_image, write
+from preload import measure as harness
+from preload.measure import (
+    STRATEGIES,
+    PeakSampler,
+    RssSample,
+    measure,
+    memory_profiler_peak,
+    read_status,
+    reset_high_water,
+)
+from preload.options import DecodeOptions
 
 BLOCK = 60_000_000  # far above the few MB an interpreter allocates on its own between two samples
 
@@ -101,7 +118,7 @@ def test_sampler_counts_children_unless_excluded():
 
 
 def test_without_proc_the_split_is_empty(monkeypatch):
-    monkeypatch.setattr(measure, "read_status", lambda pid="self": {})
+    monkeypatch.setattr(harness, "read_status", lambda pid="self": {})
 
     with PeakSampler() as sampler:
         block = np.ones(BLOCK, np.uint8)
@@ -126,3 +143,101 @@ def test_memory_profiler_peak_runs_the_function_once():
     assert len(calls) == 1
     assert block.size == BLOCK
     assert peak > 0
+
+
+# ------------------------------------------------------------------ the harness
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """6 smooth JPEGs of 360 x 400 (libjpeg's reduced decode and a shrinking resize are at work)."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(7)
+    for i in range(6):
+        write(root / f"{i:03d}.jpg", smooth_image(rng, 360, 400), cv2.IMWRITE_JPEG_QUALITY, 90)
+    return root
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize(("color", "resize"), [("rgb", "stretch"), ("bgr", "fit"), ("gray", "cover")])
+def test_naive_strategies_decode_exactly_like_preload(photos, tmp_path, layout, color, resize):
+    paths = preload.Manifest.from_folder(photos).paths[:6]
+    options = DecodeOptions.create(size=(96, 128), layout=layout, color=color, resize=resize)
+    marks = []
+    expected = preload.load(paths, size=(96, 128), layout=layout, color=color, resize=resize, progress=False).images
+
+    for name in STRATEGIES:
+        kwargs = {"workers": 1, "npy_path": str(tmp_path / f"{name}.npy"), "mark": lambda: marks.append(1)}
+        images = STRATEGIES[name].load(paths, options, **kwargs)
+        assert images.shape == expected.shape, name
+        assert images.dtype == np.uint8, name
+        assert np.array_equal(images, expected), name
+        del images
+    assert len(marks) == len(STRATEGIES)  # every strategy marks its peak once
+
+
+def test_naive_strategy_reports_a_corrupt_file_like_preload(tmp_path):
+    good = write(tmp_path / "a.png", np.zeros((20, 20, 3), np.uint8))
+    bad = tmp_path / "b.jpg"
+    bad.write_bytes(open(good, "rb").read()[:40])
+    options = DecodeOptions.create(size=8)
+
+    for name in ("naive", "naive-vstack"):
+        with pytest.raises(preload.ImageDecodeError, match=r"cannot load '.*b\.jpg'"):
+            STRATEGIES[name].load([good, str(bad)], options, workers=1, npy_path="", mark=lambda: None)
+
+
+def test_naive_strategies_report_an_opencv_error_in_preload_load_words(photos, monkeypatch):
+    path = preload.Manifest.from_folder(photos).paths[0]
+
+    def refuse(*args, **kwargs):
+        raise cv2.error("OpenCV(5.1.0) resize.cpp:4000: error: (-215:Assertion failed) !dsize.empty() in 'resize'")
+
+    monkeypatch.setattr(cv2, "resize", refuse)
+    with pytest.raises(preload.ImageDecodeError) as by_load:
+        preload.load([path], size=8, interpolation="area", progress=False)
+    options = DecodeOptions.create(size=8, interpolation="area")
+
+    for name in ("naive", "naive-vstack"):
+        with pytest.raises(preload.ImageDecodeError) as by_strategy:
+            STRATEGIES[name].load([path], options, workers=1, npy_path="", mark=lambda: None)
+        assert str(by_strategy.value) == str(by_load.value), name
+        assert by_strategy.value.detail == "OpenCV failed: (-215:Assertion failed) !dsize.empty() in 'resize'"
+
+
+# Options beyond size/layout/color/resize change the pixels too; the report must build
+# with exactly the options it was given, in process and in the measuring child.
+EVERY_OPTION_CASES = [
+    {"interpolation": "nearest"},
+    {"interpolation": "area"},
+    {"resize": "fit", "fill": 200},
+]
+
+
+@pytest.mark.parametrize("extra", EVERY_OPTION_CASES, ids=lambda extra: ",".join(f"{k}={v}" for k, v in extra.items()))
+def test_every_decode_option_reaches_every_strategy(photos, tmp_path, extra):
+    paths = preload.Manifest.from_folder(photos).paths[:3]
+    kwargs = {"size": (40, 72), "layout": "NHWC", **extra}
+    expected = preload.load(paths, progress=False, **kwargs).images
+    auto = preload.load(paths, progress=False, size=(40, 72)).images
+    assert not np.array_equal(expected, auto)  # the option does change the pixels here
+    options = DecodeOptions.create(**kwargs)
+
+    for name in STRATEGIES:
+        images = STRATEGIES[name].load(paths, options, workers=1, npy_path=str(tmp_path / f"{name}.npy"),
+                                       mark=lambda: None)
+        assert np.array_equal(images, expected), name
+        del images
+    for name in ("naive", "preload"):
+        run = measure(name, paths, options, workers=1)
+        assert run.status == "ok", run.detail
+        assert run.checksum == hashlib.sha256(expected.tobytes()).hexdigest(), name
+
+
+def test_a_killed_child_is_a_failed_run(photos, monkeypatch):
+    monkeypatch.setattr(harness, "_CHILD_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+
+    run = measure("naive", preload.Manifest.from_folder(photos).paths[:2], DecodeOptions.create(size=8))
+
+    assert run.status == "failed"
+    assert run.detail.startswith("the naive run failed: killed by signal 9")

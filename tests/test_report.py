@@ -1,6 +1,6 @@
-"""The memory report (preload/report.py): strategies, child runs, JSON / Markdown / PNG, and the CLI.
+"""The memory report (preload/report.py): every strategy on one folder, JSON / Markdown / PNG, ``preload report``.
 
-The harness runs once on a generated folder whose array (72 x 320 x 320 x 3
+The harness (tests in test_measure.py) runs once on a generated folder whose array (72 x 320 x 320 x 3
 = 22.1 MB) is large enough that the naive strategies' second copy stands far
 above sampling noise and interpreter overheads (a few MB). Only memory
 relations the array's size makes certain are asserted; no speed figures.
@@ -21,7 +21,6 @@ import pytest
 
 import preload
 from conftest import smooth_image, write
-from preload import measure as harness
 from preload.cli import main
 from preload.measure import STRATEGIES, StrategyRun, measure
 from preload.options import DecodeOptions
@@ -56,85 +55,6 @@ def report(photos, tmp_path_factory):
     result = run_report(photos, size=SIDE, layout="NHWC", npy_dir=npy_dir)
     assert list(npy_dir.iterdir()) == []  # the memmap strategy's .npy is removed
     return result
-
-
-# ------------------------------------------------------------------ the strategies, in process
-
-
-@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-@pytest.mark.parametrize(("color", "resize"), [("rgb", "stretch"), ("bgr", "fit"), ("gray", "cover")])
-def test_naive_strategies_decode_exactly_like_preload(photos, tmp_path, layout, color, resize):
-    paths = preload.Manifest.from_folder(photos).paths[:6]
-    options = DecodeOptions.create(size=(96, 128), layout=layout, color=color, resize=resize)
-    marks = []
-    expected = preload.load(paths, size=(96, 128), layout=layout, color=color, resize=resize, progress=False).images
-
-    for name in STRATEGIES:
-        kwargs = {"workers": 1, "npy_path": str(tmp_path / f"{name}.npy"), "mark": lambda: marks.append(1)}
-        images = STRATEGIES[name].load(paths, options, **kwargs)
-        assert images.shape == expected.shape, name
-        assert images.dtype == np.uint8, name
-        assert np.array_equal(images, expected), name
-        del images
-    assert len(marks) == len(STRATEGIES)  # every strategy marks its peak once
-
-
-def test_naive_strategy_reports_a_corrupt_file_like_preload(tmp_path):
-    good = write(tmp_path / "a.png", np.zeros((20, 20, 3), np.uint8))
-    bad = tmp_path / "b.jpg"
-    bad.write_bytes(open(good, "rb").read()[:40])
-    options = DecodeOptions.create(size=8)
-
-    for name in ("naive", "naive-vstack"):
-        with pytest.raises(preload.ImageDecodeError, match=r"cannot load '.*b\.jpg'"):
-            STRATEGIES[name].load([good, str(bad)], options, workers=1, npy_path="", mark=lambda: None)
-
-
-def test_naive_strategies_report_an_opencv_error_in_preload_load_words(photos, monkeypatch):
-    path = preload.Manifest.from_folder(photos).paths[0]
-
-    def refuse(*args, **kwargs):
-        raise cv2.error("OpenCV(5.1.0) resize.cpp:4000: error: (-215:Assertion failed) !dsize.empty() in 'resize'")
-
-    monkeypatch.setattr(cv2, "resize", refuse)
-    with pytest.raises(preload.ImageDecodeError) as by_load:
-        preload.load([path], size=8, interpolation="area", progress=False)
-    options = DecodeOptions.create(size=8, interpolation="area")
-
-    for name in ("naive", "naive-vstack"):
-        with pytest.raises(preload.ImageDecodeError) as by_strategy:
-            STRATEGIES[name].load([path], options, workers=1, npy_path="", mark=lambda: None)
-        assert str(by_strategy.value) == str(by_load.value), name
-        assert by_strategy.value.detail == "OpenCV failed: (-215:Assertion failed) !dsize.empty() in 'resize'"
-
-
-# Options beyond size/layout/color/resize change the pixels too; the report must build
-# with exactly the options it was given, in process and in the measuring child.
-EVERY_OPTION_CASES = [
-    {"interpolation": "nearest"},
-    {"interpolation": "area"},
-    {"resize": "fit", "fill": 200},
-]
-
-
-@pytest.mark.parametrize("extra", EVERY_OPTION_CASES, ids=lambda extra: ",".join(f"{k}={v}" for k, v in extra.items()))
-def test_every_decode_option_reaches_every_strategy(photos, tmp_path, extra):
-    paths = preload.Manifest.from_folder(photos).paths[:3]
-    kwargs = {"size": (40, 72), "layout": "NHWC", **extra}
-    expected = preload.load(paths, progress=False, **kwargs).images
-    auto = preload.load(paths, progress=False, size=(40, 72)).images
-    assert not np.array_equal(expected, auto)  # the option does change the pixels here
-    options = DecodeOptions.create(**kwargs)
-
-    for name in STRATEGIES:
-        images = STRATEGIES[name].load(paths, options, workers=1, npy_path=str(tmp_path / f"{name}.npy"),
-                                       mark=lambda: None)
-        assert np.array_equal(images, expected), name
-        del images
-    for name in ("naive", "preload"):
-        run = measure(name, paths, options, workers=1)
-        assert run.status == "ok", run.detail
-        assert run.checksum == hashlib.sha256(expected.tobytes()).hexdigest(), name
 
 
 # ------------------------------------------------------------------ the measured runs
@@ -285,15 +205,6 @@ def test_a_strategy_that_would_not_fit_is_skipped(photos, monkeypatch):
     assert naive.detail.startswith("skipped: needs about 0.00 GB of RAM")
     assert fast.status == "ok"
     assert result.checksums_match is None  # one finished run proves nothing
-
-
-def test_a_killed_child_is_a_failed_run(photos, monkeypatch):
-    monkeypatch.setattr(harness, "_CHILD_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
-
-    run = measure("naive", preload.Manifest.from_folder(photos).paths[:2], DecodeOptions.create(size=8))
-
-    assert run.status == "failed"
-    assert run.detail.startswith("the naive run failed: killed by signal 9")
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5])
