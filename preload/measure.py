@@ -79,6 +79,9 @@ CHILDREN_EVERY = 0.1  # seconds between two listings of child processes
 SAMPLE_SEED = 0  # fixed, so every machine measures the same sample files
 
 
+# ------------------------------------------------------------------ RSS sampling
+
+
 def read_status(pid: int | str = "self") -> dict[str, int]:
     """RSS figures of one process from ``/proc/<pid>/status``, in bytes.
 
