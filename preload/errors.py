@@ -28,8 +28,8 @@ class SizeMismatchError(PreloadError, ValueError):
     """``size=None`` was given but the images do not all have one size."""
 
 
-class TargetError(PreloadError, ValueError):
-    """The ``out=`` target has the wrong shape, dtype or kind."""
+class TargetError(OptionError):
+    """The ``out=`` argument has the wrong shape, dtype or kind (an :class:`OptionError` like any bad argument)."""
 
 
 class InsufficientMemoryError(PreloadError, MemoryError):

@@ -102,8 +102,7 @@ def allocate(out, shape: tuple[int, ...]) -> Target:
             raise InsufficientMemoryError(message)
         return Target(np.empty(shape, np.uint8), "ram")
     if isinstance(out, np.ndarray):
-        _check_array(out, shape)
-        return Target(out, "array")
+        return Target(check_out(out, shape), "array")
     if isinstance(out, (str, os.PathLike)):
         path = os.fspath(out)
         if not path.lower().endswith(".npy"):
@@ -156,19 +155,44 @@ def create_npy(path: str, shape: tuple[int, ...]) -> np.memmap:
     return array
 
 
-def _check_array(out: np.ndarray, shape: tuple[int, ...]) -> None:
+def check_out(out, shape: tuple[int, ...], dtype=np.uint8, *, contiguous: bool = True) -> np.ndarray:
+    """``out`` if it is an array (or memmap) that can receive ``shape`` and ``dtype``: the check of every ``out=``.
+
+    :func:`allocate` needs C order (it hands out rows as views and renames
+    files); readers that copy rows in (:func:`preload.rows.take_rows`,
+    ``batches``) pass ``contiguous=False``.
+
+    Raises
+    ------
+    TargetError
+        ``out`` is not an array, or has another shape or dtype, is read-only,
+        or (``contiguous``) is not C-contiguous; every problem is named.
+
+    Examples
+    --------
+    >>> check_out(np.empty((2, 3), np.float32), (2, 4))
+    Traceback (most recent call last):
+    ...
+    preload.errors.TargetError: out= array does not fit: shape (2, 3) (need (2, 4)); dtype float32 (need uint8)
+    """
+    shape = tuple(shape)
+    if not isinstance(out, np.ndarray):
+        message = (f"out= of type {type(out).__name__} is not accepted here; use a NumPy array or memmap of shape "
+                   f"{shape} and dtype {np.dtype(dtype)}")
+        raise TargetError(message)
     problems = []
-    if out.shape != tuple(shape):
-        problems.append(f"shape {out.shape} (need {tuple(shape)})")
-    if out.dtype != np.uint8:
-        problems.append(f"dtype {out.dtype} (need uint8)")
-    if not out.flags.c_contiguous:
+    if out.shape != shape:
+        problems.append(f"shape {out.shape} (need {shape})")
+    if out.dtype != dtype:
+        problems.append(f"dtype {out.dtype} (need {np.dtype(dtype)})")
+    if contiguous and not out.flags.c_contiguous:
         problems.append("it is not C-contiguous")
     if not out.flags.writeable:
         problems.append("it is read-only")
     if problems:
         message = f"out= array does not fit: {'; '.join(problems)}"
         raise TargetError(message)
+    return out
 
 
 def read_npy_header(handle) -> tuple[tuple[int, ...], np.dtype, int, tuple[int, int]]:

@@ -16,8 +16,9 @@ import pytest
 
 import preload
 from conftest import smooth_image, write
-from preload import Dataset, ImageFiles, dataset
-from preload.dataset import prefetch_rows, take_rows
+from preload import Dataset, ImageFiles
+from preload import rows as row_io
+from preload.rows import prefetch_rows, take_rows
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def test_batches_reuse_one_buffer(labelled):
     assert seen == [True, True, True]
     batches = list(labelled.batches(4, out=True))
     assert np.shares_memory(batches[0][0], batches[1][0])
-    with pytest.raises(preload.OptionError, match=r"out= must be None, True or a writable uint8 array of shape"):
+    with pytest.raises(preload.TargetError, match=r"does not fit: shape \(3, 2, 2, 3\) \(need \(4, 2, 2, 3\)\)"):
         next(labelled.batches(4, out=np.empty((3, 2, 2, 3), np.uint8)))
     with pytest.raises(preload.OptionError, match=r"batch_size=0"):
         next(labelled.batches(0))
@@ -119,8 +120,8 @@ def test_cache_batches_read_sorted_and_restore_order(cached, monkeypatch, path):
 
         monkeypatch.setattr(np, "take", spy)
     else:
-        monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
-        real_copy = dataset._copy_rows
+        monkeypatch.setattr(row_io, "ROW_COPY_BYTES", 0)
+        real_copy = row_io._copy_rows
 
         class Recording:  # stands in for the mapped array: records every row read, in order
             def __init__(self, source):
@@ -134,7 +135,7 @@ def test_cache_batches_read_sorted_and_restore_order(cached, monkeypatch, path):
             reads.append("copy")
             return real_copy(Recording(source), rows, slots, out, 1)
 
-        monkeypatch.setattr(dataset, "_copy_rows", spy)
+        monkeypatch.setattr(row_io, "_copy_rows", spy)
     images, labels = ds[np.array([9, 2, 13, 2])]
     expected = [[2, 2, 9, 13]] if path == "take" else ["copy", 2, 2, 9, 13]
     assert reads == expected  # one forward sweep through the file
@@ -174,9 +175,9 @@ def test_take_rows_equals_fancy_indexing(source, rows, path, monkeypatch):
     images, expected, kind = source
     copies = []
     if path != "take":
-        monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
-        real_copy = dataset._copy_rows
-        monkeypatch.setattr(dataset, "_copy_rows", lambda *args: copies.append(args[-1]) or real_copy(*args))
+        monkeypatch.setattr(row_io, "ROW_COPY_BYTES", 0)
+        real_copy = row_io._copy_rows
+        monkeypatch.setattr(row_io, "_copy_rows", lambda *args: copies.append(args[-1]) or real_copy(*args))
     workers = 2 if path == "two-threads" else 1
     index = np.array(rows, np.int64)
     result = take_rows(images, index, workers=workers)
@@ -195,30 +196,31 @@ def test_take_rows_equals_fancy_indexing(source, rows, path, monkeypatch):
 def test_take_rows_two_threads_by_default_only_for_big_batches(tmp_path, monkeypatch):
     np.save(tmp_path / "a.npy", np.arange(6 * 64, dtype=np.uint8).reshape(6, 64))
     images = np.load(tmp_path / "a.npy", mmap_mode="r")
-    monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
-    monkeypatch.setattr(dataset, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(row_io, "ROW_COPY_BYTES", 0)
+    monkeypatch.setattr(row_io, "cpu_count", lambda: 2)
     workers = []
-    real_copy = dataset._copy_rows
-    monkeypatch.setattr(dataset, "_copy_rows", lambda *args: workers.append(args[-1]) or real_copy(*args))
-    monkeypatch.setattr(dataset, "THREAD_BYTES", 4 * 64)
+    real_copy = row_io._copy_rows
+    monkeypatch.setattr(row_io, "_copy_rows", lambda *args: workers.append(args[-1]) or real_copy(*args))
+    monkeypatch.setattr(row_io, "THREAD_BYTES", 4 * 64)
     assert np.array_equal(take_rows(images, np.array([5, 0, 3])), np.asarray(images)[[5, 0, 3]])
     assert np.array_equal(take_rows(images, np.array([5, 0, 3, 1])), np.asarray(images)[[5, 0, 3, 1]])
-    monkeypatch.setattr(dataset, "_usable_cpus", lambda: 1)
+    monkeypatch.setattr(row_io, "cpu_count", lambda: 1)
     assert np.array_equal(take_rows(images, np.array([5, 0, 3, 1])), np.asarray(images)[[5, 0, 3, 1]])
     assert workers == [1, 2, 1]
 
 
 @pytest.mark.parametrize(
     "out, words",
-    [(np.empty((2, 5, 4, 3), np.uint8), r"shape \(3, 5, 4, 3\) and dtype uint8, not ndarray \(2, 5, 4, 3\) uint8"),
-     (np.empty((3, 5, 4, 3), np.float32), r"not ndarray \(3, 5, 4, 3\) float32"),
-     ([[0]], r"not list"),
-     (np.broadcast_to(np.uint8(0), (3, 5, 4, 3)), r"out= must be writable")],
+    [(np.empty((2, 5, 4, 3), np.uint8), r"does not fit: shape \(2, 5, 4, 3\) \(need \(3, 5, 4, 3\)\)$"),
+     (np.empty((3, 5, 4, 3), np.float32), r"does not fit: dtype float32 \(need uint8\)$"),
+     ([[0]], r"out= of type list is not accepted here; use a NumPy array or memmap of shape \(3, 5, 4, 3\)"),
+     (np.broadcast_to(np.uint8(0), (3, 5, 4, 3)), r"does not fit: it is read-only$")],
 )
 def test_take_rows_refuses_a_wrong_out(source, out, words):
     images, _, _ = source
-    with pytest.raises(preload.OptionError, match=words):
+    with pytest.raises(preload.TargetError, match=words) as caught:
         take_rows(images, np.array([1, 0, 1]), out=out)
+    assert isinstance(caught.value, preload.OptionError)  # a bad argument like any other
 
 
 class FakeLibc:
@@ -241,7 +243,7 @@ def test_prefetch_rows_advises_each_run_of_rows_once(tmp_path, monkeypatch):
     np.save(tmp_path / "a.npy", np.zeros((12, 40, 40, 3), np.uint8))  # 4,800-byte rows, header of 128
     images = np.load(tmp_path / "a.npy", mmap_mode="r")
     libc = FakeLibc()
-    monkeypatch.setattr(dataset, "_libc", lambda: libc)
+    monkeypatch.setattr(row_io, "_libc", lambda: libc)
     assert prefetch_rows(images, np.array([7, 3, 2, 3, 9, 11, 10])) is True
     start, size, page = images.ctypes.data, 4800, mmap.PAGESIZE
     expected = []
@@ -261,7 +263,7 @@ def test_prefetch_rows_gives_no_advice_when_the_rows_are_cached(tmp_path, monkey
     rows = [2, 3, 7, 9, 10, 11]
     middle = [(start + row * size + size // 2) // page * page for row in rows]
     libc = FakeLibc(resident=middle)
-    monkeypatch.setattr(dataset, "_libc", lambda: libc)
+    monkeypatch.setattr(row_io, "_libc", lambda: libc)
     assert prefetch_rows(images, np.array(rows[::-1])) is False
     assert libc.advised == [] and libc.probed == [middle[k] for k in (0, 1, 3, 5)]
     libc.resident.discard(middle[5])  # one probed row not cached: the whole batch is advised
@@ -270,7 +272,7 @@ def test_prefetch_rows_gives_no_advice_when_the_rows_are_cached(tmp_path, monkey
     assert prefetch_rows(images, np.array([], np.int64)) is False
 
 
-@pytest.mark.skipif(dataset._libc() is None or not hasattr(os, "posix_fadvise"), reason="needs Linux")
+@pytest.mark.skipif(row_io._libc() is None or not hasattr(os, "posix_fadvise"), reason="needs Linux")
 def test_prefetch_rows_sees_the_real_page_cache(tmp_path):
     path = tmp_path / "a.npy"
     np.save(path, np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8))
@@ -278,7 +280,7 @@ def test_prefetch_rows_sees_the_real_page_cache(tmp_path):
         os.fsync(file.fileno())
         os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages leave the cache
     images = np.load(path, mmap_mode="r")
-    libc, page, vector = dataset._libc(), mmap.PAGESIZE, ctypes.create_string_buffer(1)
+    libc, page, vector = row_io._libc(), mmap.PAGESIZE, ctypes.create_string_buffer(1)
     address = images.ctypes.data + 5 * images.strides[0] + images.strides[0] // 2
     assert libc.mincore(address // page * page, page, vector) == 0
     if vector.raw[0] & 1:
@@ -319,7 +321,7 @@ def test_take_rows_leaves_no_thread_behind_and_works_in_a_forked_child(tmp_path,
     data = np.random.default_rng(1).integers(0, 256, (9, 6, 6, 3), dtype=np.uint8)
     np.save(tmp_path / "a.npy", data)
     images = np.load(tmp_path / "a.npy", mmap_mode="r")
-    monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
+    monkeypatch.setattr(row_io, "ROW_COPY_BYTES", 0)
     rows = np.array([8, 1, 1, 4, 0])
     before = {thread.ident for thread in threading.enumerate()}
     assert np.array_equal(take_rows(images, rows, workers=2), data[rows])
@@ -347,7 +349,7 @@ def test_take_rows_leaves_no_thread_behind_and_works_in_a_forked_child(tmp_path,
 @pytest.fixture
 def big_rows(tmp_path, monkeypatch):
     """A memmap of 40 rows taken by the row-by-row path, and its pixels."""
-    monkeypatch.setattr(dataset, "ROW_COPY_BYTES", 0)
+    monkeypatch.setattr(row_io, "ROW_COPY_BYTES", 0)
     data = np.random.default_rng(5).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
     np.save(tmp_path / "rows.npy", data)
     return np.load(tmp_path / "rows.npy", mmap_mode="r+"), data
@@ -373,8 +375,8 @@ def test_take_rows_error_stops_the_other_thread_before_it_leaves(big_rows, monke
                 raise OSError("simulated read error")
             return data[row]
 
-    real_copy = dataset._copy_rows
-    monkeypatch.setattr(dataset, "_copy_rows", lambda source, *args: real_copy(Failing(), *args))
+    real_copy = row_io._copy_rows
+    monkeypatch.setattr(row_io, "_copy_rows", lambda source, *args: real_copy(Failing(), *args))
     with pytest.raises(OSError, match="simulated read error"):
         take_rows(images, np.arange(40), out=out, workers=2)
     written = out.copy()
