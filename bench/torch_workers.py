@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     import preload
     from preload.samples import make_samples
-    from preload.torch import Dataset
+    from preload.torch import TorchDataset
 
     data = Path(args.data or ROOT / "bench" / "data" / f"samples-{args.count}")
     if len(list(data.glob("*/*"))) < args.count:
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         ds = preload.build_cache(data, cache, size=args.size, layout="NCHW", progress=False)
         array_mb = ds.images.nbytes / 1e6
         base = baseline()
-        loader = torch.utils.data.DataLoader(Dataset(cache), batch_size=args.batch, shuffle=True,
+        loader = torch.utils.data.DataLoader(TorchDataset(cache), batch_size=args.batch, shuffle=True,
                                              num_workers=args.workers, persistent_workers=True)
         peaks: dict[int, dict[str, int]] = {}
         stop = threading.Event()

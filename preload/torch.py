@@ -16,6 +16,7 @@ worker receives a pickled copy -- build a cache for that case.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -27,7 +28,7 @@ from .dataset import Dataset as PreloadDataset
 from .errors import OptionError
 
 
-class Dataset(torch.utils.data.Dataset):
+class TorchDataset(torch.utils.data.Dataset):
     """Serve ``(image, label)`` (or ``image``) tensors from a preload dataset or cache.
 
     Parameters
@@ -44,7 +45,7 @@ class Dataset(torch.utils.data.Dataset):
     --------
     >>> import numpy as np, preload
     >>> ds = preload.Dataset(np.zeros((4, 3, 2, 2), np.uint8), np.arange(4), None, ["x"] * 4)
-    >>> loader = torch.utils.data.DataLoader(Dataset(ds), batch_size=2)
+    >>> loader = torch.utils.data.DataLoader(TorchDataset(ds), batch_size=2)
     >>> [labels.tolist() for _, labels in loader]
     [[0, 1], [2, 3]]
     """
@@ -92,3 +93,16 @@ class Dataset(torch.utils.data.Dataset):
         if self.cache is not None:
             state["_data"] = None  # workers reopen the memmap instead of receiving pixels
         return state
+
+
+def __getattr__(name: str):
+    # The class was called ``Dataset`` in 0.1, the same name as ``preload.Dataset``; kept one release.
+    if name == "Dataset":
+        message = "preload.torch.Dataset is deprecated and will be removed; use preload.torch.TorchDataset"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return TorchDataset
+    message = f"module 'preload.torch' has no attribute {name!r}"
+    raise AttributeError(message)
+
+
+__all__ = ["TorchDataset"]

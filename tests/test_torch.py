@@ -1,4 +1,4 @@
-"""preload.torch.Dataset with DataLoader: batches, workers reopening the cache, transforms."""
+"""preload.torch.TorchDataset with DataLoader: batches, workers reopening the cache, transforms."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import preload
 from conftest import smooth_image, write
 
 torch = pytest.importorskip("torch")
-from preload.torch import Dataset as TorchDataset  # noqa: E402
+from preload.torch import TorchDataset  # noqa: E402
 
 
 @pytest.fixture
@@ -55,3 +55,13 @@ def test_transforms_and_ram_datasets(cache):
         adapter[24]
     with pytest.raises(preload.OptionError, match="not list"):
         TorchDataset([1, 2])
+
+
+def test_the_old_name_still_works_with_a_deprecation_warning():
+    import preload.torch
+
+    with pytest.warns(DeprecationWarning, match=r"torch.Dataset is deprecated .* use preload.torch.TorchDataset"):
+        old = preload.torch.Dataset
+    assert old is TorchDataset
+    with pytest.raises(AttributeError, match="has no attribute 'Datasett'"):
+        preload.torch.Datasett  # noqa: B018
