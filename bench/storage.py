@@ -41,7 +41,7 @@ How a batch is read, per store (the *method*):
 - npy ``slots``: the rows in sorted order, each copied straight into its
   shuffled slot (one copy instead of ``take``'s two; for comparison), from
   ``np.asarray(images)``: per row, the ``np.memmap`` subclass costs ~10 us.
-- npy ``preload``: ``preload.dataset.take_rows(images, idx, out=buffer)``,
+- npy ``preload``: ``preload.take_rows(images, idx, out=buffer)``,
   what ``Dataset.batches(..., out=buffer)`` runs: sorted rows, each copied
   once into its slot, by two threads on a machine with two or more CPUs (its
   default for batches of 8 MB and more); rows not in the page cache are first
@@ -269,7 +269,7 @@ class Reader:
             self.images = np.load(path, mmap_mode="r")
             if method in ("preload", "preload-1"):
                 use_checkout()
-                from preload.dataset import take_rows
+                from preload import take_rows
 
                 self._take_rows = take_rows
         elif store.startswith("h5"):

@@ -1,5 +1,10 @@
 """preload: load a whole image dataset into one preallocated uint8 array.
 
+The verbs are :func:`load`, :func:`build_cache` / :func:`open_cache` and
+:class:`ImageFiles`; everything the documentation names is importable from
+here and listed in ``__all__``. The framework adapters stay submodules,
+because importing them imports the framework: ``preload.torch.TorchDataset``.
+
 >>> import preload
 >>> preload.load  # doctest: +ELLIPSIS
 <function load at ...>
@@ -9,18 +14,19 @@ import os as _os
 
 from ._version import __version__
 
-# OpenCV reads this once, at its first decode. preload checks the pixel count
-# of the formats whose headers it parses itself (headers.py); for any other
-# format OpenCV's own limit is the decompression-bomb guard: 2**27 pixels here
-# instead of OpenCV's default 2**30 (3 GB for one RGB image).
+# Set before anything imports cv2. preload checks the pixel count of the
+# formats whose headers it parses itself (headers.py); for any other format
+# OpenCV's own limit is the decompression-bomb guard: 2**27 pixels (the
+# default max_pixels, options.DEFAULT_MAX_PIXELS) instead of OpenCV's 2**30
+# (3 GB for one RGB image).
 _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
 
 from .cache import build_cache, cache_info, open_cache, verify_cache
 from .dataset import Dataset, ImageFiles
-from .decode import DecodeOptions
 from .errors import (
     CacheError,
     CacheLockedError,
+    ClusterError,
     Failure,
     ImageDecodeError,
     IncompleteCacheError,
@@ -35,12 +41,16 @@ from .errors import (
     TargetError,
 )
 from .loader import load
+from .options import DecodeOptions
+from .rows import prefetch_rows, take_rows
+from .samples import make_samples
 from .sources import IMAGE_EXTENSIONS, Manifest
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "CacheError",
     "CacheLockedError",
+    "ClusterError",
     "Dataset",
     "DecodeOptions",
     "Failure",
@@ -61,6 +71,9 @@ __all__ = [
     "build_cache",
     "cache_info",
     "load",
+    "make_samples",
     "open_cache",
+    "prefetch_rows",
+    "take_rows",
     "verify_cache",
 ]

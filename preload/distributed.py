@@ -1,8 +1,9 @@
 """Build a cache on a Dask cluster: workers decode in place, this process keeps the books.
 
 Install with ``pip install 'preload[dask]'``. Importing this module does not
-import Dask (only :func:`fill_on_cluster` does), so :class:`ClusterError` can
-be caught without the extra.
+import Dask (only :func:`fill_on_cluster` does); :class:`ClusterError` lives
+in :mod:`preload.errors` (``preload.ClusterError``, also importable from here)
+so it can be caught without the extra.
 
 Who does what
 -------------
@@ -83,7 +84,7 @@ import numpy as np
 
 from ._version import __version__
 from .decode import Decoder
-from .errors import Failure, ImageDecodeError, OptionError, PreloadError
+from .errors import ClusterError, Failure, ImageDecodeError, OptionError
 from .fill import decode_rows
 from .options import DecodeOptions, check_on_error
 from .quiet import quiet_opencv
@@ -104,22 +105,6 @@ DRAIN_SECONDS = 60.0  # after a stop: how long to wait for running tasks to repo
 WORKER_WAIT_SECONDS = 60.0  # how long to wait for a cluster with no workers yet
 PROBE_SUFFIX = ".probe"
 STOPPED = "stopped"  # the token's value once the coordinator has stopped the build
-
-
-class ClusterError(PreloadError):
-    """The cluster cannot build this cache: a worker cannot see the files, or a chunk keeps failing.
-
-    ``paths`` lists every file of the chunks that kept failing (the message
-    shows a few). The partial build is kept; fix the cause and run the same
-    build again to resume it.
-    """
-
-    def __init__(self, message: str, paths: Sequence[str] = ()):
-        super().__init__(message)
-        self.paths = list(paths)
-
-    def __reduce__(self):  # raised on workers too: rebuild with both arguments on the other side
-        return type(self), (str(self), self.paths)
 
 
 @dataclass(frozen=True)

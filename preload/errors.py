@@ -66,6 +66,22 @@ class CacheLockedError(CacheError):
     """Another process is building the same cache."""
 
 
+class ClusterError(PreloadError):
+    """The cluster cannot build this cache: a worker cannot see the files, or a chunk keeps failing.
+
+    ``paths`` lists every file of the chunks that kept failing (the message
+    shows a few). The partial build is kept; fix the cause and run the same
+    build again to resume it.
+    """
+
+    def __init__(self, message: str, paths=()):
+        super().__init__(message)
+        self.paths = list(paths)
+
+    def __reduce__(self):  # raised on workers too: rebuild with both arguments on the other side
+        return type(self), (str(self), self.paths)
+
+
 class Reason(str, enum.Enum):
     """Why one file could not be loaded (``Failure.reason``)."""
 
