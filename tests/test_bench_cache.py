@@ -1,7 +1,8 @@
 """Smoke test of bench/cache.py: a tiny run builds, opens and reports every figure.
 
-Only that the benchmark works is checked; its figures are not (no speed or
-memory thresholds: a shared CI machine cannot hold them).
+Only that the benchmark works and that its figures agree with each other is
+checked, not how good they are (no speed or memory thresholds: a shared CI
+machine cannot hold them).
 """
 
 import json
@@ -23,7 +24,13 @@ OPEN_ROWS = (
     "ds.labels[:10]",
     "np.array(ds.images[0]) (copy)",
 )
-MEMORY_ROWS = ("anon (RssAnon)", "file (RssFile)", "total (VmRSS)", "system Dirty")
+PROCESS_ROWS = ("anon (RssAnon)", "file (RssFile)", "total (VmRSS)")
+MEMORY_ROWS = (*PROCESS_ROWS, "system Dirty")
+# "target   <name>: <value> <unit> <op> <limit> <unit>[ at N files]: <verdict>[ at N files (...)]"
+TARGET = re.compile(
+    r"^target   (?P<name>[^:]+): (?P<value>[\d.]+) (?P<unit>MB|ms) (?P<op><=|<) (?P<limit>[\d.]+) (?P=unit)"
+    r"(?: at [\d,]+ files)?: (?P<verdict>met|NOT met)(?P<note>.*)$"
+)
 
 
 def _numbers(line: str, name: str) -> list[float | None]:
@@ -45,12 +52,16 @@ def test_tiny_run_builds_and_times_open(tmp_path):
     assert float(build.group(2)) > 0
     assert float(build.group(3)) > 0
 
+    above_of = {}
     for name in MEMORY_ROWS:
         row = [_numbers(line, name) for line in lines if line.startswith(name)]
         assert len(row) == 1, (name, done.stdout)
         baseline, peak, above, *quarters = row[0]
-        assert peak >= baseline >= 0
+        assert peak >= baseline
+        if name in PROCESS_ROWS:  # a Python interpreter with numpy and cv2 loaded holds megabytes
+            assert baseline > 1
         assert math.isclose(above, peak - baseline, abs_tol=0.11)
+        above_of[name] = above
         # A 30-image build can finish inside one sampling bucket: a quarter with no
         # sample reads "n/a", but the build was sampled somewhere, and no quarter
         # can exceed the whole build's peak.
@@ -64,18 +75,35 @@ def test_tiny_run_builds_and_times_open(tmp_path):
         assert len(row) == 1, (name, done.stdout)
         median, low, high = row[0]
         assert all(math.isfinite(value) for value in row[0])
-        assert 0 <= low <= median <= high
+        assert low <= median <= high
+        assert low == median == high  # --repeats 1: one timing per step
     opens = [_numbers(line, name)[0] for name in OPEN_ROWS[:2] for line in lines if line.startswith(name)]
-    assert all(value > 0 for value in opens)
+    assert len(opens) == 2 and all(value > 0 for value in opens)
 
-    targets = [line for line in lines if line.startswith("target ")]
-    assert len(targets) == 3
-    assert all(("met" in line) or ("n/a" in line) for line in targets)
+    # The verdicts are parsed, not searched for: "NOT met" contains "met".
+    targets = [TARGET.match(line) for line in lines if line.startswith("target ")]
+    assert len(targets) == 3 and all(targets), done.stdout
+    assert [target["name"] for target in targets] == [
+        "builder anon RSS above baseline",
+        "open_cache(check=False), median",
+        "open_cache() default check, 30 files, median",
+    ]
+    for target in targets:
+        value, limit = float(target["value"]), float(target["limit"])
+        holds = value <= limit if target["op"] == "<=" else value < limit
+        assert target["verdict"] == ("met" if holds else "NOT met"), target.group(0)
+    assert [target["note"] for target in targets] == ["", "", " at 30 files (fewer than the target's)"]
+    # Each target quotes the figure printed in its table.
+    assert math.isclose(float(targets[0]["value"]), above_of["anon (RssAnon)"], abs_tol=0.11)
+    assert math.isclose(float(targets[1]["value"]), opens[0], abs_tol=0.006)
+    assert math.isclose(float(targets[2]["value"]), opens[1], abs_tol=0.006)
 
     result = json.loads(report.read_text())
     assert result["build"]["images"] == 30
     assert result["build"]["shape"] == [30, 3, 32, 32]
-    assert result["build"]["peak_anon_above_baseline"] >= 0
+    anon = result["build"]["peak_anon_above_baseline"] / 1e6
+    assert math.isclose(anon, above_of["anon (RssAnon)"], abs_tol=0.06)
+    assert [t["verdict"] for t in result["targets"]] == [t["verdict"] + t["note"] for t in targets]
     assert sorted(run["mode"] for run in result["open_runs"]) == ["check", "no-check"]
     assert all(run["open"] > 0 and run["images"] == 30 for run in result["open_runs"])
     assert not out.exists()  # made by the run, so removed without --keep

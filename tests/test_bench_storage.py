@@ -1,13 +1,15 @@
 """Smoke test of bench/storage.py: a tiny run writes every store, reads it back identical and reports.
 
-Only that the benchmark works is checked; its figures are not (no speed
-thresholds: a shared CI machine cannot hold them). No cold-cache runs
+Only that the benchmark works and that its figures agree with each other is
+checked, not how good they are (no speed thresholds: a shared CI machine
+cannot hold them). No cold-cache runs
 (``--no-cold``): dropping the page cache needs root and slows the machine.
 """
 
 import importlib
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,18 @@ pytestmark = pytest.mark.bench  # run by `python -m pytest -m bench`, not by def
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "storage.py"
 LIBRARIES = {"h5py": ("HDF5 contiguous", "HDF5 chunked (1 image)"), "lmdb": ("LMDB (1 value/image)",)}
 ALWAYS = ("preload cache (.npy)", "PNG folder")
+STORE_KEYS = {
+    "preload cache (.npy)": "npy",
+    "PNG folder": "png",
+    "HDF5 contiguous": "h5-contiguous",
+    "HDF5 chunked (1 image)": "h5-chunked",
+    "LMDB (1 value/image)": "lmdb",
+}
+GBPS = re.compile(
+    r"^  full sequential read from the cache, warm, GB/s +(?P<value>[\d.]+) (?P<verdict>met|NOT met) +"
+    r">= (?P<limit>[\d.]+)$",
+    re.M,
+)
 COUNT = 16
 
 pytest.importorskip("skimage", reason="the sample photos come from scikit-image")
@@ -71,9 +85,18 @@ def test_tiny_run_writes_reads_and_reports(tmp_path, samples):
     rows = _table_rows(done.stdout)
     assert sorted(rows) == sorted(expected), done.stdout
     for label, fields in rows.items():
-        numbers = [float(field.lstrip("~")) for field in fields[-6:-1]]  # write, MB, full s, GB/s, warm s
-        assert all(math.isfinite(value) and value >= 0 for value in numbers), (label, fields)
+        assert all(math.isfinite(float(field.lstrip("~"))) for field in fields[-6:-1]), (label, fields)
+        # write s, MB on disk, full read s, GB/s: the figures of the JSON report, as printed
+        store = report["stores"][STORE_KEYS[label]]
+        printed = (f"{store['write']:.2f}", f"{store['disk_mb']:.1f}", f"{store['full']:.3f}", f"{store['gbps']:.2f}")
+        assert tuple(fields[-6:-2]) == printed, (label, fields, store)
         assert fields[-1] == "-"  # no cold column with --no-cold
+    # The verdict is parsed, not searched for ("NOT met" contains "met"), and agrees with the figure.
+    gbps = GBPS.search(done.stdout)
+    assert gbps is not None, done.stdout
+    assert gbps["value"] == f"{report['stores']['npy']['gbps']:.2f}"
+    met = report["stores"]["npy"]["gbps"] >= float(gbps["limit"])
+    assert gbps["verdict"] == ("met" if met else "NOT met"), gbps.group(0)
     assert "pixels   a full read from every store is identical" in done.stdout
     assert "batches  each method's first batches" in done.stdout
     for name in LIBRARIES:

@@ -1,10 +1,12 @@
 """Smoke test of bench/throughput.py: a tiny run of every section finishes and prints every table.
 
-Only that the benchmark works is checked; its figures are not (no speed
-thresholds: a shared CI machine cannot hold them).
+Only that the benchmark works and that its figures agree with each other is
+checked, not how good they are (no speed thresholds: a shared CI machine
+cannot hold them).
 """
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -25,12 +27,29 @@ MAIN_LOADERS = (
     "preload, 2 threads, linear",
     "naive OpenCV INTER_LINEAR",
 )
+# "target   <what> = <value> >= <limit>: <verdict> (best runs: <value>)"; the ratios line names each <what> shorter
+TARGETS = {
+    "preload (2 threads, 256 NCHW, defaults) / decode limit": "preload / decode limit",
+    "preload / naive Pillow": "preload / naive Pillow",
+    "preload area / naive OpenCV INTER_AREA (same filter)": "preload area / naive OpenCV AREA",
+}
+TARGET = re.compile(
+    r"^target   (?P<what>.+?) = (?P<value>[\d.]+) >= (?P<limit>[\d.]+): (?P<verdict>met|NOT met) "
+    r"\(best runs: (?P<best>[\d.]+)\)"
+)
 
 
 def _row(output: str, name: str) -> list[str]:
     """The cells after ``name`` on the one table line that starts with it."""
     lines = [line[len(name) :].split() for line in output.splitlines() if line.startswith(name + " ")]
     assert len(lines) == 1, (name, output)
+    return lines[0]
+
+
+def _line(output: str, start: str) -> str:
+    """The one line of ``output`` that starts with ``start``, without it."""
+    lines = [line[len(start) :] for line in output.splitlines() if line.startswith(start)]
+    assert len(lines) == 1, (start, output)
     return lines[0]
 
 
@@ -45,18 +64,36 @@ def test_tiny_run_prints_every_section(tmp_path):
     out, big_out = done.stdout.split("## big:")
 
     assert re.search(r"^decode limit +1 thread: [\d.]+ ms/image = \d+ images/s; x 2 cores = \d+ images/s$", out, re.M)
+    limit = re.search(r"^decode limit .*; x 2 cores = (\d+) images/s$", out, re.M)
+    array_mb = re.search(r"^256x256 NCHW: medians of 1 runs, array ([\d.]+) MB$", out, re.M)
+    assert limit is not None and array_mb is not None, out
+    assert float(array_mb.group(1)) == round(24 * 3 * 256 * 256 / 1e6, 1)
     for name in MAIN_LOADERS:
         seconds, rate, _range, versus_limit, cpu, peak, per_array = _row(out, name)[:7]  # then the PSNR
-        assert float(seconds) > 0 and float(rate) > 0 and float(versus_limit) > 0, name
-        assert float(cpu) > 0 and float(peak) >= 0 and float(per_array) >= 0, name
+        assert float(seconds) > 0 and float(rate) > 0 and float(cpu) > 0, name
+        assert math.isclose(float(versus_limit), float(rate) / int(limit.group(1)), abs_tol=0.0051), name
+        assert float(peak) > 0, name  # every loader fills an array of 4.7 MB
+        assert math.isclose(float(per_array) * float(array_mb.group(1)), float(peak), rel_tol=0.02, abs_tol=0.06), name
     # the same decode and the same INTER_AREA: preload "area" equals the naive OpenCV loop
     assert _row(out, "preload, 2 threads, area")[-1] == "identical"
     assert _row(out, "naive OpenCV INTER_AREA")[-1] == "identical"
 
-    targets = [line for line in out.splitlines() if line.startswith("target ")]
-    assert len(targets) == 4, out
-    assert all(re.search(r": (met|NOT met|n/a)\b", line) for line in targets), targets
-    assert sum("(best runs: " in line for line in targets) == 3, targets
+    # The verdicts are parsed, not searched for ("NOT met" contains "met"), and agree with their figures.
+    lines = [line for line in out.splitlines() if line.startswith("target ")]
+    assert len(lines) == 4, out
+    targets = [TARGET.match(line) for line in lines[:3]]
+    assert all(targets), lines
+    assert [target["what"] for target in targets] == list(TARGETS)
+    ratios = dict(re.findall(r"([a-zA-Z][\w /]*?) ([\d.]+)(?:;|$)", _line(out, "ratios   ")))
+    for target in targets:
+        value, bound = float(target["value"]), float(target["limit"])
+        if value != bound:  # printed to 2 decimals: a value that rounds onto the bound may go either way
+            assert target["verdict"] == ("met" if value > bound else "NOT met"), target.group(0)
+        assert target["best"] == target["value"]  # one run: the best run is the median
+        assert ratios[TARGETS[target["what"]]] == target["value"], (ratios, target.group(0))
+    assert re.match(r"target   preload vs torchvision: n/a \(torchvision is not importable here; skipped\)$"
+                    r"|target   preload / torchvision = [\d.]+ > 1 at [\d.]+ x its peak memory: (met|NOT met)$",
+                    lines[3]), lines[3]
 
     assert "reduce=True / reduce=False, default filter" in big_out
     assert re.search(r"^reduce +JPEG scale preload picks at 256x256: .*1/2: \d+", big_out, re.M), big_out
@@ -70,3 +107,6 @@ def test_tiny_run_prints_every_section(tmp_path):
     assert sorted(result["sections"]) == ["big", "listing", "main", "scaling"]
     shapes = {tuple(run["shape"]) for run in result["sections"]["main"]["runs"] if run["shape"]}
     assert shapes == {(24, 3, 256, 256)}
+    summary = result["sections"]["main"]["summary"]
+    assert round(summary["decode_limit"]) == int(limit.group(1))
+    assert math.isclose(summary["decode_limit"], 2 * summary["decode_1_thread"])
