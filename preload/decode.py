@@ -1,7 +1,10 @@
 """One file -> one slot: read, check, decode, resize, convert color, transpose.
 
-Everything OpenCV-specific lives here, including OpenCV's ``(width, height)``
-order; the rest of preload speaks ``(height, width)``.
+The OpenCV calls that make pixels live here, including OpenCV's
+``(width, height)`` order; the rest of preload speaks ``(height, width)``.
+The options arrive checked (:class:`preload.options.DecodeOptions`), and
+whatever goes wrong with one file leaves :meth:`Decoder.decode_into` as an
+:class:`~preload.errors.ImageDecodeError`, never as a ``cv2.error``.
 
 The path of one image, and why each step is where it is:
 
@@ -33,7 +36,7 @@ import numpy as np
 
 from .errors import ImageDecodeError, Reason, open_error
 from .headers import ImageInfo, parse
-from .options import INTERPOLATIONS, DecodeOptions, cpu_count  # noqa: F401 - report.py imports two from here
+from .options import DecodeOptions
 
 # ----------------------------------------------------------------------- geometry
 

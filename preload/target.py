@@ -5,7 +5,8 @@
 * ``None`` -> a new C-contiguous array in RAM (``np.empty``: pages are only
   committed as slots are written, so the array costs nothing before decoding);
 * a NumPy array or ``np.memmap`` -> checked for shape, dtype, contiguity and
-  writability, then filled in place;
+  writability (:func:`check_out`, which the readers that take an ``out=``
+  buffer -- ``take_rows``, ``batches`` -- use as well), then filled in place;
 * a ``str`` / ``os.PathLike`` ending in ``.npy`` -> a memory-mapped ``.npy``
   created with :func:`numpy.lib.format.open_memmap` under a temporary name in
   the same folder (``<name>.npy.partial``) and renamed into place only after

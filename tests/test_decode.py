@@ -8,7 +8,8 @@ import pytest
 
 import preload
 from conftest import psnr, smooth_image, with_exif_orientation, write
-from preload.decode import DecodeOptions, Decoder, plan_geometry, reduction_for
+from preload.decode import Decoder, plan_geometry, reduction_for
+from preload.options import DecodeOptions
 
 # --------------------------------------------------------------------- reference
 
