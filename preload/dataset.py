@@ -25,8 +25,9 @@ import numpy as np
 from .decode import Decoder
 from .errors import Failure, OptionError
 from .fill import fill_slots
-from .options import DecodeOptions, resolve_workers
+from .options import DEFAULT_MAX_PIXELS, DecodeOptions, resolve_workers
 from .rows import prefetch_rows, take_rows
+from .sources import manifest
 from .target import check_out
 
 
@@ -273,12 +274,11 @@ class ImageFiles(ArrayAccess):
         Required: every image comes out this size.
     labels : sequence, optional
         Labels for a list of paths.
-    workers : int
+    layout, color, resize, interpolation, fill, exif, reduce, max_pixels
+        As for :func:`preload.load` (described in :data:`preload.options.OPTIONS`).
+    workers : int or None
         Threads decoding one index-array batch (default 1: a DataLoader's own
-        workers are usually the parallelism).
-    **options
-        ``layout``, ``color``, ``resize``, ``interpolation``, ``fill``,
-        ``exif``, ``reduce``, ``max_pixels`` as for :func:`preload.load`.
+        workers are usually the parallelism; None uses every usable core).
 
     Examples
     --------
@@ -290,12 +290,27 @@ class ImageFiles(ArrayAccess):
     (3, (3, 4, 4), (2, 3, 4, 4))
     """
 
-    def __init__(self, source, *, size, labels=None, workers: int = 1, **options):
-        from .sources import manifest
-
+    def __init__(
+        self,
+        source,
+        *,
+        size,
+        layout: str = "NHWC",
+        color: str = "rgb",
+        resize: str = "stretch",
+        interpolation: str | None = None,
+        fill=0,
+        exif: bool = True,
+        reduce: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        labels=None,
+        workers: int | None = 1,
+    ):
         if size is None:
             raise OptionError("ImageFiles needs size=: images are decoded one by one, so no common size is known")
-        self.options = DecodeOptions.create(size=size, **options)
+        self.options = DecodeOptions.create(size=size, layout=layout, color=color, resize=resize,
+                                            interpolation=interpolation, fill=fill, exif=exif, reduce=reduce,
+                                            max_pixels=max_pixels)
         self.manifest = manifest(source, labels=labels)
         self.labels = self.manifest.labels
         self.classes = self.manifest.classes

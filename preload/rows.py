@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from .options import cpu_count
+from .options import cpu_count, resolve_workers
 from .target import check_out
 
 # A file-backed batch is copied row by row straight into its slots (one copy) when rows
@@ -60,15 +60,18 @@ def take_rows(
     images : numpy.ndarray or numpy.memmap
         The array to read from, rows along the first axis.
     rows : numpy.ndarray of int
-        Indices in ``[0, len(images))`` (not checked here: :func:`resolve_index`
-        does that), in any order, repeats allowed.
+        Indices in ``[0, len(images))`` (not checked here:
+        :func:`preload.dataset.resolve_index` does that), in any order,
+        repeats allowed.
     out : numpy.ndarray, optional
         Receives the rows: shape ``(len(rows),) + images.shape[1:]`` and
         ``images.dtype``. None: a new array.
     workers : int, optional
-        Threads copying one batch from a file mapping. None: two when at least
-        two CPUs are usable and the batch holds at least ``THREAD_BYTES``
-        (each thread takes the next row in file order, so a busy second core
+        Threads copying one batch from a file mapping: a positive int, checked
+        like every ``workers`` (:func:`preload.options.resolve_workers`).
+        None: the usable cores up to two when the batch holds at least
+        ``THREAD_BYTES`` (a memory copy gains nothing from a third thread;
+        each thread takes the next row in file order, so a busy second core
         delays no more than one row), otherwise one.
 
     Returns
@@ -78,6 +81,8 @@ def take_rows(
 
     Raises
     ------
+    OptionError
+        ``workers`` is not a positive int or None.
     TargetError
         ``out`` is not an array, or has the wrong shape or dtype, or is
         read-only (an :class:`~preload.errors.OptionError`, a ``ValueError``).
@@ -89,6 +94,8 @@ def take_rows(
     >>> take_rows(images, np.array([3, 0, 3]), out=buffer) is buffer, buffer.ravel().tolist()
     (True, [3, 0, 3])
     """
+    if workers is not None:
+        workers = resolve_workers(workers)
     rows = np.asarray(rows)
     shape = (len(rows),) + images.shape[1:]
     out = np.empty(shape, images.dtype) if out is None else check_out(out, shape, images.dtype, contiguous=False)
@@ -107,7 +114,7 @@ def take_rows(
         out[order] = np.take(images, ordered, axis=0, mode="clip")
         return out
     if workers is None:
-        workers = 2 if out.nbytes >= THREAD_BYTES and cpu_count() >= 2 else 1
+        workers = min(2, cpu_count()) if out.nbytes >= THREAD_BYTES else 1
     _copy_rows(np.asarray(images), ordered.tolist(), order.tolist(), out, workers)
     return out
 

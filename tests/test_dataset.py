@@ -439,3 +439,19 @@ def test_negative_indices_count_from_the_end_of_a_cache(cached):
         ds[-15]
     with pytest.raises(IndexError, match=r"index -15 is out of range"):
         ds[[0, -15]]
+
+
+def test_take_rows_workers_means_what_it_means_everywhere(source):
+    images, _, _ = source
+    with pytest.raises(preload.OptionError, match=r"workers=0 is not accepted; use a positive int, or None for every"):
+        take_rows(images, np.array([1, 0]), workers=0)
+    assert np.array_equal(take_rows(images, np.array([1, 0]), workers=None), np.asarray(images)[[1, 0]])
+
+
+def test_image_files_spells_out_load_s_options(tmp_path):
+    import inspect
+
+    wanted = set(inspect.signature(preload.load).parameters) - {"source", "out", "progress", "on_error"}
+    assert set(inspect.signature(ImageFiles).parameters) - {"source"} == wanted
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        ImageFiles([str(tmp_path / "a.png")], size=4, colour="rgb")
