@@ -311,11 +311,11 @@ class ImageFiles(ArrayAccess):
         self.options = DecodeOptions.create(size=size, layout=layout, color=color, resize=resize,
                                             interpolation=interpolation, fill=fill, exif=exif, reduce=reduce,
                                             max_pixels=max_pixels)
+        self.workers = resolve_workers(workers)
         self.manifest = manifest(source, labels=labels)
         self.labels = self.manifest.labels
         self.classes = self.manifest.classes
         self.paths = self.manifest.paths
-        self.workers = resolve_workers(workers)
         self._decoder = Decoder(self.options)
 
     def __len__(self) -> int:
