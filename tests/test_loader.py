@@ -256,13 +256,16 @@ def test_a_process_started_during_a_load_does_not_hold_up_its_end(capfd):
 
     from preload.quiet import quiet_opencv
 
-    script = "import sys, time; time.sleep(2.5); print('child: done', file=sys.stderr)"
+    # The child lives until the test closes its stdin (at most 10 s), so a leaving
+    # that waited for it would take 10 s; a fixed sleep would cost every run its length.
+    script = "import select, sys; select.select([sys.stdin], [], [], 10); print('child: done', file=sys.stderr)"
     context = quiet_opencv()
     context.__enter__()
-    child = subprocess.Popen([sys.executable, "-c", script])
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
     started = time.monotonic()
     context.__exit__(None, None, None)
     assert time.monotonic() - started < 2.0 and child.poll() is None
+    child.stdin.close()
     child.wait()
     deadline = time.monotonic() + 5
     err = ""
