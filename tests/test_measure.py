@@ -93,11 +93,16 @@ def test_sample_catches_a_peak_shorter_than_the_interval():
     assert [s.seconds for s in sampler.samples] == sorted(s.seconds for s in sampler.samples)
 
 
-CHILD = "import numpy as np, time; block = np.ones(%d, np.uint8); print('ready', flush=True); time.sleep(1.5)"
+# The child holds its block until its stdin is closed (at most 10 s): no fixed sleep to wait out.
+CHILD = (
+    "import numpy as np, select, sys; block = np.ones(%d, np.uint8); print('ready', flush=True); "
+    "select.select([sys.stdin], [], [], 10)"
+)
 
 
 def _child_holding_a_block() -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-c", CHILD % BLOCK], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", CHILD % BLOCK], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
     assert child.stdout.readline().strip() == "ready"
     return child
 
@@ -106,11 +111,13 @@ def test_sampler_counts_children_unless_excluded():
     with PeakSampler() as counted:
         child = _child_holding_a_block()
         time.sleep(0.3)  # new children are looked for every 0.1 s
+    child.stdin.close()
     child.wait()
 
     child = _child_holding_a_block()
     with PeakSampler(exclude=[child.pid]) as excluding:
         time.sleep(0.3)
+    child.stdin.close()
     child.wait()
 
     assert counted.peak_above_baseline > 0.9 * BLOCK
