@@ -91,6 +91,7 @@ import datetime
 import errno
 import hashlib
 import json
+import logging
 import mmap
 import os
 import platform
@@ -101,7 +102,7 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ._version import __version__
 from .atomic import atomic_write, write_bytes
@@ -120,6 +121,10 @@ JOURNAL_MAGIC = b"PRELOADJ"
 JOURNAL_HEADER = 8 + 4 + 4 + 8 + 32
 COMMIT_SECONDS = 1.0  # flush + journal at least this often ...
 COMMIT_BYTES = 128 << 20  # ... and whenever this many bytes of rows are waiting
+
+# build_cache logs one INFO record saying how much of the build this call does; its
+# ``todo`` and ``total`` attributes let a front end time only the rows decoded now.
+logger = logging.getLogger("preload.cache")
 
 
 class CacheFiles:
@@ -543,9 +548,16 @@ def build_cache(
         if force:
             _remove(files.meta, files.index, files.data, *files.build_files())
         array, journal = _prepare(files, plan, snapshot)
+        count = len(sources)
         if array is None:  # complete and fresh: nothing to do
+            logger.info("nothing to do: '%s' is complete and fresh", files.data, extra={"todo": 0, "total": count})
             return open_cache(files.data, check=False)
         todo = np.flatnonzero(~journal.done)
+        if len(todo) < count:
+            logger.info("resuming: %s of %s already written", f"{count - len(todo):,}", f"{count:,}",
+                        extra={"todo": len(todo), "total": count})
+        else:
+            logger.info("building: %s images", f"{count:,}", extra={"todo": count, "total": count})
         row_bytes = int(np.prod(shape[1:]))
         bar = tqdm(total=len(sources), initial=len(sources) - len(todo), desc="building", unit="img",
                    file=console, disable=not show)
