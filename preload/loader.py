@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from .dataset import Dataset
 from .decode import Decoder
@@ -93,7 +93,8 @@ def load(
     workers : int or None
         Threads decoding in parallel; None uses every core, 1 runs serially.
     progress : bool or None
-        Show a progress bar on stderr; None shows it when stderr is a terminal.
+        Show a progress bar on stderr; None shows it when stderr is a terminal or in
+        a Jupyter notebook (as a widget there).
     on_error : {"raise", "skip", "zero"}
         On a file that cannot be loaded: raise :class:`ImageDecodeError`;
         drop it (images, labels and paths stay aligned); or leave its slot

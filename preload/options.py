@@ -169,10 +169,28 @@ def resolve_workers(workers) -> int:
 
 
 def progress_wanted(progress) -> bool:
-    """``progress=None``: a bar only when stderr is a terminal; otherwise ``bool(progress)``."""
+    """``progress=None``: a bar when stderr is a terminal or we run in a Jupyter kernel; else ``bool(progress)``.
+
+    In a notebook stderr is a pipe to the kernel, yet the user watches the cell:
+    :mod:`tqdm.auto` draws the bar as a widget there.
+    """
     if progress is not None:
         return bool(progress)
-    return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    if sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+        return True
+    return _in_notebook()
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter (IPython kernel) process; never imports IPython itself."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # an IPython too old or half-imported: no notebook to draw in
+        return False
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 # ------------------------------------------------------------- text (CLI) parsers
@@ -304,7 +322,7 @@ OPTIONS: dict[str, Option] = {
         Option("workers", "int or None", None, None,
                "decoding threads; None uses every usable core, 1 runs serially", parse_workers),
         Option("progress", "bool or None", None, None,
-               "show a progress bar on stderr; None shows it when stderr is a terminal", parse_bool),
+               "show a progress bar on stderr; None shows it when stderr is a terminal or in a notebook", parse_bool),
         Option("on_error", "str", "raise", ON_ERROR,
                "a file that cannot be loaded: raise, skip it (rows stay aligned), or leave its slot zero",
                _choice_parser("on_error", ON_ERROR)),
