@@ -1,60 +1,285 @@
 """Command line front end: ``preload demo | load | build | info | verify | report``.
 
-Exit codes: 0 success (``verify``: the cache is complete and fresh), 1 the
-work failed (a file, the memory check, ...; ``verify``: the cache is stale),
-2 a usage error (a bad option value, also when the library is the one that
-rejects it), 3 no complete cache at that path (missing, an unfinished build,
-damaged), 130 interrupted. User mistakes print one line on stderr, never a
-traceback.
+Exit codes
+----------
+=====  ======================================================================
+0      success (``verify``: the cache is complete and fresh)
+1      the work failed: a file could not be loaded (``--on-error raise``), the
+       memory or disk check, no space left, another process holds the cache,
+       a cache built with other options; ``verify``: the cache is stale
+2      a usage error: a bad option value or a bad path given by the user
+       (missing, not writable, a file where a folder is expected or the other
+       way round), also when the library is the one that refuses it
+3      no complete cache at that path (missing, an unfinished build, damaged)
+130    interrupted (Ctrl-C)
+=====  ======================================================================
+
+Every error is one ``preload: error: ...`` line on stderr naming the path
+and the reason, never a traceback. A closed stdout (``preload info c.npy
+--json | head -5``) is not an error: the command ends with its own code.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 
-from . import __version__
+import numpy as np
+
+from ._version import __version__
 from .cache import build_cache, cache_info, verify_cache
-from .errors import IncompleteCacheError, OptionError, PreloadError, StaleCacheError, TargetError
+from .errors import (
+    CacheError,
+    IncompleteCacheError,
+    InsufficientDiskError,
+    OptionError,
+    PreloadError,
+    SizeMismatchError,
+    SourceError,
+    StaleCacheError,
+)
 from .loader import load
 from .measure import STRATEGIES, PeakSampler
 from .options import OPTIONS, parse_size
 from .report import DEFAULT_SAMPLES, PLOT_HINT, console_lines, run_report, write_report
+from .sources import IMAGE_EXTENSIONS, Manifest, manifest
 
 EPILOG = """examples:
-  preload demo                                  # 400 sample photos -> 256x256 NCHW, timed
-  preload load data/train --size 224 --layout nchw --out train.npy
+  preload demo                                  # 400 sample photos -> 256x256 NHWC, timed
+  preload load data/train --size 224 --out train.npy   # a cache: pixels + labels, classes, paths
   preload report data/train --limit 4000 --out report/   # peak memory: list-then-stack vs preload
-  preload build data/train cache/train.npy --size 256 --layout nchw --workers 2
+  preload build data/train cache/train.npy --size 256 --layout nchw --workers 2   # for PyTorch
   preload build /shared/train /shared/cache/train.npy --size 256 --scheduler tcp://scheduler:8786   # on Dask
   preload info cache/train.npy --json
   preload verify cache/train.npy               # exit 0 fresh, 1 stale, 3 not a complete cache
+
+arrays are NHWC (image, height, width, channel) unless --layout nchw, as with
+preload.load: it is what OpenCV, Keras/TensorFlow and most image code use;
+PyTorch users pass --layout nchw.
+
+exit codes: 0 ok; 1 the work failed (verify: stale); 2 usage error (bad option
+value or path); 3 no complete cache; 130 interrupted.
 """
 
+EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_STALE = 1
-SCHEDULER_TIMEOUT = 10  # seconds to reach a --scheduler before giving up
+EXIT_USAGE = 2
 EXIT_NO_CACHE = 3
+EXIT_INTERRUPTED = 130
+SCHEDULER_TIMEOUT = 10  # seconds to reach a --scheduler before giving up
+FAILURES_SHOWN = 5  # failed files printed; --failed-list writes them all
 
 
-def argument_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option's help ends with its default (a test holds them to it)."""
+
+
+# ------------------------------------------------------------------ output
+
+
+def say(line: str = "") -> None:
+    """Print one line on stdout; a reader that went away (``| head``) ends the output, not the command."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    # Later prints and the interpreter's final flush must not hit the closed pipe again.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def warn(text: str) -> None:
+    print(f"preload: warning: {text}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ the library's words -> the command line's
+
+
+_API_PHRASES = (
+    (re.compile(r"pass size=\(height, width\) to resize them"), "pass --size N or --size HxW to resize them"),
+    (re.compile(r"force=True \(--force\)"), "--force"),
+    (re.compile(r"force=True"), "--force"),
+    (re.compile(r'e\.g\. out="images\.npy"'), "e.g. --out images.npy"),
+    (re.compile(r"see Dataset\.failed"), "--failed-list FILE lists them"),
+    (re.compile(r"\bout='([^']*)'"), r"--out '\1'"),
+    (re.compile(r"\bout= "), "--out "),
+)
+_OPTION_WORD = re.compile(r"(?<![\w.-])(" + "|".join(sorted(OPTIONS, key=len, reverse=True)) + r")=(?=\S)")
+
+
+def cli_words(text: str) -> str:
+    """A library message as the command line says it: ``--size 0``, not ``size=0``.
+
+    Examples
+    --------
+    >>> cli_words("layout='chw' is not accepted; use one of 'NHWC', 'NCHW'")
+    "--layout 'chw' is not accepted; use one of 'NHWC', 'NCHW'"
+    >>> cli_words("on_error='x' is not accepted")
+    "--on-error 'x' is not accepted"
+    """
+    for pattern, replacement in _API_PHRASES:
+        text = pattern.sub(replacement, text)
+    return _OPTION_WORD.sub(lambda match: OPTIONS[match.group(1)].flag + " ", text)
+
+
+_MISMATCH = re.compile(r"but '(?P<a>.+)' is (?P<sa>\d+x\d+) and '(?P<b>.+)' is (?P<sb>\d+x\d+) \(height x width\)")
+
+
+def _size_hint(exc: SizeMismatchError) -> tuple[str, int]:
+    """Images of several sizes and no ``--size``: say in one line how to pick one (a usage error)."""
+    found = _MISMATCH.search(str(exc))
+    if found is None:  # no readable size at all: the files are the problem
+        return cli_words(str(exc)), EXIT_FAILED
+    message = (f"images differ in size ('{found['a']}' is {found['sa']}, '{found['b']}' is {found['sb']}, "
+               "height x width): pass --size 256 (or --size HxW) to resize them all")
+    return message, EXIT_USAGE
+
+
+# ------------------------------------------------------------------ paths
+
+
+_PATH_ERRNOS = {
+    errno.ENOENT: ("does not exist", EXIT_USAGE),
+    errno.ENOTDIR: ("is a file, not a folder (or is inside one)", EXIT_USAGE),
+    errno.EISDIR: ("is a folder, not a file", EXIT_USAGE),
+    errno.EEXIST: ("already exists and is a file, not a folder", EXIT_USAGE),
+    errno.EACCES: ("is not writable (permission denied)", EXIT_USAGE),
+    errno.EPERM: ("is not writable (operation not permitted)", EXIT_USAGE),
+    errno.EROFS: ("is not writable (read-only file system)", EXIT_USAGE),
+    errno.ENOSPC: ("cannot be written: no space left on its file system", EXIT_FAILED),
+    errno.EDQUOT: ("cannot be written: disk quota exceeded", EXIT_FAILED),
+}
+
+
+def describe_os_error(exc: OSError, path: str | None = None) -> tuple[str, int]:
+    """One line naming the path and the reason, and the exit code (a bad path is a usage error)."""
+    path = path or exc.filename or "?"
+    reason, code = _PATH_ERRNOS.get(exc.errno, (None, EXIT_FAILED))
+    if reason is None:
+        reason = f"cannot be used: {exc.strerror or exc}"
+    return f"'{path}' {reason}", code
+
+
+class PathProblem(PreloadError):
+    """A path given on the command line cannot be used; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+def check_source(text: str) -> str:
+    """SOURCE must be a folder or a CSV file that exists and can be read."""
+    try:
+        os.stat(text)
+    except OSError as exc:
+        message, code = describe_os_error(exc, text)
+        raise PathProblem(f"SOURCE {message}", code) from None
+    if os.path.isdir(text):
+        if not os.access(text, os.R_OK | os.X_OK):
+            raise PathProblem(f"SOURCE '{text}' is not readable (permission denied)")
+        return text
+    if not text.lower().endswith(".csv"):
+        message = (f"SOURCE '{text}' is a file, not a folder or a CSV file; give the folder that holds the "
+                   "images (or a .csv with a 'path' column)")
+        raise PathProblem(message)
+    return text
+
+
+def check_writable_folder(folder: str, what: str) -> None:
+    """``folder`` exists, is a folder, and a file can be created in it (probed, then removed).
+
+    Permission bits say nothing for root, ``/proc`` or a read-only mount, so
+    the only honest test is to create a file.
+    """
+    folder = folder or "."
+    if not os.path.exists(folder):
+        raise PathProblem(f"{what}: the folder '{folder}' does not exist")
+    if not os.path.isdir(folder):
+        raise PathProblem(f"{what}: '{folder}' is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".preload-probe-", dir=folder)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            message, code = describe_os_error(exc, folder)
+            raise PathProblem(f"{what}: {message}", code) from None
+        reason = {errno.EROFS: "read-only file system", errno.ENOENT: "files cannot be created there"}.get(
+            exc.errno, exc.strerror or str(exc))
+        raise PathProblem(f"{what}: the folder '{folder}' is not writable ({reason})") from None
+    os.close(handle)
+    os.remove(probe)
+
+
+def check_npy_target(path: str, what: str) -> None:
+    """A ``.npy`` to be written: the right suffix, not a folder, in a writable folder."""
+    if not path.lower().endswith(".npy"):
+        raise PathProblem(f"{what} '{path}' is not accepted; it must end in .npy")
+    if os.path.isdir(path):
+        raise PathProblem(f"{what} '{path}' is a folder, not a .npy file")
+    check_writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} '{path}'")
+
+
+def check_output_folder(path: str, what: str) -> None:
+    """A folder we will write into: it may not exist yet, but its parent must take it."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise PathProblem(f"{what} '{path}' is a file, not a folder")
+        check_writable_folder(path, f"{what} '{path}'")
+    else:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent) and os.path.exists(parent):
+            raise PathProblem(f"{what} '{path}': '{parent}' is a file, not a folder")
+        check_writable_folder(_existing_ancestor(parent), f"{what} '{path}'")
+
+
+def _existing_ancestor(path: str) -> str:
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def check_cache_path(path: str) -> None:
+    """CACHE for info/verify: a ``.npy`` path (it need not exist), not a folder."""
+    if not path.lower().endswith(".npy"):
+        raise PathProblem(f"CACHE '{path}' is not accepted; a cache path ends in .npy")
+    if os.path.isdir(path):
+        raise PathProblem(f"CACHE '{path}' is a folder, not a .npy file")
+
+
+# ------------------------------------------------------------------ options from the one table
+
+
+def argument_type(parse: Callable[[str], object], flag: str = "") -> Callable[[str], object]:
     """An argparse ``type=`` from a :mod:`preload.options` parser: its OptionError becomes a usage error (exit 2).
 
     argparse keeps the message only of an ``ArgumentTypeError``; any other
-    ValueError would be reported as "invalid value".
+    ValueError would be reported as "invalid value". It prefixes "argument
+    --flag:", so the flag is not said twice.
     """
 
     def convert(text: str):
         try:
             return parse(text)
         except OptionError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            message = cli_words(str(exc))
+            if flag and message.startswith(flag + " "):
+                message = message[len(flag) + 1 :]
+            raise argparse.ArgumentTypeError(message) from None
 
     convert.__name__ = parse.__name__
     return convert
@@ -70,41 +295,68 @@ def positive_int(text: str) -> int:
     return value
 
 
-# The command line's own defaults where they differ from the API's: a size for the
-# commands that need one is given per command, and arrays default to NCHW here.
-CLI_DEFAULTS = {"layout": "NCHW"}
+# How a default of None reads on the command line, for the options where None means something.
+_NONE_MEANS = {"size": "none, keep the images' own size (they must all have one)", "workers": "every usable core",
+               "progress": "on when stderr is a terminal", "interpolation": "auto"}
 
 
-def _add_option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """Add the option ``name`` of :data:`preload.options.OPTIONS` with its one description."""
+def _show(value, name: str = "") -> str:
+    if value is None and name in _NONE_MEANS:
+        return _NONE_MEANS[name]
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def add_option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Add the option ``name`` of :data:`preload.options.OPTIONS` with its one description and default."""
     option = OPTIONS[name]
-    allowed = f"{', '.join(option.allowed)}; " if option.allowed else ""
-    kwargs.setdefault("default", CLI_DEFAULTS.get(name, option.default))
-    parser.add_argument(option.flag, help=f"{option.help} ({allowed}default: %(default)s)", **kwargs)
+    allowed = f" ({', '.join(option.allowed)})" if option.allowed else ""
+    kwargs.setdefault("default", option.default)
+    if option.accepts.startswith("bool"):  # --exif / --no-exif
+        kwargs.setdefault("action", argparse.BooleanOptionalAction)
+    else:
+        kwargs.setdefault("type", argument_type(option.parse, option.flag))
+        kwargs.setdefault("metavar", name.upper() if not option.allowed else None)
+    kwargs = {key: value for key, value in kwargs.items() if value is not None or key == "default"}
+    action = parser.add_argument(option.flag, **kwargs)
+    # %(default)s would print Python's None/True (and BooleanOptionalAction appends it
+    # by itself): the default is spelled as a user would type it.
+    action.help = f"{option.help}{allowed} (default: {_show(kwargs['default'], name)})".replace("%", "%%")
 
 
-def add_decode_options(parser: argparse.ArgumentParser, *, default_size) -> None:
-    """Add ``--size --layout --color --resize`` (how each image becomes a row) to ``parser``.
-
-    Values are checked by the library (a bad one is a one-line error, exit 2),
-    except the size's syntax, which argparse checks.
-    """
-    _add_option(parser, "size", type=argument_type(parse_size), default=default_size, metavar="N|HxW")
-    for name in ("layout", "color", "resize"):
-        _add_option(parser, name)
+def add_decode_options(parser: argparse.ArgumentParser, *, default_size, names=("size", "layout", "color",
+                                                                                 "resize")) -> None:
+    """Add the decode options ``names`` (how each image becomes a row) to ``parser``."""
+    for name in names:
+        if name == "size":
+            add_option(parser, "size", type=argument_type(parse_size, "--size"), default=default_size, metavar="N|HxW")
+        else:
+            add_option(parser, name)
 
 
 def add_workers_option(parser: argparse.ArgumentParser) -> None:
-    """Add ``--workers``; the library refuses values below 1, so every command says the same about 0."""
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: every usable core)")
+    add_option(parser, "workers", metavar="N")
 
 
 def _add_load_options(parser: argparse.ArgumentParser, default_size) -> None:
-    """The options of the commands that decode a whole source into an array: demo, load, build."""
-    add_decode_options(parser, default_size=default_size)
-    add_workers_option(parser)
-    _add_option(parser, "on_error")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    """Every option of :data:`OPTIONS`: the commands that decode a whole source (demo, load, build)."""
+    add_decode_options(parser, default_size=default_size, names=tuple(OPTIONS))
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    """What to read from SOURCE: the first N files, a CSV's column names, where failures are listed."""
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                        help="use only the first N files of SOURCE, in its order (default: all)")
+    parser.add_argument("--path-column", default="path", metavar="NAME",
+                        help="CSV SOURCE: the column holding the image paths (default: %(default)s)")
+    parser.add_argument("--label-column", default="label", metavar="NAME",
+                        help="CSV SOURCE: the column holding the labels, used when present (default: %(default)s)")
+    parser.add_argument("--failed-list", default=None, metavar="FILE",
+                        help="write every file that was not loaded to FILE, one 'path<TAB>reason<TAB>detail' "
+                             "line each (default: only the first few are printed)")
 
 
 REPORT_EPILOG = """examples:
@@ -130,7 +382,7 @@ def _add_report_parser(commands) -> None:
         description="Run list-then-np.stack, list-then-np.vstack, preload into RAM and preload into a .npy memmap "
         "on the same files, each in a fresh process; report peak RSS above baseline against the array's size.",
         epilog=REPORT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     parser.add_argument(
         "source", nargs="?", default=None,
@@ -138,7 +390,7 @@ def _add_report_parser(commands) -> None:
     )
     add_decode_options(parser, default_size=256)
     parser.add_argument(
-        "--limit", type=positive_int, default=None,
+        "--limit", type=positive_int, default=None, metavar="N",
         help=f"use the first N files (without SOURCE: make N samples, default {DEFAULT_SAMPLES})",
     )
     parser.add_argument(
@@ -155,110 +407,254 @@ def _add_report_parser(commands) -> None:
     )
 
 
+def package_version() -> str:
+    """The installed distribution's version (``preload-images``), else the source tree's ``_version``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("preload-images")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="preload",
         description="Load a whole image dataset into one preallocated uint8 array.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
-    parser.add_argument("--version", action="version", version=f"preload {__version__}")
+    parser.add_argument("--version", action="version", version=f"preload {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="make sample photos and load them; print shape, time, peak memory")
+    def command(name: str, text: str, description: str | None = None) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=description or text, formatter_class=_Formatter)
+
+    demo = command("demo", "make sample photos and load them; print shape, time, peak memory")
     demo.add_argument("--count", type=positive_int, default=400, help="sample images to make (default: %(default)s)")
     demo.add_argument("--dir", default=None, help="where to write the samples (default: a temporary folder)")
     _add_load_options(demo, 256)
 
-    load_cmd = commands.add_parser("load", help="load a folder / CSV into an array and report it")
+    load_cmd = command(
+        "load", "load a folder / CSV into an array and report it",
+        "Decode every image of SOURCE into one uint8 array and print its shape, time and peak memory. "
+        "With --out FILE.npy the result is written as a preload cache: FILE.npy holds the pixels "
+        "(np.load(FILE.npy) opens it anywhere) and FILE.npy.json / FILE.npy.index.npz keep the classes, "
+        "labels and paths, so preload.open_cache(FILE.npy) gives them all back. --out replaces what is there.",
+    )
     load_cmd.add_argument("source", help="folder of class folders, flat folder, or CSV file")
-    load_cmd.add_argument("--out", default=None, help="write the array to this .npy file")
+    load_cmd.add_argument("--out", default=None, metavar="FILE.npy",
+                          help="write the result as a cache (pixels, labels, classes, paths) at FILE.npy "
+                               "(default: none, the array stays in memory)")
     _add_load_options(load_cmd, None)
+    _add_source_options(load_cmd)
 
-    build = commands.add_parser("build", help="build (or resume, or refresh) an on-disk cache")
+    build = command("build", "build (or resume, or refresh) an on-disk cache")
     build.add_argument("source", help="folder of class folders, flat folder, or CSV file")
     build.add_argument("cache", help="the cache's .npy path")
     build.add_argument("--force", action="store_true", help="discard what is at CACHE and start over")
     build.add_argument("--scheduler", metavar="ADDRESS", default=None,
                        help="decode on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://host:8786; needs "
-                            "preload[dask]); SOURCE and CACHE must be at the same paths on every worker, and "
-                            "--workers is ignored")
+                            "the dask extra); SOURCE and CACHE must be at the same paths on every worker, and "
+                            "--workers is ignored (default: none, decode here on --workers threads)")
     _add_load_options(build, None)
+    _add_source_options(build)
 
     for name, text in (("info", "describe a cache: shape, options, classes, failures"),
                        ("verify", "check a cache is complete and fresh (exit 0), stale (1) or absent (3)")):
-        command = commands.add_parser(name, help=text)
-        command.add_argument("cache", help="the cache's .npy path")
-        command.add_argument("--json", action="store_true", help="print JSON instead of text")
+        sub = command(name, text)
+        sub.add_argument("cache", help="the cache's .npy path")
+        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     _add_report_parser(commands)
     return parser
 
 
+# ------------------------------------------------------------------ the commands
+
+
 def _decode_kwargs(args) -> dict:
-    """The options every command that loads a source shares (see _add_load_options)."""
-    return {
-        "size": args.size,
-        "layout": args.layout,
-        "color": args.color,
-        "resize": args.resize,
-        "workers": args.workers,
-        "on_error": args.on_error,
-        "progress": False if args.no_progress else None,
-    }
+    """The :data:`OPTIONS` values the user gave (or their defaults), as the API's keywords."""
+    return {name: getattr(args, name) for name in OPTIONS}
 
 
-def _load_measured(source, args, out=None) -> tuple:
-    with PeakSampler() as sampler:
-        ds = load(source, out=out, **_decode_kwargs(args))
-    return ds, sampler
+def _source(args):
+    """SOURCE as the API takes it: the path itself, or a Manifest when --limit or CSV columns are given."""
+    text = check_source(args.source)
+    is_csv = os.path.isfile(text)
+    columns = (args.path_column, args.label_column) != ("path", "label")
+    if columns and not is_csv:
+        raise OptionError(f"--path-column and --label-column are for a CSV SOURCE; '{text}' is a folder")
+    if not columns and args.limit is None:
+        return text
+    if is_csv:
+        files = Manifest.from_csv(text, path_column=args.path_column, label_column=args.label_column)
+    else:
+        files = manifest(text)
+    if args.limit is not None and args.limit < len(files):
+        files = files.select(np.arange(args.limit))
+    return files
 
 
-def _print_load(ds, sampler: PeakSampler) -> None:
+def _print_load(ds, sampler: PeakSampler, *, decoded: int | None = None) -> None:
+    """Shape, classes, time, memory; ``decoded`` is how many rows this run decoded (None: all of them)."""
     seconds = sampler.seconds
     array_bytes = ds.images.nbytes
     ratio = sampler.peak_above_baseline / array_bytes if array_bytes else float("nan")
-    print(f"images   {ds.images.shape} {ds.images.dtype} {ds.layout} ({array_bytes / 1e6:.1f} MB)")
+    say(f"images   {ds.images.shape} {ds.images.dtype} {ds.layout} ({array_bytes / 1e6:.1f} MB)")
     if ds.classes is not None:
-        print(f"classes  {len(ds.classes)}: {', '.join(ds.classes[:8])}{' ...' if len(ds.classes) > 8 else ''}")
-    print(f"time     {seconds:.2f} s ({len(ds) / seconds:.0f} images/s)")
-    print(
+        say(f"classes  {len(ds.classes)}: {', '.join(ds.classes[:8])}{' ...' if len(ds.classes) > 8 else ''}")
+    if decoded is None:
+        say(f"time     {seconds:.2f} s ({len(ds) / seconds:.0f} images/s)")
+    elif decoded == 0:
+        say(f"time     {seconds:.2f} s (nothing decoded)")
+    else:
+        say(f"time     {seconds:.2f} s ({decoded / seconds:.0f} images/s: {decoded:,} decoded in this run)")
+    say(
         f"memory   peak RSS {sampler.peak / 1e6:.1f} MB, {sampler.peak_above_baseline / 1e6:.1f} MB above the "
         f"{sampler.baseline / 1e6:.1f} MB baseline = {ratio:.2f} x the array"
     )
-    if ds.failed:
-        print(f"failed   {len(ds.failed)} file(s); first: {ds.failed[0]}")
+
+
+def _report_failures(ds, args) -> None:
+    """The first few failed files on stdout; all of them in --failed-list FILE."""
+    failed = list(ds.failed)
+    target = getattr(args, "failed_list", None)
+    if target:
+        try:
+            with open(target, "w", encoding="utf-8") as handle:
+                for failure in failed:
+                    handle.write(f"{failure.path}\t{failure.reason}\t{failure.detail}\n")
+        except OSError as exc:
+            message, code = describe_os_error(exc, target)
+            raise PathProblem(f"--failed-list {message}", code) from None
+    if not failed:
+        return
+    say(f"failed   {len(failed)} file(s) not loaded:")
+    for failure in failed[:FAILURES_SHOWN]:
+        say(f"         {failure}")
+    if target:
+        say(f"         all {len(failed)} listed in {target}")
+    elif len(failed) > FAILURES_SHOWN:
+        say(f"         ... and {len(failed) - FAILURES_SHOWN} more (--failed-list FILE lists them all)")
+
+
+def _warn_about_source(source, ds) -> None:
+    """Empty class folders, and files in SOURCE that were passed over because they are not images."""
+    if ds.classes and ds.labels is not None and len(ds.failed) == 0:
+        counts = np.bincount(np.asarray(ds.labels, dtype=np.int64), minlength=len(ds.classes))
+        empty = [name for name, count in zip(ds.classes, counts, strict=False) if count == 0]
+        if empty:
+            shown = ", ".join(f"'{name}'" for name in empty[:5]) + (" ..." if len(empty) > 5 else "")
+            warn(f"{len(empty)} class folder(s) hold no images: {shown} (their labels are kept, unused)")
+    if isinstance(source, str) and os.path.isdir(source):
+        skipped, example = _not_images(source)
+        if skipped:
+            say(f"skipped  {skipped:,} file(s) that are not images (e.g. '{example}'; images are "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+
+def _not_images(root: str) -> tuple[int, str | None]:
+    """Visible files under ``root`` whose extension is not an image's (a listing pass, no stat per file)."""
+    count, example = 0, None
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith(".") or os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                continue
+            count += 1
+            example = example or os.path.join(folder, name)
+    return count, example
 
 
 def _demo(args) -> int:
     from .samples import make_samples
 
+    if args.dir is not None:
+        check_output_folder(args.dir, "--dir")
     with contextlib.ExitStack() as stack:  # a temporary folder goes away afterwards; --dir stays
         folder = args.dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="preload-demo-"))
         started = time.perf_counter()
         make_samples(folder, args.count)
-        print(f"samples  {args.count} images from scikit-image's photos in {folder} "
-              f"({time.perf_counter() - started:.1f} s to make)")
-        _print_load(*_load_measured(folder, args))
-    return 0
+        say(f"samples  {args.count} images from scikit-image's photos in {folder} "
+            f"({time.perf_counter() - started:.1f} s to make)")
+        with PeakSampler() as sampler:
+            ds = load(folder, **_decode_kwargs(args))
+        _print_load(ds, sampler)
+        _report_failures(ds, args)
+    return EXIT_OK
 
 
 def _load(args) -> int:
-    ds, sampler = _load_measured(args.source, args, out=args.out)
+    source = _source(args)
+    if args.out is not None:
+        check_npy_target(args.out, "--out")
+    with PeakSampler() as sampler:
+        if args.out is None:
+            ds = load(source, **_decode_kwargs(args))
+        else:  # a cache, so the labels, classes and paths are written with the pixels
+            ds = build_cache(source, args.out, force=True, **_decode_kwargs(args))
     if args.out:
-        print(f"wrote    {os.path.abspath(args.out)}")
+        say(f"wrote    {os.path.abspath(args.out)} (a cache: preload.open_cache() gives images, labels, classes, "
+            "paths; np.load() the pixels)")
     _print_load(ds, sampler)
-    return 0
+    _report_failures(ds, args)
+    _warn_about_source(source, ds)
+    return EXIT_OK
+
+
+class _BuildPlan(logging.Handler):
+    """Catches build_cache's INFO record of what this call decodes, and prints a resume at once."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.todo: int | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.todo = getattr(record, "todo", None)
+        total = getattr(record, "total", None)
+        if self.todo and total and self.todo < total:
+            say(record.getMessage())
 
 
 def _build(args) -> int:
-    with contextlib.ExitStack() as stack:
-        client = _dask_client(args.scheduler, stack) if args.scheduler else None
-        sampler = stack.enter_context(PeakSampler())
-        ds = build_cache(args.source, args.cache, force=args.force, client=client, **_decode_kwargs(args))
-    print(f"cache    {os.path.abspath(args.cache)}")
-    _print_load(ds, sampler)
-    return 0
+    source = _source(args)
+    check_npy_target(args.cache, "CACHE")
+    lock = args.cache + ".lock"
+    lock_existed = os.path.exists(lock)
+    plan = _BuildPlan()
+    logger = logging.getLogger("preload.cache")
+    try:
+        with contextlib.ExitStack() as stack:
+            client = _dask_client(args.scheduler, stack) if args.scheduler else None
+            logger.addHandler(plan)
+            stack.callback(logger.removeHandler, plan)
+            stack.callback(logger.setLevel, logger.level)
+            logger.setLevel(logging.INFO)
+            sampler = stack.enter_context(PeakSampler())
+            ds = build_cache(source, args.cache, force=args.force, client=client, **_decode_kwargs(args))
+    except (OSError, CacheError):
+        if not lock_existed:
+            _remove_stray_lock(args.cache, lock)
+        raise
+    say(f"cache    {os.path.abspath(args.cache)}")
+    if plan.todo == 0:
+        say("nothing to do: the cache is complete and fresh")
+    _print_load(ds, sampler, decoded=plan.todo)
+    _report_failures(ds, args)
+    if plan.todo:
+        _warn_about_source(source, ds)
+    return EXIT_OK
+
+
+def _remove_stray_lock(cache: str, lock: str) -> None:
+    """A first build that failed before writing anything leaves no empty ``.lock`` behind."""
+    others = [cache, cache + ".json", cache + ".partial", cache + ".build.json", cache + ".journal"]
+    if any(os.path.exists(path) for path in others):
+        return
+    with contextlib.suppress(OSError):
+        if os.path.getsize(lock) == 0 or _lock_holder(cache) is None:
+            os.remove(lock)
 
 
 def _dask_client(address: str, stack: contextlib.ExitStack):
@@ -270,9 +666,9 @@ def _dask_client(address: str, stack: contextlib.ExitStack):
     try:
         from distributed import Client
     except ImportError:
-        message = "--scheduler needs Dask, which is not installed: pip install 'preload[dask]'"
+        message = "--scheduler needs Dask, which is not installed: pip install 'preload-images[dask]'"
         raise OptionError(message) from None
-    from .distributed import ClusterError
+    from .errors import ClusterError
 
     try:
         client = Client(address, timeout=SCHEDULER_TIMEOUT)
@@ -297,50 +693,85 @@ def _dask_client(address: str, stack: contextlib.ExitStack):
     return client
 
 
+def _lock_holder(cache: str) -> str | None:
+    """Who holds the build lock of ``cache`` ("pid N on host H (since ...)"), or None if nobody does."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: builds there cannot be detected
+        return None
+    try:
+        handle = open(cache + ".lock", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return None
+
+
 def _info(args) -> int:
+    check_cache_path(args.cache)
     info = cache_info(args.cache)
+    holder = _lock_holder(args.cache) if info["status"] != "complete" else None
+    if holder:
+        info["held_by"] = holder
     if args.json:
-        print(json.dumps(info, indent=1))
+        say(json.dumps(info, indent=1))
+    elif info["status"] == "missing" and holder:
+        say(f"a build of '{info['path']}' is starting: {holder} holds it")
     elif info["status"] == "missing":
-        print(f"no cache at '{info['path']}'")
+        say(f"no cache at '{info['path']}'")
     elif info["status"] == "partial":
-        print(f"unfinished build at '{info['path']}': {info['done']:,} of {info['count']:,} images written "
-              f"(shape {tuple(info['shape'])}); run the same build again to finish it")
+        written = (f"{info['done']:,} of {info['count']:,} images written (shape {tuple(info['shape'])})")
+        if holder:
+            say(f"build in progress at '{info['path']}': {written}; {holder} holds it")
+        else:
+            say(f"unfinished build at '{info['path']}': {written}; run the same build again to finish it")
     else:
         options = info["options"]
         size = "x".join(map(str, options["size"]))
-        print(f"cache    {info['path']}")
-        print(f"images   {info['images']:,} of {info['count']:,} files, shape {tuple(info['shape'])} uint8, "
-              f"{info['layout']}, {info['bytes'] / 1e6:.1f} MB")
+        say(f"cache    {info['path']}")
+        say(f"images   {info['images']:,} of {info['count']:,} files, shape {tuple(info['shape'])} uint8, "
+            f"{info['layout']}, {info['bytes'] / 1e6:.1f} MB")
         classes = info["classes"]
         if classes:
-            print(f"classes  {len(classes)}: {', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}")
-        print(f"options  size {size}, color {options['color']}, resize {options['resize']}, "
-              f"exif {options['exif']}, reduce {options['reduce']}")
-        print(f"failed   {len(info['failed'])}" + (f"; first: '{info['failed'][0]['path']}': "
-                                                    f"{info['failed'][0]['detail']}" if info["failed"] else ""))
-        print(f"built    {info['created']} in {info['build_seconds']:.1f} s with preload "
-              f"{info['versions']['preload']}, OpenCV {info['versions']['opencv']}")
-    return 0 if info["status"] == "complete" else EXIT_NO_CACHE
+            say(f"classes  {len(classes)}: {', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}")
+        say(f"options  size {size}, color {options['color']}, resize {options['resize']}, "
+            f"exif {options['exif']}, reduce {options['reduce']}")
+        say(f"failed   {len(info['failed'])}" + (f"; first: '{info['failed'][0]['path']}': "
+                                                 f"{info['failed'][0]['detail']}" if info["failed"] else ""))
+        say(f"built    {info['created']} in {info['build_seconds']:.1f} s with preload "
+            f"{info['versions']['preload']}, OpenCV {info['versions']['opencv']}")
+    return EXIT_OK if info["status"] == "complete" else EXIT_NO_CACHE
 
 
 def _verify(args) -> int:
+    check_cache_path(args.cache)
     result = verify_cache(args.cache)
+    if result["status"] in ("partial", "missing"):
+        holder = _lock_holder(args.cache)
+        if holder:
+            result["held_by"] = holder
+            result["problem"] = f"{result['problem']} (a build is running: {holder} holds it)"
     if args.json:
-        print(json.dumps(result, indent=1))
+        say(json.dumps(result, indent=1))
     else:
-        print(f"{result['status']}: {result['problem'] or result['path']}")
-    return {"fresh": 0, "stale": EXIT_STALE}.get(result["status"], EXIT_NO_CACHE)
+        say(f"{result['status']}: {cli_words(result['problem'] or result['path'])}")
+    return {"fresh": EXIT_OK, "stale": EXIT_STALE}.get(result["status"], EXIT_NO_CACHE)
 
 
 def _report(args) -> int:
     out = os.fspath(args.out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        message = f"--out '{out}' exists and is not a folder"
-        raise OptionError(message)
-    if args.npy_dir is not None and not os.path.isdir(args.npy_dir):
-        message = f"--npy-dir '{args.npy_dir}' is not a folder"
-        raise OptionError(message)
+    if args.source is not None:
+        check_source(args.source)
+    check_output_folder(out, "--out")
+    if args.npy_dir is not None:
+        if not os.path.isdir(args.npy_dir):
+            raise PathProblem(f"--npy-dir '{args.npy_dir}' is not a folder")
+        check_writable_folder(args.npy_dir, f"--npy-dir '{args.npy_dir}'")
     created = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)  # before the runs: it holds the memmap strategy's .npy by default
     try:
@@ -354,54 +785,108 @@ def _report(args) -> int:
             strategies=args.strategies,
             workers=args.workers,
             npy_dir=args.npy_dir or out,
-            echo=lambda line: print(line, flush=True),
+            echo=say,
         )
     except BaseException:
         if created and not os.listdir(out):  # a mistyped SOURCE leaves no empty folder behind
             os.rmdir(out)
         raise
     written = write_report(report, out)
-    print()
-    print("\n".join(console_lines(report)))
-    print(f"wrote    {written['json']}")
-    print(f"wrote    {written['markdown']}")
+    say()
+    for line in console_lines(report):
+        say(line)
+    say(f"wrote    {written['json']}")
+    say(f"wrote    {written['markdown']}")
     if written["plot"]:
-        print(f"wrote    {written['plot']}")
+        say(f"wrote    {written['plot']}")
     else:
-        print(f"no plot  memory.png needs matplotlib: {PLOT_HINT}")
+        say(f"no plot  memory.png needs matplotlib: {PLOT_HINT}")
     failed = [run for run in report.runs if run.status == "failed"]
     if failed:
         print(f"preload: error: {failed[0].detail}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if report.checksums_match is False:
         print("preload: error: the strategies produced different arrays (see the checksums)", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 COMMANDS = {"demo": _demo, "load": _load, "build": _build, "info": _info, "verify": _verify, "report": _report}
 
 
+def error_line(exc: BaseException) -> tuple[str, int]:
+    """The one line and the exit code for an error that ends a command (see the table above)."""
+    if isinstance(exc, PathProblem):
+        return str(exc), exc.code
+    if isinstance(exc, SizeMismatchError):
+        return _size_hint(exc)
+    if isinstance(exc, (OptionError, SourceError)):
+        return cli_words(str(exc)), EXIT_USAGE
+    if isinstance(exc, StaleCacheError):
+        return cli_words(str(exc)), EXIT_STALE
+    if isinstance(exc, IncompleteCacheError):
+        return cli_words(str(exc)), EXIT_NO_CACHE
+    if isinstance(exc, InsufficientDiskError):
+        return cli_words(str(exc)), EXIT_FAILED
+    if isinstance(exc, PreloadError):
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and _PATH_ERRNOS.get(cause.errno, (None, EXIT_FAILED))[1] == EXIT_USAGE:
+            return cli_words(str(exc)), EXIT_USAGE
+        return cli_words(str(exc)), EXIT_FAILED
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory; use a smaller --size or --limit, or --out FILE.npy", EXIT_FAILED
+    raise exc
+
+
+class _CliLog(logging.Handler):
+    """The library's warnings as ``preload: warning: ...`` lines in the command line's words.
+
+    The loader's "files were not loaded" warning is dropped: the command
+    prints the failures itself (``failed`` lines, ``--failed-list``).
+    """
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "were not loaded" in text:
+            return
+        with contextlib.suppress(Exception):
+            warn(cli_words(text))
+
+
 def main(argv=None) -> int:
+    """Run the command line; returns the exit code (see the module docstring's table)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
+    logger = logging.getLogger("preload")
+    handler = _CliLog()
+    logger.addHandler(handler)
     try:
-        return COMMANDS[args.command](args)
-    except (OptionError, TargetError) as exc:
-        print(f"preload: error: {exc}", file=sys.stderr)
-        return 2
-    except StaleCacheError as exc:
-        print(f"preload: error: {exc}", file=sys.stderr)
-        return EXIT_STALE
-    except IncompleteCacheError as exc:
-        print(f"preload: error: {exc}", file=sys.stderr)
-        return EXIT_NO_CACHE
-    except PreloadError as exc:
-        print(f"preload: error: {exc}", file=sys.stderr)
-        return 1
+        code = COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("preload: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout closed by its reader: not the user's error
+        _stdout_to_devnull()
+        return EXIT_OK
+    except (PreloadError, OSError, MemoryError) as exc:
+        message, code = error_line(exc)
+        print(f"preload: error: {message}", file=sys.stderr)
+        return code
+    finally:
+        logger.removeHandler(handler)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+    return code
+
+
+__all__ = ["main", "build_parser", "cli_words", "package_version"]

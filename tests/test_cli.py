@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import preload
 from preload import cli
 from preload.cli import main
+from preload.options import OPTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +73,8 @@ def test_no_command_prints_help_and_returns_2(capsys):
     assert rc == 2
     assert out.startswith("usage: preload ")
     assert "Load a whole image dataset into one preallocated uint8 array." in out
-    assert "preload load data/train --size 224 --layout nchw --out train.npy" in out
+    assert "preload load data/train --size 224 --out train.npy" in out
+    assert "PyTorch users pass --layout nchw" in out
     for command in ("demo", "load"):
         assert re.search(rf"^\s+{command}\s", out, re.MULTILINE), command
 
@@ -110,11 +113,11 @@ def test_load_prints_shape_classes_time_and_memory(classes_root, capsys):
 @pytest.mark.parametrize(
     ("args", "shape", "layout"),
     [
-        (["--size", "16"], (3, 3, 16, 16), "NCHW"),  # the load command's default layout
+        (["--size", "16"], (3, 16, 16, 3), "NHWC"),  # the default layout, as preload.load's
         (["--size", "16x24", "--layout", "NHWC"], (3, 16, 24, 3), "NHWC"),
         (["--size", "16,24", "--layout", "nchw"], (3, 3, 16, 24), "NCHW"),
         (["--size", "16X24", "--layout", "nhwc", "--color", "gray"], (3, 16, 24, 1), "NHWC"),
-        ([], (3, 3, 20, 12), "NCHW"),  # no --size: the images' own (common) size
+        ([], (3, 20, 12, 3), "NHWC"),  # no --size: the images' own (common) size
     ],
 )
 def test_load_size_and_layout_options(classes_root, capsys, args, shape, layout):
@@ -132,36 +135,61 @@ def test_load_flat_folder_prints_no_classes_line(tmp_path, capsys):
 
     out = capsys.readouterr().out
     assert rc == 0
-    assert lines_starting(out, "images ") == [images_line((2, 3, 8, 8), "NCHW")]
+    assert lines_starting(out, "images ") == [images_line((2, 8, 8, 3), "NHWC")]
     assert lines_starting(out, "classes") == []
 
 
-def test_load_out_writes_a_npy_that_np_load_opens(classes_root, tmp_path, capsys):
+def test_load_out_writes_a_cache_that_keeps_labels_classes_and_paths(classes_root, tmp_path, capsys):
     target = tmp_path / "x.npy"
 
-    rc = main(["load", str(classes_root), "--size", "16", "--layout", "nhwc", "--out", str(target), "--no-progress"])
+    rc = main(["load", str(classes_root), "--size", "16", "--out", str(target), "--no-progress"])
 
     out = capsys.readouterr().out
     assert rc == 0
-    assert lines_starting(out, "wrote") == [f"wrote    {target}"]
+    [wrote] = lines_starting(out, "wrote")
+    assert wrote.startswith(f"wrote    {target} (a cache: preload.open_cache() gives images, labels, classes, paths")
     assert lines_starting(out, "images ") == [images_line((3, 16, 16, 3), "NHWC")]
+    expected = preload.load(classes_root, size=16, progress=False)
     written = np.load(target)
-    assert written.shape == (3, 16, 16, 3)
-    assert written.dtype == np.uint8
-    expected = preload.load(classes_root, size=16, layout="NHWC", progress=False).images
-    assert np.array_equal(written, expected)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "x.npy"]  # no .partial left behind
+    assert written.shape == (3, 16, 16, 3) and written.dtype == np.uint8
+    assert np.array_equal(written, expected.images)
+    cached = preload.open_cache(target)
+    assert cached.classes == ["cat", "dog"]
+    assert cached.labels.tolist() == [0, 0, 1]
+    assert list(cached.paths) == [os.path.abspath(p) for p in expected.paths]
+    assert np.array_equal(cached.images, expected.images)
+    cache_files = ["x.npy", "x.npy.index.npz", "x.npy.json", "x.npy.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", *cache_files]
 
 
-def test_load_missing_folder_is_a_one_line_error(tmp_path, capsys):
+def test_load_out_replaces_what_is_there(classes_root, tmp_path, capsys):
+    target = tmp_path / "x.npy"
+    assert main(["load", str(classes_root), "--size", "16", "--out", str(target), "--no-progress"]) == 0
+
+    rc = main(["load", str(classes_root), "--size", "8", "--layout", "nchw", "--out", str(target), "--no-progress"])
+
+    assert rc == 0, capsys.readouterr().err
+    assert preload.open_cache(target).images.shape == (3, 3, 8, 8)
+
+
+def test_load_missing_folder_is_a_usage_error(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
 
     rc = main(["load", str(missing), "--no-progress"])
 
     captured = capsys.readouterr()
-    assert rc == 1
+    assert rc == 2
     assert captured.out == ""
-    assert_one_line_error(captured.err, f"'{missing}'", "does not exist")
+    assert_one_line_error(captured.err, f"SOURCE '{missing}' does not exist")
+
+
+def test_load_one_image_file_says_it_is_a_file(classes_root, capsys):
+    image = classes_root / "cat" / "0.png"
+
+    rc = main(["load", str(image), "--no-progress"])
+
+    assert rc == 2
+    assert_one_line_error(capsys.readouterr().err, f"SOURCE '{image}' is a file, not a folder or a CSV file")
 
 
 def test_load_corrupt_file_is_a_one_line_error(classes_root, capsys):
@@ -175,48 +203,137 @@ def test_load_corrupt_file_is_a_one_line_error(classes_root, capsys):
     assert_one_line_error(captured.err, f"cannot load '{bad}'")
 
 
-def test_load_on_error_skip_reports_the_failure(classes_root, capsys):
-    bad = classes_root / "cat" / "00.png"
-    bad.write_bytes(b"")
+def test_load_on_error_skip_prints_the_failures_and_writes_the_failed_list(classes_root, tmp_path, capsys):
+    bad = [classes_root / "cat" / f"0{k}.png" for k in range(7)]
+    for path in bad:
+        path.write_bytes(b"")
+    listing = tmp_path / "failed.txt"
 
-    rc = main(["load", str(classes_root), "--size", "8", "--on-error", "skip", "--no-progress"])
+    rc = main(["load", str(classes_root), "--size", "8", "--on-error", "skip", "--no-progress",
+               "--failed-list", str(listing)])
+
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert captured.err == ""  # the library's "see Dataset.failed" warning is not the CLI's word
+    assert lines_starting(captured.out, "images ") == [images_line((3, 8, 8, 3), "NHWC")]
+    lines = captured.out.splitlines()
+    start = lines.index("failed   7 file(s) not loaded:")
+    shown = [f"         '{path}': the file is empty (0 bytes) [empty]" for path in bad[:5]]
+    assert lines[start + 1 : start + 6] == shown
+    assert lines[start + 6] == f"         all 7 listed in {listing}"
+    assert listing.read_text().splitlines() == [f"{path}\tempty\tthe file is empty (0 bytes)" for path in bad]
+
+
+def test_load_failures_beyond_the_first_five_point_to_failed_list(classes_root, capsys):
+    for k in range(7):
+        (classes_root / "cat" / f"0{k}.png").write_bytes(b"")
+
+    rc = main(["load", str(classes_root), "--size", "8", "--on-error", "zero", "--no-progress"])
 
     out = capsys.readouterr().out
     assert rc == 0
-    assert lines_starting(out, "images ") == [images_line((3, 3, 8, 8), "NCHW")]
-    [failed] = lines_starting(out, "failed")
-    assert failed.startswith(f"failed   1 file(s); first: '{bad}': ")
-    assert failed.endswith(" [empty]")
+    assert "         ... and 2 more (--failed-list FILE lists them all)" in out.splitlines()
 
 
-def test_load_mixed_sizes_without_size_is_a_one_line_error(classes_root, capsys):
+def test_load_mixed_sizes_without_size_says_how_to_pick_one(classes_root, capsys):
     write_image(classes_root / "dog" / "big.png", seed=9, size=(30, 30))
 
     rc = main(["load", str(classes_root), "--no-progress"])
 
-    assert rc == 1
-    assert_one_line_error(capsys.readouterr().err, "size=None needs all images to have one size", "30x30")
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "images differ in size (", "is 30x30", "is 20x12", "pass --size 256 (or --size HxW)")
+    assert "size=" not in err
+
+
+def test_empty_class_folder_warns_and_non_images_are_counted(classes_root, capsys):
+    (classes_root / "empty").mkdir()
+    (classes_root / "cat" / "notes.txt").write_text("x")
+    (classes_root / "dog" / "README").write_text("x")
+
+    rc = main(["load", str(classes_root), "--size", "8", "--no-progress"])
+
+    captured = capsys.readouterr()
+    assert rc == 0
+    warning = "preload: warning: 1 class folder(s) hold no images: 'empty' (their labels are kept, unused)\n"
+    assert captured.err == warning
+    [skipped] = lines_starting(captured.out, "skipped")
+    assert skipped.startswith(f"skipped  2 file(s) that are not images (e.g. '{classes_root / 'cat' / 'notes.txt'}';")
+
+
+def test_limit_loads_the_first_n_files(classes_root, capsys):
+    rc = main(["load", str(classes_root), "--size", "8", "--limit", "2", "--no-progress"])
+
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert lines_starting(out, "images ") == [images_line((2, 8, 8, 3), "NHWC")]
+
+
+def test_csv_column_names(classes_root, tmp_path, capsys):
+    table = tmp_path / "list.csv"
+    table.write_text("file,kind\ndata/cat/0.png,x\ndata/dog/2.png,y\ndata/cat/1.png,x\n")
+
+    rc = main(["load", str(table), "--size", "8", "--path-column", "file", "--label-column", "kind", "--no-progress"])
+
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert lines_starting(out, "images ") == [images_line((3, 8, 8, 3), "NHWC")]
+    assert lines_starting(out, "classes") == ["classes  2: x, y"]
+    rc = main(["load", str(classes_root), "--path-column", "file", "--no-progress"])
+    assert rc == 2
+    assert_one_line_error(capsys.readouterr().err, "--path-column and --label-column are for a CSV SOURCE")
+
+
+def test_every_api_option_is_on_load_and_build_with_its_default_in_help():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("load", "build", "demo"):
+        actions = {flag: action for action in commands[name]._actions for flag in action.option_strings}
+        help_text = commands[name].format_help()
+        for option in OPTIONS.values():
+            assert option.flag in actions, (name, option.flag)
+            assert actions[option.flag].default == (256 if (name, option.name) == ("demo", "size") else option.default)
+        for action in commands[name]._actions:
+            if action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction)):
+                assert "(default: " in action.help, (name, action.option_strings)
+        assert "--limit N" in help_text or name == "demo"
+    for flag in ("--no-exif", "--no-reduce", "--no-progress", "--interpolation", "--fill", "--max-pixels"):
+        assert flag in commands["build"].format_help()
+
+
+def test_api_options_reach_the_library(classes_root, capsys, monkeypatch):
+    seen = {}
+
+    def fake_load(source, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load", fake_load)
+    main(["load", str(classes_root), "--size", "8x6", "--interpolation", "area", "--fill", "1,2,3", "--no-exif",
+          "--no-reduce", "--max-pixels", "1000", "--workers", "2", "--on-error", "zero", "--no-progress",
+          "--layout", "nchw", "--color", "bgr", "--resize", "fit"])
+
+    assert seen == {"size": (8, 6), "layout": "NCHW", "color": "bgr", "resize": "fit", "interpolation": "area",
+                    "fill": (1, 2, 3), "exif": False, "reduce": False, "max_pixels": 1000, "workers": 2,
+                    "progress": False, "on_error": "zero"}
 
 
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--layout", "chw"], "layout='chw' is not accepted"),
-        (["--color", "cmyk"], "color='cmyk' is not accepted"),
-        (["--resize", "squash"], "resize='squash' is not accepted"),
-        (["--on-error", "ignore"], "on_error='ignore' is not accepted"),
-        (["--workers", "0"], "workers=0 is not accepted"),
-        (["--out", "images.bin"], "out='images.bin' is not accepted; a file target must end in .npy"),
+        (["--out", "images.bin"], "--out 'images.bin' is not accepted; it must end in .npy"),
+        (["--fill", "300"], "--fill 300 is not accepted; use an int 0..255"),
     ],
 )
-def test_load_rejected_option_values_are_one_line_errors(classes_root, capsys, args, fragment):
-    # The library rejects these (OptionError / TargetError); for the CLI they are usage errors: exit 2.
+def test_load_rejected_values_are_one_line_errors_in_the_cli_words(classes_root, capsys, args, fragment):
+    # The library rejects --fill 300 (OptionError); for the CLI it is a usage error: exit 2, in its words.
     rc = main(["load", str(classes_root), "--size", "8", "--no-progress", *args])
 
     captured = capsys.readouterr()
     assert rc == 2
     assert captured.out == ""
     assert_one_line_error(captured.err, fragment)
+    assert "fill=" not in captured.err and "out=" not in captured.err
 
 
 def test_load_out_in_a_missing_folder_is_a_one_line_error(classes_root, tmp_path, capsys):
@@ -225,7 +342,7 @@ def test_load_out_in_a_missing_folder_is_a_one_line_error(classes_root, tmp_path
     rc = main(["load", str(classes_root), "--size", "8", "--out", str(target), "--no-progress"])
 
     assert rc == 2
-    assert_one_line_error(capsys.readouterr().err, f"out='{target}'", "does not exist")
+    assert_one_line_error(capsys.readouterr().err, f"--out '{target}': the folder '{target.parent}' does not exist")
 
 
 @pytest.mark.parametrize(
@@ -233,9 +350,17 @@ def test_load_out_in_a_missing_folder_is_a_one_line_error(classes_root, tmp_path
     [
         (["load", "x", "--size", "abc"], "argument --size: size 'abc' is not N or HxW (e.g. 256 or 224x320)"),
         (["load", "x", "--size", "1x2x3"], "argument --size: size '1x2x3' is not N or HxW (e.g. 256 or 224x320)"),
-        (["load", "x", "--size", "0"], "argument --size: size=0 is not accepted"),
-        (["report", "--size=-5x8"], "argument --size: size=(-5, 8) is not accepted"),
-        (["load", "x", "--workers", "many"], "argument --workers: invalid int value: 'many'"),
+        (["load", "x", "--size", "0"], "argument --size: 0 is not accepted"),
+        (["report", "--size=-5x8"], "argument --size: (-5, 8) is not accepted"),
+        (["load", "x", "--workers", "many"], "argument --workers: 'many' is not accepted; use a positive int"),
+        (["load", "x", "--workers", "0"], "argument --workers: 0 is not accepted; use a positive int"),
+        (["load", "x", "--layout", "chw"], "argument --layout: 'chw' is not accepted; use one of 'NHWC', 'NCHW'"),
+        (["build", "x", "c.npy", "--color", "cmyk"], "argument --color: 'cmyk' is not accepted"),
+        (["load", "x", "--resize", "squash"], "argument --resize: 'squash' is not accepted"),
+        (["load", "x", "--on-error", "ignore"], "argument --on-error: 'ignore' is not accepted"),
+        (["load", "x", "--interpolation", "bicubic"], "argument --interpolation: 'bicubic' is not accepted"),
+        (["load", "x", "--max-pixels", "0"], "argument --max-pixels: '0' is not accepted; use a positive int"),
+        (["load", "x", "--limit", "0"], "argument --limit: 0 is not accepted; give a positive number"),
         (["demo", "--count", "lots"], "argument --count: invalid int value: 'lots'"),
         (["load"], "the following arguments are required: source"),
         (["unpack"], "argument COMMAND: invalid choice: 'unpack'"),
@@ -276,7 +401,7 @@ def test_demo_makes_and_loads_samples(tmp_path, capsys):
     assert rc == 0
     [samples] = lines_starting(out, "samples")
     assert samples.startswith(f"samples  16 images from scikit-image's photos in {tmp_path} (")
-    assert lines_starting(out, "images ") == [images_line((16, 3, 32, 32), "NCHW")]
+    assert lines_starting(out, "images ") == [images_line((16, 32, 32, 3), "NHWC")]
     assert lines_starting(out, "classes") == [
         "classes  8: astronaut, camera, chelsea, coffee, gravel, hubble_deep_field, retina, rocket"
     ]
