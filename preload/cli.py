@@ -36,9 +36,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ._version import __version__
-from .cache import build_cache, cache_info, verify_cache
+from .cache import CacheFiles, build_cache, cache_info, verify_cache
 from .errors import (
-    CacheError,
     IncompleteCacheError,
     InsufficientDiskError,
     OptionError,
@@ -251,6 +250,13 @@ def _existing_ancestor(path: str) -> str:
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
     return path
+
+
+def check_output_file(path: str, what: str) -> None:
+    """A plain file we will write (``--failed-list``): not a folder, in a writable folder."""
+    if os.path.isdir(path):
+        raise PathProblem(f"{what} '{path}' is a folder, not a file")
+    check_writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} '{path}'")
 
 
 def check_cache_path(path: str) -> None:
@@ -481,6 +487,8 @@ def _decode_kwargs(args) -> dict:
 def _source(args):
     """SOURCE as the API takes it: the path itself, or a Manifest when --limit or CSV columns are given."""
     text = check_source(args.source)
+    if args.failed_list is not None:
+        check_output_file(args.failed_list, "--failed-list")
     is_csv = os.path.isfile(text)
     columns = (args.path_column, args.label_column) != ("path", "label")
     if columns and not is_csv:
@@ -589,10 +597,12 @@ def _load(args) -> int:
     source = _source(args)
     if args.out is not None:
         check_npy_target(args.out, "--out")
-    with PeakSampler() as sampler:
+    with contextlib.ExitStack() as stack:
+        sampler = stack.enter_context(PeakSampler())
         if args.out is None:
             ds = load(source, **_decode_kwargs(args))
         else:  # a cache, so the labels, classes and paths are written with the pixels
+            stack.enter_context(_no_stray_lock(args.out))
             ds = build_cache(source, args.out, force=True, **_decode_kwargs(args))
     if args.out:
         say(f"wrote    {os.path.abspath(args.out)} (a cache: preload.open_cache() gives images, labels, classes, "
@@ -620,23 +630,17 @@ class _BuildPlan(logging.Handler):
 def _build(args) -> int:
     source = _source(args)
     check_npy_target(args.cache, "CACHE")
-    lock = args.cache + ".lock"
-    lock_existed = os.path.exists(lock)
     plan = _BuildPlan()
     logger = logging.getLogger("preload.cache")
-    try:
-        with contextlib.ExitStack() as stack:
-            client = _dask_client(args.scheduler, stack) if args.scheduler else None
-            logger.addHandler(plan)
-            stack.callback(logger.removeHandler, plan)
-            stack.callback(logger.setLevel, logger.level)
-            logger.setLevel(logging.INFO)
-            sampler = stack.enter_context(PeakSampler())
-            ds = build_cache(source, args.cache, force=args.force, client=client, **_decode_kwargs(args))
-    except (OSError, CacheError):
-        if not lock_existed:
-            _remove_stray_lock(args.cache, lock)
-        raise
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_no_stray_lock(args.cache))
+        client = _dask_client(args.scheduler, stack) if args.scheduler else None
+        logger.addHandler(plan)
+        stack.callback(logger.removeHandler, plan)
+        stack.callback(logger.setLevel, logger.level)
+        logger.setLevel(logging.INFO)
+        sampler = stack.enter_context(PeakSampler())
+        ds = build_cache(source, args.cache, force=args.force, client=client, **_decode_kwargs(args))
     say(f"cache    {os.path.abspath(args.cache)}")
     if plan.todo == 0:
         say("nothing to do: the cache is complete and fresh")
@@ -647,14 +651,24 @@ def _build(args) -> int:
     return EXIT_OK
 
 
-def _remove_stray_lock(cache: str, lock: str) -> None:
-    """A first build that failed before writing anything leaves no empty ``.lock`` behind."""
-    others = [cache, cache + ".json", cache + ".partial", cache + ".build.json", cache + ".journal"]
-    if any(os.path.exists(path) for path in others):
-        return
-    with contextlib.suppress(OSError):
-        if os.path.getsize(lock) == 0 or _lock_holder(cache) is None:
-            os.remove(lock)
+@contextlib.contextmanager
+def _no_stray_lock(cache: str):
+    """A first build that fails before writing anything (full disk, ...) leaves no ``.lock`` behind.
+
+    The lock file normally stays (see :class:`preload.cache.BuildLock`); only
+    one this command created, next to no other file of the cache, and that
+    nobody holds, is removed.
+    """
+    files = CacheFiles(cache)
+    existed = os.path.exists(files.lock)
+    try:
+        yield
+    except BaseException:
+        leftovers = (files.data, files.meta, files.index, *files.build_files())
+        if not existed and not any(os.path.exists(path) for path in leftovers) and _lock_holder(cache) is None:
+            with contextlib.suppress(OSError):
+                os.remove(files.lock)
+        raise
 
 
 def _dask_client(address: str, stack: contextlib.ExitStack):

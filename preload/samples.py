@@ -26,7 +26,8 @@ def photos() -> dict[str, np.ndarray]:
     try:
         from skimage import data
     except ImportError:
-        message = "sample data needs scikit-image: pip install 'preload[demo]' (or: pip install scikit-image)"
+        message = ("sample data needs scikit-image: pip install 'preload-images[demo]' (from a clone: "
+                   "pip install '.[demo]'; or just: pip install scikit-image)")
         raise PreloadError(message) from None
     found = {}
     for name in PHOTOS:
@@ -53,6 +54,12 @@ def make_samples(
     list of str
         The paths written, in the order :func:`preload.load` lists them.
 
+    Raises
+    ------
+    OSError
+        A folder or file cannot be written (read-only, full, a file where a
+        folder should be); the exception names the path.
+
     Examples
     --------
     >>> import tempfile
@@ -73,8 +80,13 @@ def make_samples(
         os.makedirs(target, exist_ok=True)
         path = os.path.join(target, f"{i:06d}{ext}")
         params = [cv2.IMWRITE_JPEG_QUALITY, 90] if ext == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
-        if not cv2.imwrite(path, image, params):
-            raise PreloadError(f"cannot write sample image '{path}'")
+        ok, encoded = cv2.imencode(ext, image, params)
+        if not ok:
+            raise PreloadError(f"cannot encode sample image '{path}'")
+        # Written by Python, not cv2.imwrite: a full or read-only disk is then an
+        # OSError naming the file and the reason, not a bare False.
+        with open(path, "wb") as handle:
+            handle.write(encoded.tobytes())
         written.append(path)
     return sorted(written)
 

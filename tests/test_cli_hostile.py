@@ -1,0 +1,323 @@
+"""Every subcommand against hostile paths: one ``preload: error:`` line, no traceback, the documented exit code.
+
+Exit codes (preload/cli.py): 0 ok; 1 the work failed (also: no space left);
+2 a usage error, including a bad path the user gave (missing, not writable,
+a file where a folder is expected or the other way round); 3 no complete
+cache; 130 interrupted.
+
+Tests run as root, so ``chmod`` stops nothing: unwritable means ``/proc``,
+``/sys`` and a read-only tmpfs mounted for the test (skipped where ``mount``
+is not allowed). A full disk is an ``OSError(ENOSPC)`` raised at the write.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from preload import cache, cli, samples
+from preload.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+USAGE, FAILED, NO_CACHE = 2, 1, 3
+
+
+@pytest.fixture
+def src(tmp_path) -> Path:
+    """cat/0.png, cat/1.png, dog/2.png: 12x10 noise images."""
+    rng = np.random.default_rng(7)
+    root = tmp_path / "src"
+    for name in ("cat/0.png", "cat/1.png", "dog/2.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(root / name), rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    return root
+
+
+@pytest.fixture
+def readonly(tmp_path) -> Path:
+    """A read-only tmpfs (root ignores permission bits, not a read-only mount)."""
+    point = tmp_path / "ro"
+    point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(point)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    yield point
+    subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "plain.txt"
+    path.write_text("not a folder")
+    return path
+
+
+@pytest.fixture
+def a_folder(tmp_path) -> Path:
+    path = tmp_path / "folder.npy"
+    path.mkdir()
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_error(result, code: int, *fragments: str) -> str:
+    rc, _, err = result
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("preload: error: ")]
+    assert len(lines) == 1, err
+    assert rc == code, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+NO_PROGRESS = ("--no-progress",)
+
+
+# ------------------------------------------------------------------ unwritable
+
+
+@pytest.mark.parametrize("folder", ["/proc", "/sys"])
+def test_build_into_a_kernel_folder_is_not_writable(src, capsys, folder):
+    target = f"{folder}/c.npy"
+    line = assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), USAGE,
+                        f"CACHE '{target}'", f"the folder '{folder}' is not writable")
+    assert "bytes free" not in line
+
+
+def test_every_writing_command_refuses_proc(src, capsys, tmp_path):
+    fragment = "the folder '/proc' is not writable"
+    assert_error(run(capsys, "load", src, "--out", "/proc/x.npy", *NO_PROGRESS), USAGE, "--out '/proc/x.npy'", fragment)
+    assert_error(run(capsys, "load", src, "--failed-list", "/proc/f.txt", *NO_PROGRESS), USAGE,
+                 "--failed-list '/proc/f.txt'", fragment)
+    assert_error(run(capsys, "report", src, "--out", "/proc/rep"), USAGE, "--out '/proc/rep'", fragment)
+    assert_error(run(capsys, "report", "--out", "/proc/rep"), USAGE, "--out '/proc/rep'", fragment)
+    assert_error(run(capsys, "demo", "--dir", "/proc/demo", "--count", 1, *NO_PROGRESS), USAGE,
+                 "--dir '/proc/demo'", fragment)
+    assert_error(run(capsys, "report", src, "--out", tmp_path / "rep", "--npy-dir", "/proc"), USAGE,
+                 "--npy-dir '/proc'", fragment)
+    assert not (tmp_path / "rep").exists()
+
+
+def test_every_writing_command_refuses_a_read_only_file_system(src, capsys, readonly):
+    fragment = f"the folder '{readonly}' is not writable (read-only file system)"
+    assert_error(run(capsys, "build", src, readonly / "c.npy", *NO_PROGRESS), USAGE, fragment)
+    assert_error(run(capsys, "load", src, "--out", readonly / "x.npy", *NO_PROGRESS), USAGE, fragment)
+    assert_error(run(capsys, "report", src, "--out", readonly / "rep"), USAGE, fragment)
+    assert_error(run(capsys, "report", src, "--out", readonly), USAGE, fragment)
+    assert_error(run(capsys, "demo", "--dir", readonly / "demo", "--count", 1, *NO_PROGRESS), USAGE, fragment)
+    assert_error(run(capsys, "build", src, readonly / "c.npy", "--failed-list", readonly / "f.txt"), USAGE,
+                 "--failed-list")
+    assert os.listdir(readonly) == []
+
+
+def test_info_and_verify_read_a_read_only_cache(src, capsys, tmp_path):
+    assert run(capsys, "build", src, tmp_path / "c.npy", "--size", 8, *NO_PROGRESS)[0] == 0
+    # Reading needs no write: the same cache on a read-only bind mount is complete and fresh.
+    point = tmp_path / "ro-view"
+    point.mkdir()
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path), str(point)], capture_output=True,
+                             check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot bind-mount read-only here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(point)], check=False, capture_output=True)
+        code, out, err = run(capsys, "info", point / "c.npy")
+        assert (code, err) == (0, "")
+        assert "images   3 of 3 files" in out
+        code, out, err = run(capsys, "verify", point / "c.npy")
+        assert code in (0, 1) and err == ""  # fresh; stale only if the mount shows other paths (it does not)
+        assert out.startswith("stale: ") or out.startswith("fresh: ")
+    finally:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+# ------------------------------------------------------------------ missing
+
+
+def test_missing_paths(src, capsys, tmp_path):
+    missing = tmp_path / "no-such"
+    assert_error(run(capsys, "load", missing, *NO_PROGRESS), USAGE, f"SOURCE '{missing}' does not exist")
+    assert_error(run(capsys, "build", missing, tmp_path / "c.npy", *NO_PROGRESS), USAGE,
+                 f"SOURCE '{missing}' does not exist")
+    assert_error(run(capsys, "report", missing, "--out", tmp_path / "rep"), USAGE, f"SOURCE '{missing}' does not exist")
+    assert_error(run(capsys, "build", src, missing / "c.npy", *NO_PROGRESS), USAGE,
+                 f"the folder '{missing}' does not exist")
+    assert_error(run(capsys, "load", src, "--out", missing / "x.npy", *NO_PROGRESS), USAGE,
+                 f"the folder '{missing}' does not exist")
+    assert_error(run(capsys, "load", src, "--failed-list", missing / "f.txt", *NO_PROGRESS), USAGE,
+                 f"the folder '{missing}' does not exist")
+    assert_error(run(capsys, "report", src, "--out", tmp_path / "rep", "--npy-dir", missing), USAGE,
+                 f"--npy-dir '{missing}' is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing written, no stray .lock
+    # info and verify answer "no cache here" on stdout: it is their answer, not an error (exit 3).
+    for command, expected in (("info", f"no cache at '{missing / 'c.npy'}'"), ("verify", "missing: no cache at")):
+        code, out, err = run(capsys, command, missing / "c.npy")
+        assert (code, err) == (NO_CACHE, "")
+        assert out.startswith(expected)
+
+
+# ------------------------------------------------------------------ wrong type
+
+
+def test_a_file_where_a_folder_is_expected(src, capsys, a_file):
+    image = src / "cat" / "0.png"
+    assert_error(run(capsys, "load", image, *NO_PROGRESS), USAGE,
+                 f"SOURCE '{image}' is a file, not a folder or a CSV file")
+    assert_error(run(capsys, "build", a_file, a_file.parent / "c.npy", *NO_PROGRESS), USAGE,
+                 f"SOURCE '{a_file}' is a file, not a folder")
+    assert_error(run(capsys, "report", image, "--out", a_file.parent / "rep"), USAGE, f"SOURCE '{image}' is a file")
+    assert_error(run(capsys, "build", src, a_file / "c.npy", *NO_PROGRESS), USAGE,
+                 f"'{a_file}' is a file, not a folder")
+    assert_error(run(capsys, "load", src, "--out", a_file / "x.npy", *NO_PROGRESS), USAGE,
+                 f"'{a_file}' is a file, not a folder")
+    assert_error(run(capsys, "report", src, "--out", a_file), USAGE, f"--out '{a_file}' is a file, not a folder")
+    assert_error(run(capsys, "report", src, "--out", a_file / "rep"), USAGE, f"'{a_file}' is a file, not a folder")
+    assert_error(run(capsys, "demo", "--dir", a_file, "--count", 1, *NO_PROGRESS), USAGE,
+                 f"--dir '{a_file}' is a file, not a folder")
+    assert_error(run(capsys, "info", a_file), USAGE, f"CACHE '{a_file}' is not accepted; a cache path ends in .npy")
+    assert_error(run(capsys, "verify", a_file), USAGE, f"CACHE '{a_file}' is not accepted")
+    assert a_file.read_text() == "not a folder"
+
+
+def test_a_folder_where_a_file_is_expected(src, capsys, a_folder):
+    assert_error(run(capsys, "build", src, a_folder, *NO_PROGRESS), USAGE,
+                 f"CACHE '{a_folder}' is a folder, not a .npy")
+    assert_error(run(capsys, "load", src, "--out", a_folder, *NO_PROGRESS), USAGE,
+                 f"--out '{a_folder}' is a folder, not a .npy file")
+    assert_error(run(capsys, "load", src, "--failed-list", a_folder, *NO_PROGRESS), USAGE,
+                 f"--failed-list '{a_folder}' is a folder, not a file")
+    assert_error(run(capsys, "info", a_folder), USAGE, f"CACHE '{a_folder}' is a folder, not a .npy file")
+    assert_error(run(capsys, "verify", a_folder), USAGE, f"CACHE '{a_folder}' is a folder, not a .npy file")
+    assert os.listdir(a_folder) == []
+
+
+# ------------------------------------------------------------------ full
+
+
+@pytest.fixture
+def disk_full(monkeypatch):
+    """Every block reservation and every sample write fails with ENOSPC."""
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    real_open = open
+
+    def open_for_reading_only(path, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(samples, "open", open_for_reading_only, raising=False)
+    return no_space
+
+
+def test_full_disk_is_one_line_and_exit_1(src, capsys, tmp_path, disk_full):
+    target = tmp_path / "c.npy"
+    assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), FAILED,
+                 f"no space left for '{target}.partial'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no stray .lock, no partial
+    out = tmp_path / "x.npy"
+    assert_error(run(capsys, "load", src, "--size", 8, "--out", out, *NO_PROGRESS), FAILED,
+                 f"no space left for '{out}.partial'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    pytest.importorskip("skimage")
+    assert_error(run(capsys, "demo", "--dir", tmp_path / "demo", "--count", 1, *NO_PROGRESS), FAILED,
+                 "cannot be written: no space left on its file system")
+
+
+def test_full_disk_at_the_folder_probe(src, capsys, tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cli.tempfile, "mkstemp", no_space)
+    assert_error(run(capsys, "report", src, "--out", tmp_path / "rep"), FAILED, "no space left")
+    assert_error(run(capsys, "build", src, tmp_path / "c.npy"), FAILED, "no space left")
+
+
+def test_full_disk_in_the_middle_of_a_build_keeps_it_resumable(src, capsys, tmp_path, monkeypatch):
+    target = tmp_path / "c.npy"
+
+    def fails(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target) + ".partial")
+
+    monkeypatch.setattr(cache, "fill_slots", fails)
+    assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), FAILED,
+                 "No space left on device", "run the same build again to resume")
+    monkeypatch.undo()
+    code, out, err = run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS)
+    assert (code, err) == (0, "")
+    assert "resuming" not in out  # nothing was written before the failure
+
+
+# ------------------------------------------------------------------ interrupted, closed stdout, held
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "build", "load", "report"])
+def test_ctrl_c_is_130_for_every_command(src, capsys, tmp_path, monkeypatch, command):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for name in ("cache_info", "verify_cache", "build_cache", "load", "run_report"):
+        monkeypatch.setattr(cli, name, interrupted)
+    argv = {"info": ["info", tmp_path / "c.npy"], "verify": ["verify", tmp_path / "c.npy"],
+            "build": ["build", src, tmp_path / "c.npy"], "load": ["load", src],
+            "report": ["report", src, "--out", tmp_path / "rep"]}[command]
+    code, _, err = run(capsys, *argv)
+    assert (code, err) == (130, "preload: interrupted\n")
+
+
+def test_info_json_into_a_closed_pipe_is_not_an_error(src, capsys, tmp_path):
+    target = tmp_path / "c.npy"
+    assert run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS)[0] == 0
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    process = subprocess.Popen([sys.executable, "-m", "preload", "info", str(target), "--json"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line (what `| head` does, every time)
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, err
+    assert err == ""
+
+
+def test_info_during_another_build_names_the_holder(src, capsys, tmp_path, monkeypatch):
+    target = tmp_path / "c.npy"
+    monkeypatch.setattr(cache, "fill_slots", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS)[0] == 130
+    with cache.BuildLock(str(target) + ".lock"):  # another open file: the flock conflicts as another process's
+        code, out, err = run(capsys, "info", target)
+        assert (code, err) == (NO_CACHE, "")
+        assert out.startswith(f"build in progress at '{target}': 0 of 3 images written (shape (3, 8, 8, 3)); "
+                              f"pid {os.getpid()} on host ")
+        assert out.rstrip().endswith(" holds it")
+        code, out, _ = run(capsys, "info", target, "--json")
+        assert json.loads(out)["held_by"].startswith(f"pid {os.getpid()} on host ")
+        code, out, _ = run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS)
+    with open(str(target) + ".lock", encoding="utf-8") as handle:  # released: nobody holds it now
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    code, out, _ = run(capsys, "info", target)
+    assert out.startswith(f"unfinished build at '{target}'") and "run the same build again" in out
+
+
+def test_build_while_another_holds_the_lock_is_exit_1(src, capsys, tmp_path):
+    target = tmp_path / "c.npy"
+    with cache.BuildLock(str(target) + ".lock"):
+        assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), FAILED,
+                     f"is held by pid {os.getpid()} on host ", "another build of this cache is running")
+    assert os.path.exists(str(target) + ".lock")  # someone else's lock is never removed
