@@ -625,6 +625,8 @@ class _BuildPlan(logging.Handler):
         total = getattr(record, "total", None)
         if self.todo and total and self.todo < total:
             say(record.getMessage())
+        elif self.todo == total:
+            self.todo = None  # every row decoded now: the plain images/s is the honest one
 
 
 def _build(args) -> int:
@@ -646,7 +648,7 @@ def _build(args) -> int:
         say("nothing to do: the cache is complete and fresh")
     _print_load(ds, sampler, decoded=plan.todo)
     _report_failures(ds, args)
-    if plan.todo:
+    if plan.todo != 0:  # something was decoded now (None: every row)
         _warn_about_source(source, ds)
     return EXIT_OK
 
@@ -680,7 +682,7 @@ def _dask_client(address: str, stack: contextlib.ExitStack):
     try:
         from distributed import Client
     except ImportError:
-        message = "--scheduler needs Dask, which is not installed: pip install 'preload-images[dask]'"
+        message = "--scheduler needs Dask, which is not installed: pip install 'preload[dask]'"
         raise OptionError(message) from None
     from .errors import ClusterError
 
@@ -695,13 +697,9 @@ def _dask_client(address: str, stack: contextlib.ExitStack):
     summary = logging.StreamHandler(sys.stdout)
     summary.setFormatter(logging.Formatter("%(message)s"))
     summary.addFilter(lambda record: record.levelno == logging.INFO)
-    # A handler of our own would keep warnings from logging's last-resort
-    # stderr output, so that one is attached explicitly next to it.
-    for handler in (summary, logging.lastResort):
-        if handler is None:  # lastResort switched off by the embedding program
-            continue
-        logger.addHandler(handler)
-        stack.callback(logger.removeHandler, handler)
+    # Its warnings still reach stderr: they propagate to main's "preload" handler.
+    logger.addHandler(summary)
+    stack.callback(logger.removeHandler, summary)
     stack.callback(logger.setLevel, logger.level)
     logger.setLevel(logging.INFO)
     return client

@@ -26,8 +26,7 @@ def photos() -> dict[str, np.ndarray]:
     try:
         from skimage import data
     except ImportError:
-        message = ("sample data needs scikit-image: pip install 'preload-images[demo]' (from a clone: "
-                   "pip install '.[demo]'; or just: pip install scikit-image)")
+        message = "sample data needs scikit-image: pip install 'preload[demo]' (or: pip install scikit-image)"
         raise PreloadError(message) from None
     found = {}
     for name in PHOTOS:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import cv2
@@ -58,12 +60,54 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
 # ------------------------------------------------------------------ top level
 
 
+def installed_version() -> str:
+    """What the package metadata says, when preload is installed as preload-images; else the source's version."""
+    try:
+        return importlib.metadata.version("preload-images")
+    except importlib.metadata.PackageNotFoundError:
+        return preload.__version__
+
+
 def test_version_prints_and_exits_zero(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
 
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out == f"preload {preload.__version__}\n"
+    assert capsys.readouterr().out == f"preload {installed_version()}\n"
+
+
+def test_version_comes_from_the_metadata_then_the_source(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"preload-images": "9.8.7"}[name])
+    assert cli.package_version() == "9.8.7"
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert cli.package_version() == preload.__version__
+
+
+def test_progress_default_is_on_in_a_notebook_and_bars_are_tqdm_auto(monkeypatch):
+    import tqdm.auto
+
+    from preload import cache as cache_module
+    from preload import loader
+    from preload.options import progress_wanted
+
+    assert loader.tqdm is tqdm.auto.tqdm and cache_module.tqdm is tqdm.auto.tqdm
+    assert progress_wanted(None) is False  # pytest's stderr is not a terminal, and no kernel runs
+    assert (progress_wanted(True), progress_wanted(False)) == (True, False)
+
+    class Shell:
+        config = {"IPKernelApp": {"connection_file": "kernel.json"}}
+
+    kernel = types.ModuleType("IPython")
+    kernel.get_ipython = Shell
+    monkeypatch.setitem(sys.modules, "IPython", kernel)
+    assert progress_wanted(None) is True
+    assert progress_wanted(False) is False
+    kernel.get_ipython = lambda: None  # IPython imported, but no shell (a plain script)
+    assert progress_wanted(None) is False
 
 
 def test_no_command_prints_help_and_returns_2(capsys):
@@ -87,8 +131,15 @@ def test_python_dash_m_preload_version():
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"preload {preload.__version__}\n"
+    assert result.stdout == f"preload {installed_version()}\n"
     assert result.stderr == ""
+
+    result = subprocess.run(
+        [sys.executable, "-m", "preload"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stdout.startswith("usage: preload ")
+    assert "exit codes: 0 ok; 1 the work failed" in result.stdout
 
 
 # ------------------------------------------------------------------ load
@@ -334,6 +385,19 @@ def test_load_rejected_values_are_one_line_errors_in_the_cli_words(classes_root,
     assert captured.out == ""
     assert_one_line_error(captured.err, fragment)
     assert "fill=" not in captured.err and "out=" not in captured.err
+
+
+def test_memory_check_points_to_the_out_flag(classes_root, capsys, monkeypatch):
+    from preload import target
+
+    monkeypatch.setattr(target.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=100))
+
+    rc = main(["load", str(classes_root), "--size", "8", "--no-progress"])
+
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "of memory is available", "e.g. --out images.npy")
+    assert "out=" not in err
 
 
 def test_load_out_in_a_missing_folder_is_a_one_line_error(classes_root, tmp_path, capsys):

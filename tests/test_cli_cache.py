@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -74,3 +75,42 @@ def test_build_errors_are_one_line(tmp_path, source, capsys):
     assert code == 0
     code, _, err = run(capsys, "build", source, tmp_path / "c.bin", "--size", 8)
     assert code == 2 and "must end in .npy" in err
+
+
+def test_resumed_build_says_so_and_times_only_what_it_decoded(tmp_path, source, capsys, monkeypatch):
+    out = tmp_path / "c.npy"
+    real_fill = cache.fill_slots
+
+    def stop_after_24(*args, indices, **kwargs):  # write 24 rows, then the user presses Ctrl-C
+        real_fill(*args, indices=indices[:24], **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache, "fill_slots", stop_after_24)
+    code, _, err = run(capsys, "build", source, out, "--size", 8, "--workers", 1, "--no-progress")
+    assert (code, err) == (130, "preload: interrupted\n")
+    monkeypatch.undo()
+
+    code, text, err = run(capsys, "build", source, out, "--size", 8, "--no-progress")
+    assert (code, err) == (0, "")
+    lines = text.splitlines()
+    assert lines[0] == "resuming: 24 of 60 already written"
+    [timing] = [line for line in lines if line.startswith("time ")]
+    assert re.fullmatch(r"time     (\d+\.\d\d) s \((\d+) images/s: 36 decoded in this run\)", timing), timing
+    seconds, rate = (float(x) for x in re.findall(r"[\d.]+", timing)[:2])
+    # The rate is 36 rows over this run's time (seconds are printed rounded to 0.01 s).
+    assert 36 / (seconds + 0.005) - 1 <= rate <= 36 / max(seconds - 0.005, 1e-9) + 1
+
+    code, text, err = run(capsys, "build", source, out, "--size", 8, "--no-progress")
+    assert (code, err) == (0, "")
+    assert "nothing to do: the cache is complete and fresh" in text.splitlines()
+    [timing] = [line for line in text.splitlines() if line.startswith("time ")]
+    assert timing.endswith(" s (nothing decoded)")
+    assert "images/s" not in text and "resuming" not in text
+
+
+def test_first_build_counts_every_row(tmp_path, source, capsys):
+    code, text, _ = run(capsys, "build", source, tmp_path / "c.npy", "--size", 8, "--no-progress")
+    assert code == 0
+    [timing] = [line for line in text.splitlines() if line.startswith("time ")]
+    assert re.fullmatch(r"time     \d+\.\d\d s \(\d+ images/s\)", timing), timing  # every row: no "in this run"
+    assert "resuming" not in text and "nothing to do" not in text
