@@ -217,7 +217,8 @@ def check_writable_folder(folder: str, what: str) -> None:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             message, code = describe_os_error(exc, folder)
             raise PathProblem(f"{what}: {message}", code) from None
-        reason = {errno.EROFS: "read-only file system", errno.ENOENT: "files cannot be created there"}.get(
+        reason = {errno.EROFS: "read-only file system", errno.ENOENT: "files cannot be created there",
+                  errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}.get(
             exc.errno, exc.strerror or str(exc))
         raise PathProblem(f"{what}: the folder '{folder}' is not writable ({reason})") from None
     os.close(handle)
@@ -767,7 +768,8 @@ def _verify(args) -> int:
         holder = _lock_holder(args.cache)
         if holder:
             result["held_by"] = holder
-            result["problem"] = f"{result['problem']} (a build is running: {holder} holds it)"
+            problem = (result["problem"] or "").replace("; run the same build again to finish it", "")
+            result["problem"] = f"{problem}; a build is running: {holder} holds it"
     if args.json:
         say(json.dumps(result, indent=1))
     else:

@@ -92,11 +92,11 @@ NO_PROGRESS = ("--no-progress",)
 # ------------------------------------------------------------------ unwritable
 
 
-@pytest.mark.parametrize("folder", ["/proc", "/sys"])
-def test_build_into_a_kernel_folder_is_not_writable(src, capsys, folder):
+@pytest.mark.parametrize(("folder", "why"), [("/proc", "files cannot be created there"), ("/sys", "permission denied")])
+def test_build_into_a_kernel_folder_is_not_writable(src, capsys, folder, why):
     target = f"{folder}/c.npy"
     line = assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), USAGE,
-                        f"CACHE '{target}'", f"the folder '{folder}' is not writable")
+                        f"CACHE '{target}'", f"the folder '{folder}' is not writable ({why})")
     assert "bytes free" not in line
 
 
@@ -308,7 +308,11 @@ def test_info_during_another_build_names_the_holder(src, capsys, tmp_path, monke
         assert out.rstrip().endswith(" holds it")
         code, out, _ = run(capsys, "info", target, "--json")
         assert json.loads(out)["held_by"].startswith(f"pid {os.getpid()} on host ")
-        code, out, _ = run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS)
+        code, out, _ = run(capsys, "verify", target)
+        assert code == NO_CACHE
+        assert out.startswith(f"partial: '{target}' is an unfinished build (0 of 3 images written); a build is "
+                              f"running: pid {os.getpid()} on host ")
+        assert "run the same build again" not in out
     with open(str(target) + ".lock", encoding="utf-8") as handle:  # released: nobody holds it now
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     code, out, _ = run(capsys, "info", target)
