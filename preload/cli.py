@@ -38,6 +38,7 @@ import numpy as np
 from ._version import __version__
 from .cache import CacheFiles, build_cache, cache_info, verify_cache
 from .errors import (
+    ImageDecodeError,
     IncompleteCacheError,
     InsufficientDiskError,
     OptionError,
@@ -115,6 +116,9 @@ _API_PHRASES = (
     (re.compile(r"force=True"), "--force"),
     (re.compile(r'e\.g\. out="images\.npy"'), "e.g. --out images.npy"),
     (re.compile(r"see Dataset\.failed"), "--failed-list FILE lists them"),
+    (re.compile(r"build it again to update it, or open it with check=False"),
+     "run the same preload build again to update it"),
+    (re.compile(r"e\.g\. 256 or \(224, 320\)"), "e.g. --size 256 or --size 224x320"),
     (re.compile(r"\bout='([^']*)'"), r"--out '\1'"),
     (re.compile(r"\bout= "), "--out "),
 )
@@ -130,10 +134,13 @@ def cli_words(text: str) -> str:
     "--layout 'chw' is not accepted; use one of 'NHWC', 'NCHW'"
     >>> cli_words("on_error='x' is not accepted")
     "--on-error 'x' is not accepted"
+    >>> cli_words("size=None is not accepted by the report")
+    '--size none is not accepted by the report'
     """
     for pattern, replacement in _API_PHRASES:
         text = pattern.sub(replacement, text)
-    return _OPTION_WORD.sub(lambda match: OPTIONS[match.group(1)].flag + " ", text)
+    text = _OPTION_WORD.sub(lambda match: OPTIONS[match.group(1)].flag + " ", text)
+    return re.sub(r"(--[a-z-]+) (None|True|False)\b", lambda m: f"{m[1]} {m[2].lower()}", text)
 
 
 _MISMATCH = re.compile(r"but '(?P<a>.+)' is (?P<sa>\d+x\d+) and '(?P<b>.+)' is (?P<sb>\d+x\d+) \(height x width\)")
@@ -842,6 +849,8 @@ def error_line(exc: BaseException) -> tuple[str, int]:
         return cli_words(str(exc)), EXIT_NO_CACHE
     if isinstance(exc, InsufficientDiskError):
         return cli_words(str(exc)), EXIT_FAILED
+    if isinstance(exc, ImageDecodeError):
+        return f"{exc}; --on-error skip leaves such files out (--on-error zero keeps a zero row)", EXIT_FAILED
     if isinstance(exc, PreloadError):
         cause = exc.__cause__
         if isinstance(cause, OSError) and _PATH_ERRNOS.get(cause.errno, (None, EXIT_FAILED))[1] == EXIT_USAGE:

@@ -48,6 +48,19 @@ def test_verify_stale_exits_1_and_lists_the_file(tmp_path, source, capsys):
     result = json.loads(text)
     assert code == 1
     assert result["status"] == "stale" and result["removed"] == [str(source / "cow" / "02.png")]
+    code, text, _ = run(capsys, "verify", out)
+    assert code == 1
+    assert text.startswith(f"stale: the cache '{out}' is stale: 1 removed ('{source / 'cow' / '02.png'}')")
+    assert text.rstrip().endswith("; run the same preload build again to update it")
+    assert "check=False" not in text
+
+
+def test_report_without_a_size_says_so_in_flags(tmp_path, source, capsys):
+    code, _, err = run(capsys, "report", source, "--size", "none", "--out", tmp_path / "rep")
+    assert code == 2
+    assert err == ("preload: error: --size none is not accepted by the report; give a size, "
+                   "e.g. --size 256 or --size 224x320\n")
+    assert not (tmp_path / "rep").exists()
 
 
 def test_missing_and_partial_caches_exit_3(tmp_path, source, capsys, monkeypatch):
