@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 
@@ -78,6 +79,13 @@ EXIT_NO_CACHE = 3
 EXIT_INTERRUPTED = 130
 SCHEDULER_TIMEOUT = 10  # seconds to reach a --scheduler before giving up
 FAILURES_SHOWN = 5  # failed files printed; --failed-list writes them all
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``preload: error:`` line like every other error (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"preload: error: {message} (see: {self.prog} --help)\n")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -310,7 +318,7 @@ def positive_int(text: str) -> int:
 
 
 # How a default of None reads on the command line, for the options where None means something.
-_NONE_MEANS = {"size": "none, keep the images' own size (they must all have one)", "workers": "every usable core",
+_NONE_MEANS = {"size": "none", "workers": "every usable core",
                "progress": "on when stderr is a terminal", "interpolation": "auto"}
 
 
@@ -393,8 +401,9 @@ def _add_report_parser(commands) -> None:
     parser = commands.add_parser(
         "report",
         help="measure peak memory of list-then-stack vs preload on your files; write JSON, Markdown, PNG",
-        description="Run list-then-np.stack, list-then-np.vstack, preload into RAM and preload into a .npy memmap "
-        "on the same files, each in a fresh process; report peak RSS above baseline against the array's size.",
+        description=textwrap.fill(
+            "Run list-then-np.stack, list-then-np.vstack, preload into RAM and preload into a .npy memmap on the "
+            "same files, each in a fresh process; report peak RSS above baseline against the array's size.", 79),
         epilog=REPORT_EPILOG,
         formatter_class=_Formatter,
     )
@@ -432,7 +441,7 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="preload",
         description="Load a whole image dataset into one preallocated uint8 array.",
         epilog=EPILOG,
@@ -442,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, text: str, description: str | None = None) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=text, description=description or text, formatter_class=_Formatter)
+        return commands.add_parser(name, help=text, description=textwrap.fill(description or text, 79),
+                                   formatter_class=_Formatter)
 
     demo = command("demo", "make sample photos and load them; print shape, time, peak memory")
     demo.add_argument("--count", type=positive_int, default=400, help="sample images to make (default: %(default)s)")

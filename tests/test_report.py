@@ -253,7 +253,7 @@ def test_cli_report_prints_the_table_and_writes_the_files(photos, tmp_path, caps
     assert captured.err == ""
     lines = captured.out.splitlines()
     assert lines[0] == f"source   {photos}: 5 of 72 files"
-    assert lines[1] == "array    N x C x H x W = 5 x 3 x 32 x 32 = 15,360 bytes (0.0 MB)"
+    assert lines[1] == "array    N x H x W x C = 5 x 32 x 32 x 3 = 15,360 bytes (0.0 MB)"  # the CLI's NHWC default
     assert re.match(r"memory   [\d.]+ GB available: the array fits; list-then-stack needs about twice", lines[2])
     header = [line for line in lines if line.startswith("strategy ")]
     assert header and header[0].split() == [
@@ -265,7 +265,7 @@ def test_cli_report_prints_the_table_and_writes_the_files(photos, tmp_path, caps
     assert f"wrote    {out / 'report.json'}" in lines
     assert f"wrote    {out / 'report.md'}" in lines
     data = json.loads((out / "report.json").read_text())
-    assert data["shape"] == [5, 3, 32, 32]
+    assert data["shape"] == [5, 32, 32, 3]
     assert [run["strategy"] for run in data["runs"]] == ["naive", "preload"]
 
 
@@ -279,7 +279,7 @@ def test_cli_report_without_source_uses_the_built_in_samples(tmp_path, capsys):
     assert out.startswith("samples  built-in samples: 6 photos cut from scikit-image's data (seed 0), made in ")
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["source"] == "built-in samples: 6 photos cut from scikit-image's data (seed 0)"
-    assert data["shape"] == [6, 3, 16, 16]
+    assert data["shape"] == [6, 16, 16, 3]
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".npy") == []  # the memmap's .npy is gone
 
 
@@ -305,10 +305,10 @@ def test_cli_report_on_a_corrupt_file_exits_1_naming_it(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--layout", "NWHC"], 2, "layout='NWHC' is not accepted"),
-        (["--workers", "0"], 2, "workers=0 is not accepted; use a positive int"),
-        (["--out", "FILE"], 2, "exists and is not a folder"),
-        (["SOURCE/missing"], 1, "does not exist or is not a folder"),
+        (["--layout", "NWHC"], 2, "argument --layout: 'NWHC' is not accepted"),
+        (["--workers", "0"], 2, "argument --workers: 0 is not accepted; use a positive int"),
+        (["--out", "FILE"], 2, "FILE' is a file, not a folder"),
+        (["SOURCE/missing"], 2, "missing' does not exist"),
     ],
 )
 def test_cli_report_user_mistakes_are_one_line_errors(photos, tmp_path, capsys, args, code, message):
@@ -319,7 +319,10 @@ def test_cli_report_user_mistakes_are_one_line_errors(photos, tmp_path, capsys, 
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
 
-    rc = main(["report", *args, "--size", "8", "--strategies", "preload"])
+    try:
+        rc = main(["report", *args, "--size", "8", "--strategies", "preload"])
+    except SystemExit as exc:  # argparse refuses the value (a usage error, one line too)
+        rc = exc.code
 
     assert rc == code
     assert message in _one_line_error(capsys.readouterr().err)
