@@ -322,6 +322,9 @@ _NONE_MEANS = {"size": "none", "workers": "every usable core",
                "progress": "on when stderr is a terminal", "interpolation": "auto"}
 
 
+_METAVARS = {"workers": "N", "max_pixels": "N", "fill": "V|V,V,V", "size": "N|HxW"}
+
+
 def _show(value, name: str = "") -> str:
     if value is None and name in _NONE_MEANS:
         return _NONE_MEANS[name]
@@ -341,7 +344,7 @@ def add_option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
         kwargs.setdefault("action", argparse.BooleanOptionalAction)
     else:
         kwargs.setdefault("type", argument_type(option.parse, option.flag))
-        kwargs.setdefault("metavar", name.upper() if not option.allowed else None)
+        kwargs.setdefault("metavar", _METAVARS.get(name, name.upper()))
     kwargs = {key: value for key, value in kwargs.items() if value is not None or key == "default"}
     action = parser.add_argument(option.flag, **kwargs)
     # %(default)s would print Python's None/True (and BooleanOptionalAction appends it
@@ -354,13 +357,13 @@ def add_decode_options(parser: argparse.ArgumentParser, *, default_size, names=(
     """Add the decode options ``names`` (how each image becomes a row) to ``parser``."""
     for name in names:
         if name == "size":
-            add_option(parser, "size", type=argument_type(parse_size, "--size"), default=default_size, metavar="N|HxW")
+            add_option(parser, "size", type=argument_type(parse_size, "--size"), default=default_size)
         else:
             add_option(parser, name)
 
 
 def add_workers_option(parser: argparse.ArgumentParser) -> None:
-    add_option(parser, "workers", metavar="N")
+    add_option(parser, "workers")
 
 
 def _add_load_options(parser: argparse.ArgumentParser, default_size) -> None:
