@@ -386,11 +386,15 @@ class BuildLock:
                 raise
             message = f"'{self.path}' is held by {holder}: another build of this cache is running"
             raise CacheLockedError(message) from None
-        handle.seek(0)
-        handle.truncate()
         started = datetime.datetime.now().isoformat(timespec="seconds")
-        handle.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {started})")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {started})")
+            handle.flush()
+        except OSError as exc:  # a full or failing disk: let go of the lock, and say which file failed
+            handle.close()
+            raise OSError(exc.errno, exc.strerror, self.path) from exc
         self.handle = handle
         return self
 
