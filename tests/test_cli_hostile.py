@@ -255,6 +255,28 @@ def test_full_disk_is_one_line_and_exit_1(src, capsys, tmp_path, disk_full):
                  "cannot be written: no space left on its file system")
 
 
+def test_full_disk_while_taking_the_lock_leaves_no_lock_behind(src, capsys, tmp_path, monkeypatch):
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache, "open", lambda path, *a, **k: FullDisk(real_open(path, *a, **k)), raising=False)
+    target = tmp_path / "c.npy"
+
+    line = assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), FAILED)
+
+    assert line == f"preload: error: '{target}.lock' cannot be written: no space left on its file system"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 def test_full_disk_at_the_folder_probe(src, capsys, tmp_path, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
