@@ -533,7 +533,7 @@ class Decoder:
             halvings += 1
         extra = src.shape[2:]
         current = self._scratch((dh << halvings, dw << halvings) + extra, "shrink0")
-        _into(current, cv2.resize(src, (dw << halvings, dh << halvings), dst=current, interpolation=cv2.INTER_LINEAR))
+        _linear(src, current)
         for level in reversed(range(halvings)):
             target = dst if level == 0 else self._scratch((dh << level, dw << level) + extra, f"shrink{level % 2 + 1}")
             _into(target, cv2.resize(current, (dw << level, dh << level), dst=target, interpolation=cv2.INTER_AREA))
@@ -559,6 +559,30 @@ def _opencv_failures(path: str) -> Iterator[None]:
     except cv2.error as exc:
         detail = f"OpenCV failed: {opencv_reason(exc)}"
         raise ImageDecodeError(path, Reason.CORRUPT, detail) from None
+
+
+def _linear_warp(src: np.ndarray, dst: np.ndarray) -> None:
+    """Bilinear resize of ``src`` onto ``dst`` through ``cv2.warpAffine``.
+
+    The inverse map is ``cv2.resize``'s pixel-centre mapping (``x_src =
+    (x_dst + 0.5) * scale - 0.5``) and the border is replicated, so the
+    result is INTER_LINEAR's within 1 level of rounding; on OpenCV 5.1
+    warpAffine's kernel is the faster one (measured in bench/filters.py).
+    """
+    sy, sx = src.shape[0] / dst.shape[0], src.shape[1] / dst.shape[1]
+    inverse = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    size = (dst.shape[1], dst.shape[0])
+    _into(dst, cv2.warpAffine(src, inverse, size, dst=dst, flags=flags, borderMode=cv2.BORDER_REPLICATE))
+
+
+def _linear_resize(src: np.ndarray, dst: np.ndarray) -> None:
+    _into(dst, cv2.resize(src, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=cv2.INTER_LINEAR))
+
+
+# warpAffine's bilinear kernel beats resize's from OpenCV 5.1 on (0.80 ms on
+# 4.x, 1.55 ms on 5.0 per 512x512 step against resize's 0.43, issue 12).
+_linear = _linear_warp if tuple(int(p) for p in cv2.__version__.split(".")[:2]) >= (5, 1) else _linear_resize
 
 
 def _slot_size(slot: np.ndarray, layout: str) -> tuple[int, int]:
