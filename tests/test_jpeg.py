@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 
 import cv2
@@ -239,3 +240,33 @@ def test_orientation_is_applied_like_opencv(tmp_path, rng, exif):
     ds = preload.load([str(path)], exif=exif, progress=False)
     assert ds.images.shape[1:3] == ((64, 40) if exif else (40, 64))
     assert np.array_equal(ds.images[0], reference(data, flags))
+
+
+# ------------------------------------------------------------------ the fresh RAM array
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping holding ``address``, from /proc/self/smaps."""
+    flags, inside = None, False
+    with open("/proc/self/smaps", encoding="ascii") as handle:
+        for line in handle:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, stop = (int(part, 16) for part in head.split("-"))
+                inside = start <= address < stop
+            elif inside and head == "VmFlags:":
+                flags = line.split()[1:]
+    assert flags is not None
+    return flags
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux only")
+def test_a_fresh_ram_array_is_not_advised_into_huge_pages():
+    from preload.target import allocate
+
+    array = allocate(None, (40, 3, 256, 256)).array  # 7.9 MB: NumPy would advise huge pages
+    assert array.flags.writeable and array.flags.c_contiguous
+    assert "nh" in _vm_flags(array.ctypes.data)  # MADV_NOHUGEPAGE
+    assert "hg" not in _vm_flags(array.ctypes.data)
+    array[-1] = 5
+    assert int(array[-1].sum()) == 5 * 3 * 256 * 256 and not array[0].any()
