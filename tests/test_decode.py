@@ -405,3 +405,24 @@ def test_max_pixels_refuses_a_jpeg_header_before_writing_the_slot(tmp_path, rng)
     assert (slot == 77).all()
     Decoder(DecodeOptions.create(size=8, max_pixels=2000)).decode_into(path, slot)
     assert (slot != 77).any()
+
+
+# ------------------------------------------------------------------ damaged PNG data
+
+
+def test_damaged_png_data_is_refused_by_libpngs_checksums(tmp_path, rng):
+    """libpng checks chunk CRCs and zlib's Adler-32: damaged pixels fail instead of loading gray."""
+    noisy = np.clip(smooth_image(rng, 120, 160).astype(int) + rng.integers(-30, 30, (120, 160, 3)), 0, 255)
+    data = cv2.imencode(".png", noisy.astype(np.uint8))[1].tobytes()
+    middle = len(data) // 2
+    cases = {
+        "cut.png": data[:middle] + data[-12:],  # half the file, then its IEND chunk
+        "flipped.png": data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1 :],
+    }
+    paths = []
+    for name, damaged in cases.items():
+        (tmp_path / name).write_bytes(damaged)
+        paths.append(str(tmp_path / name))
+    ds = preload.load(paths, size=32, on_error="skip", progress=False)
+    assert len(ds) == 0
+    assert [f.reason for f in ds.failed] == [preload.errors.Reason.CORRUPT] * 2
