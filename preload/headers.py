@@ -27,6 +27,7 @@ class ImageInfo:
     height: int | None
     width: int | None
     orientation: int = 1  # EXIF orientation 1..8; 5..8 swap height and width
+    jpeg: JpegFrame | None = None  # JPEG only: the frame header and the junk libjpeg skips
 
     def oriented_size(self, exif: bool) -> tuple[int, int] | None:
         """(height, width) as the decoder will return it, or None if unknown."""
@@ -35,6 +36,22 @@ class ImageInfo:
         if exif and self.orientation >= 5:
             return self.width, self.height
         return self.height, self.width
+
+
+@dataclass(frozen=True)
+class JpegFrame:
+    """What the decoder needs to know of a JPEG's frame header (its SOFn segment).
+
+    ``junk`` lists the stray bytes between header segments that libjpeg
+    skips with the warning "N extraneous bytes before marker 0xMM": each
+    entry is ``(start, stop, count, marker)``, ``data[start:stop]`` being the
+    bytes to drop and ``count`` the number libjpeg reports.
+    """
+
+    sof: int  # the SOFn marker: 0xC0 baseline, 0xC1 extended, 0xC2 progressive, others rarer
+    precision: int  # bits per sample
+    components: int  # 1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK
+    junk: tuple[tuple[int, int, int, int], ...] = ()
 
 
 def parse(data, path: str, *, complete: bool) -> ImageInfo:
@@ -87,14 +104,20 @@ def _jpeg(data, path: str, complete: bool) -> ImageInfo:
     n = len(data)
     pos = 2
     height = width = None
+    frame = None
     orientation = 1
+    junk = []
     while True:
         if pos + 4 > n:
             if complete:
                 raise _truncated(path, "truncated JPEG (the file ends inside its header)")
             raise _NeedMore
-        if data[pos] != 0xFF:
-            raise ImageDecodeError(path, Reason.CORRUPT, f"corrupt JPEG header (no marker at byte {pos})")
+        if data[pos] != 0xFF or data[pos + 1] == 0x00:
+            # Stray bytes between segments (a segment length one short, say):
+            # libjpeg skips them to the next marker with a warning and decodes
+            # the image intact, so the header scan does the same.
+            pos = _skip_junk(data, pos, junk)
+            continue
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte before a marker
             pos += 1
@@ -112,8 +135,9 @@ def _jpeg(data, path: str, complete: bool) -> ImageInfo:
             if complete:
                 raise _truncated(path, "truncated JPEG (the file ends inside its header)")
             raise _NeedMore
-        if marker in _SOF and length >= 7:
+        if marker in _SOF and length >= 8:
             height, width = _u16(data, pos + 5), _u16(data, pos + 7)
+            frame = (marker, data[pos + 4], data[pos + 9])
         elif marker == 0xE1 and bytes(data[pos + 4 : pos + 10]) == b"Exif\x00\x00":
             orientation = _exif_orientation(bytes(data[pos + 10 : end]))
         pos = end
@@ -123,7 +147,32 @@ def _jpeg(data, path: str, complete: bool) -> ImageInfo:
     # only be the end-of-image marker; its absence means the file was cut short.
     if complete and data.rfind(b"\xff\xd9", pos) < 0:
         raise _truncated(path, "truncated JPEG (no end-of-image marker)")
-    return ImageInfo("jpeg", height or None, width or None, orientation)
+    return ImageInfo("jpeg", height or None, width or None, orientation, JpegFrame(*frame, tuple(junk)))
+
+
+def _skip_junk(data, pos: int, junk: list) -> int:
+    """Skip stray bytes up to the next marker as libjpeg's ``next_marker`` does.
+
+    Non-0xFF bytes and stuffed ``FF 00`` pairs are counted (libjpeg's
+    "extraneous bytes"), fill ``FF``s before the marker are not. Appends
+    ``(start, stop, count, marker)`` to ``junk``; returns the marker's offset.
+    """
+    n = len(data)
+    start, count = pos, 0
+    while True:
+        while pos < n and data[pos] != 0xFF:
+            pos += 1
+            count += 1
+        first = pos
+        while pos < n and data[pos] == 0xFF:
+            pos += 1
+        if pos >= n:
+            return n  # no marker after the junk: the caller reports the truncation
+        if data[pos] != 0x00:
+            junk.append((start, first, count, data[pos]))
+            return pos - 1
+        pos += 1
+        count += 2
 
 
 class _NeedMore(Exception):
