@@ -98,25 +98,27 @@ import platform
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import freshness
 from ._version import __version__
-from .atomic import atomic_write, write_bytes
+from .atomic import write_bytes
 from .dataset import Dataset
 from .decode import Decoder
 from .errors import CacheError, CacheLockedError, Failure, IncompleteCacheError, Reason, StaleCacheError, TargetError
 from .fill import common_size, fill_slots
+from .freshness import FileTable, read_index
 from .options import DEFAULT_MAX_PIXELS, DecodeOptions, check_on_error, progress_wanted, resolve_workers
 from .quiet import quiet_opencv
 from .sources import Manifest, manifest
 from .target import create_npy, read_npy_header
 
 FORMAT = "preload-cache"
-VERSION = 1
+VERSION = 2  # 2: the index holds ctime, folders and the time of the record (preload.freshness)
 JOURNAL_MAGIC = b"PRELOADJ"
 JOURNAL_HEADER = 8 + 4 + 4 + 8 + 32
 COMMIT_SECONDS = 1.0  # flush + journal at least this often ...
@@ -153,93 +155,83 @@ class CacheFiles:
 # ------------------------------------------------------------------ the file list
 
 
-@dataclass
 class Snapshot:
-    """The source files as the build saw them: manifest plus stat data."""
+    """The source files as the build saw them: the manifest and its stat record (:mod:`preload.freshness`)."""
 
-    manifest: Manifest
-    file_size: np.ndarray  # int64, -1 for a file that could not be stat-ed
-    mtime_ns: np.ndarray
-    listing_mtime_ns: np.ndarray  # of manifest.listing: the folders walked, or the CSV
+    def __init__(self, table: FileTable, files: Manifest | None = None):
+        self.table = table
+        self._manifest = files
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = self.table.manifest()
+        return self._manifest
 
     @classmethod
     def take(cls, files: Manifest) -> Snapshot:
-        size, mtime = _stat_all(files.paths)
-        return cls(files, size, mtime, _stat_all(files.listing)[1])
+        return cls(freshness.take(files, progress=None), files)
 
     def same_rows(self, other: Snapshot) -> np.ndarray:
-        """Boolean per row: same path, size and mtime in both (same length assumed)."""
+        """Per row: same path, size, mtime and ctime in both, and verifiable here (same length assumed)."""
         same_path = np.fromiter(
             (a == b for a, b in zip(self.manifest.paths, other.manifest.paths, strict=True)), bool, len(self.manifest)
         )
-        return same_path & (self.file_size == other.file_size) & (self.mtime_ns == other.mtime_ns)
+        mine, theirs = self.table, other.table
+        same_stat = (mine.size == theirs.size) & (mine.mtime_ns == theirs.mtime_ns) & (mine.ctime_ns == theirs.ctime_ns)
+        return same_path & same_stat & ~mine.unverifiable()
 
     def save(self, path: str, rows: np.ndarray | None = None) -> None:
-        arrays = {"paths": _join(self.manifest.paths), "file_size": self.file_size, "mtime_ns": self.mtime_ns,
-                  "listing": _join(self.manifest.listing), "listing_mtime_ns": self.listing_mtime_ns}
-        if self.manifest.labels is not None:
-            arrays["labels"] = self.manifest.labels
-        if self.manifest.classes is not None:
-            arrays["classes"] = _join(self.manifest.classes)
+        arrays = self.table.arrays()
         if rows is not None:
             arrays["rows"] = np.asarray(rows, np.int64)
-        with atomic_write(path) as handle:
-            np.savez(handle, **arrays)
+        freshness.write_index(path, arrays)
 
     @classmethod
     def load(cls, path: str) -> tuple[Snapshot, np.ndarray | None]:
-        with np.load(path) as data:
-            labels = data["labels"] if "labels" in data.files else None
-            rows = data["rows"] if "rows" in data.files else None
-            classes = _split(data["classes"]) if "classes" in data.files else None
-            files = Manifest(_split(data["paths"]), labels, classes, tuple(_split(data["listing"])))
-            snapshot = cls(files, data["file_size"], data["mtime_ns"], data["listing_mtime_ns"])
-        return snapshot, rows
-
-
-def _stat_all(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(size, mtime_ns) of each path; -1 where it cannot be stat-ed."""
-    size = np.full(len(paths), -1, np.int64)
-    mtime = np.full(len(paths), -1, np.int64)
-    for i, path in enumerate(paths):
+        index = read_index(path)
         try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        size[i], mtime[i] = info.st_size, info.st_mtime_ns
-    return size, mtime
-
-
-def _join(texts: Sequence[str]) -> np.ndarray:
-    return np.frombuffer("\0".join(texts).encode("utf-8", "surrogateescape"), np.uint8)
-
-
-def _split(blob: np.ndarray) -> list[str]:
-    text = blob.tobytes().decode("utf-8", "surrogateescape")
-    return text.split("\0") if text else []
+            table = FileTable.from_arrays(index)
+        except KeyError as exc:
+            message = f"the cache index '{path}' lacks its {exc} column; build the cache again with force=True"
+            raise IncompleteCacheError(message) from None
+        rows = index.get("rows")
+        return cls(table), None if rows is None else np.asarray(rows)
 
 
 class LazyPaths(Sequence):
-    """The paths of a cache, decoded from its index only when first read."""
+    """The paths of a cache, read from its memory-mapped index one at a time, when asked."""
 
     def __init__(self, index_path: str, rows: np.ndarray | None, count: int):
         self._index_path = index_path
         self._rows = rows
         self._count = count
-        self._paths: list[str] | None = None
+        self._table: FileTable | None = None
 
-    def _load(self) -> list[str]:
-        if self._paths is None:
-            snapshot, _ = Snapshot.load(self._index_path)
-            paths = snapshot.manifest.paths
-            self._paths = paths if self._rows is None else [paths[i] for i in self._rows]
-        return self._paths
+    def _file_table(self) -> FileTable:
+        if self._table is None:
+            self._table = Snapshot.load(self._index_path)[0].table
+        return self._table
+
+    def _path(self, i: int) -> str:
+        return self._file_table().path(i if self._rows is None else int(self._rows[i]))
 
     def __len__(self) -> int:
         return self._count
 
     def __getitem__(self, index):
-        return self._load()[index]
+        if isinstance(index, slice):
+            return [self._path(i) for i in range(*index.indices(self._count))]
+        i = index.__index__()
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError(f"path index {index} out of range for {self._count} paths")
+        return self._path(i)
+
+    def __iter__(self):
+        paths = self._file_table().paths()
+        return iter(paths if self._rows is None else [paths[i] for i in self._rows])
 
     def __eq__(self, other) -> bool:
         return list(self) == list(other)
@@ -615,7 +607,7 @@ def _prepare(files: CacheFiles, plan: dict, snapshot: Snapshot) -> tuple[np.memm
             raise CacheError(message)
         _remove(*files.build_files())  # leftovers of a build killed after its commit point
         old, rows = Snapshot.load(files.index)
-        if len(old.manifest) == count and rows is None and meta["shape"] == plan["shape"]:
+        if len(old.table) == count and rows is None and meta["shape"] == plan["shape"]:
             same = old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)
             if same.all():
                 return None, None
@@ -644,7 +636,7 @@ def _prepare(files: CacheFiles, plan: dict, snapshot: Snapshot) -> tuple[np.memm
             os.replace(files.data, files.partial)
         if journal is not None and _npy_rows(files.partial) == count:
             old, _ = Snapshot.load(files.plan_index)
-            if len(old.manifest) == count:
+            if len(old.table) == count:
                 keep = old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)
                 if not keep.all():  # sources changed while the build was stopped
                     journal = Journal.create(files.journal, count, journal.plan_hash, journal.done & keep)
@@ -781,9 +773,9 @@ def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
     meta = _read_meta(files)
     images = np.load(files.data, mmap_mode="r")
     options = _options_from_record(meta["options"])
-    with np.load(files.index) as index:
-        labels = index["labels"] if "labels" in index.files else None
-        rows = index["rows"] if "rows" in index.files else None
+    index = read_index(files.index)  # memory-mapped: nothing per file is read here
+    labels = np.array(index["labels"]) if "labels" in index else None
+    rows = np.array(index["rows"]) if "rows" in index else None
     if check:
         _check_fresh(files, meta)
     if labels is not None and rows is not None:
@@ -826,43 +818,17 @@ def _read_meta(files: CacheFiles) -> dict:
     return meta
 
 
-def _check_fresh(files: CacheFiles, meta: dict) -> None:
+def _check_fresh(files: CacheFiles, meta: dict) -> freshness.Verdict:
+    """Raise :class:`StaleCacheError` if the sources changed; else what the check saw (unverifiable files)."""
     stored, _ = Snapshot.load(files.index)
     source = meta["source"]
-    listing = stored.manifest.listing
-    # Adding or removing a file changes its folder's mtime (and editing a CSV
-    # its own): when none changed, the old list is still the list.
-    relist = bool(listing) and not np.array_equal(_stat_all(listing)[1], stored.listing_mtime_ns)
-    if source["kind"] in ("folder", "csv") and relist:
-        try:
-            current = manifest(source["path"])
-        except Exception as exc:  # the whole source is gone or unreadable
-            message = f"the cache '{files.data}' is stale: its source '{source['path']}' cannot be listed ({exc})"
-            raise StaleCacheError(message, removed=stored.manifest.paths) from None
-    else:
-        current = stored.manifest
-    old_paths, new_paths = stored.manifest.paths, current.paths
-    if old_paths != new_paths:
-        old_set, new_set = set(old_paths), set(new_paths)
-        added = [p for p in new_paths if p not in old_set]
-        removed = [p for p in old_paths if p not in new_set]
-    else:
-        added = removed = []
-    size, mtime = _stat_all(old_paths)
-    changed = [old_paths[i] for i in np.flatnonzero(
-        ((size != stored.file_size) | (mtime != stored.mtime_ns)) & (size >= 0))]
-    gone = set(removed)
-    removed += [old_paths[i] for i in np.flatnonzero(size < 0) if old_paths[i] not in gone]
-    if added or removed or changed:
-        parts = []
-        for what, items in (("added", added), ("removed", removed), ("changed", changed)):
-            if items:
-                more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-                shown = ", ".join(f"'{p}'" for p in items[:3]) + more
-                parts.append(f"{len(items)} {what} ({shown})")
-        message = (f"the cache '{files.data}' is stale: {'; '.join(parts)}; build it again to update it, "
+    # Looked up here, not bound at import, so tests can watch the relisting.
+    verdict = freshness.check(stored.table, source, relist=lambda path: manifest(path))
+    if verdict.stale:
+        message = (f"the cache '{files.data}' is stale: {verdict.describe()}; build it again to update it, "
                    "or open it with check=False")
-        raise StaleCacheError(message, added, removed, changed)
+        raise StaleCacheError(message, verdict.added, verdict.removed, verdict.changed + verdict.relabelled)
+    return verdict
 
 
 # ---------------------------------------------------------------------- inspection
@@ -903,12 +869,15 @@ def verify_cache(path: str | os.PathLike) -> dict:
     files = CacheFiles(path)
     result = {"path": files.data}
     try:
-        open_cache(files.data, check=True)
+        open_cache(files.data, check=False)
+        verdict = _check_fresh(files, _read_meta(files))
     except StaleCacheError as exc:
         result.update(status="stale", problem=str(exc), added=exc.added, removed=exc.removed, changed=exc.changed)
     except CacheError as exc:
         status = {"partial": "partial", "missing": "missing"}.get(cache_info(files.data)["status"], "damaged")
         result.update(status=status, problem=str(exc))
     else:
-        result.update(status="fresh", problem=None)
+        # Fresh, but these were modified within the timestamp granularity of the build: a rewrite in
+        # that same tick would not show, so the next build decodes them again.
+        result.update(status="fresh", problem=None, unverifiable=verdict.unverifiable)
     return result

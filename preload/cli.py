@@ -798,6 +798,12 @@ def _verify(args) -> int:
         say(json.dumps(result, indent=1))
     else:
         say(f"{result['status']}: {cli_words(result['problem'] or result['path'])}")
+        if result.get("unverifiable"):
+            some = result["unverifiable"]
+            shown = ", ".join(f"'{p}'" for p in some[:3]) + (" ..." if len(some) > 3 else "")
+            say(f"{len(some)} file{'' if len(some) == 1 else 's'} unverifiable ({shown}): "
+                "modified within the file system's timestamp granularity of the build, so a rewrite in the "
+                "same tick would not show; the next build decodes them again")
     return {"fresh": EXIT_OK, "stale": EXIT_STALE}.get(result["status"], EXIT_NO_CACHE)
 
 

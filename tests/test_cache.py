@@ -83,7 +83,7 @@ def test_metadata_records_options_versions_and_files(tmp_path, source):
     out = tmp_path / "c.npy"
     build(source, out, resize="cover", color="bgr")
     meta = json.loads((tmp_path / "c.npy.json").read_text())
-    assert meta["format"] == "preload-cache" and meta["version"] == 1
+    assert meta["format"] == "preload-cache" and meta["version"] == 2
     assert meta["shape"] == [60, 3, 16, 16]
     assert meta["options"]["resize"] == "cover" and meta["options"]["color"] == "bgr"
     assert meta["options"]["size"] == [16, 16] and meta["options"]["exif"] is True
@@ -91,9 +91,12 @@ def test_metadata_records_options_versions_and_files(tmp_path, source):
     assert meta["source"] == {"kind": "folder", "path": str(source)}
     with np.load(tmp_path / "c.npy.index.npz") as index:
         first = str(source / "ant" / "00.png")
-        assert index["paths"].tobytes().decode().split("\0")[0] == first
+        folders = index["folders"].tobytes().decode().split("\0")
+        assert folders[index["folder_of"][0]] + index["names"].tobytes().decode().split("\0")[0] == first
+        assert index["name_starts"].tolist()[:3] == [0, 7, 14]  # "00.png\0" is 7 bytes
         assert index["file_size"][0] == os.path.getsize(first)
         assert index["mtime_ns"][0] == os.stat(first).st_mtime_ns
+        assert index["ctime_ns"][0] == os.stat(first).st_ctime_ns
     info = preload.cache_info(out)
     assert (info["status"], info["images"], info["bytes"]) == ("complete", 60, 60 * 3 * 16 * 16)
 
@@ -298,7 +301,13 @@ def test_open_check_cost_is_one_stat_per_file(tmp_path, source, monkeypatch):
     build(source, out)
     stats = []
     real_stat = os.stat
-    monkeypatch.setattr(cache.os, "stat", lambda p, *a, **k: stats.append(str(p)) or real_stat(p, *a, **k))
+
+    def watching(path, *args, dir_fd=None, **kwargs):
+        where = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else ""
+        stats.append(os.path.join(where, os.fsdecode(path)))
+        return real_stat(path, *args, dir_fd=dir_fd, **kwargs)
+
+    monkeypatch.setattr(cache.os, "stat", watching)
     preload.open_cache(out)
     of_sources = [p for p in stats if p.startswith(str(source)) and p.endswith(".png")]
     assert len(of_sources) == 60 and len(set(of_sources)) == 60

@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
     {"decode"},  # one file -> one slot
     {"target"},  # allocate the output; the out= check
     {"atomic"},  # write-temp-fsync-rename
+    {"freshness"},  # is a cache still true to its sources: the stat record, its rules, the stat engine
     {"fill"},  # the threaded fill engine and the one per-row loop
     {"rows"},  # reading rows from a memmap
     {"dataset"},  # the result object: array-like access, batches; ImageFiles
