@@ -99,6 +99,7 @@ CHUNK = 512  # files per task: big enough to amortise a task, small enough to ba
 FOLDER_FD_MIN = 8  # fewer files than this in a folder: stat full paths, skip the open/close
 BAR_SECONDS = 1.0
 MISSING = -1
+_clock = time.time_ns  # the wall clock a record is dated by (a seam for tests)
 
 
 # ------------------------------------------------------------------ blobs
@@ -247,7 +248,7 @@ def take(files: Manifest, *, threads: int | None = None, progress: bool | None =
     [5]
     """
     table = FileTable.from_paths(files.paths, files.listing, files.labels, files.classes)
-    table.taken_ns = time.time_ns()
+    table.taken_ns = _clock()
     engine = StatEngine(threads=threads)
     table.listing_stat = engine.stat_paths(table.listing)
     table.size, table.mtime_ns, table.ctime_ns = engine.stat_table(table, progress=progress)
@@ -402,6 +403,28 @@ class StatEngine:
             return MISSING, MISSING, MISSING
         return info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
+    def _stat_names(self, names: list, dir_fd: int | None) -> np.ndarray:
+        """(len(names), 3) int64 for names relative to ``dir_fd``: the hot loop of a check.
+
+        Written flat, with no call per file but ``os.stat``: at a million files
+        every 100 ns of Python here is 0.1 s.
+        """
+        stat = os.stat  # looked up per chunk, not at import: tests watch it
+        delay = self.delay_us / 1e6
+        sleep = time.sleep
+        flat: list[int] = []
+        add = flat.extend
+        for name in names:
+            if delay:
+                sleep(delay)
+            try:
+                info = stat(name, dir_fd=dir_fd)
+            except (OSError, ValueError):
+                add((MISSING, MISSING, MISSING))
+                continue
+            add((info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+        return np.array(flat, np.int64).reshape(-1, 3)
+
     def stat_paths(self, paths: Sequence[str]) -> np.ndarray:
         """(len(paths), 3) int64: size, mtime_ns, ctime_ns; -1 where ``stat`` failed."""
         out = np.full((len(paths), 3), MISSING, np.int64)
@@ -438,22 +461,19 @@ class StatEngine:
             folder_id, indices = task
             folder = table.folders[folder_id]
             names = _names(table, indices)
-            stat = self._stat
             if len(names) >= FOLDER_FD_MIN and folder:
                 try:
                     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
                 except OSError:  # the folder is gone: every file in it is too
-                    fd = None
-                    found = [(MISSING, MISSING, MISSING)] * len(names)
+                    values = np.full((len(names), 3), MISSING, np.int64)
                 else:
                     try:
-                        found = [stat(name, fd) for name in names]
+                        values = self._stat_names(names, fd)
                     finally:
                         os.close(fd)
             else:
                 prefix = os.fsencode(folder)
-                found = [stat(prefix + name) for name in names]
-            values = np.array(found, np.int64).reshape(-1, 3)
+                values = self._stat_names([prefix + name for name in names], None)
             size[indices], mtime[indices], ctime[indices] = values.T
             if bar is not None:
                 with lock:

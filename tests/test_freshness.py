@@ -1,0 +1,278 @@
+"""Freshness rules and the stat engine: each rule has a test that fails when it alone is broken."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import preload
+from conftest import settle, smooth_image, write
+from preload import cache, decode, freshness
+from preload.sources import Manifest
+
+
+@pytest.fixture
+def source(tmp_path, rng):
+    """Two class folders of 6 PNGs each, older than the timestamp granularity."""
+    root = tmp_path / "src"
+    for name in ("ant", "bee"):
+        (root / name).mkdir(parents=True)
+        for k in range(6):
+            write(root / name / f"{k}.png", smooth_image(rng, 20, 24))
+    settle()
+    return root
+
+
+def build(source, out, **options):
+    return preload.build_cache(source, out, **{"size": 8, "progress": False, **options})
+
+
+def count_decodes(monkeypatch) -> list[str]:
+    calls = []
+    real = decode.Decoder.decode_into
+    monkeypatch.setattr(decode.Decoder, "decode_into", lambda self, p, s: calls.append(p) or real(self, p, s))
+    return calls
+
+
+def rewrite_keeping_stamps(path, data: bytes) -> None:
+    """Rewrite ``path`` and put its old atime/mtime back, as ``cp -p`` and ``rsync -t`` do."""
+    before = os.stat(path)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+# ------------------------------------------------------------- the three compares
+
+
+@pytest.mark.parametrize("column", ["size", "mtime_ns", "ctime_ns"])
+def test_each_stat_column_alone_makes_a_file_changed(tmp_path, source, column):
+    table = freshness.take(Manifest.from_folder(source))
+    getattr(table, column)[4] -= 1  # the record differs from the disk in this column only
+    verdict = freshness.check(table, {"kind": "folder", "path": str(source)}, threads=1)
+    assert verdict.changed == [str(source / "ant" / "4.png")]
+    assert verdict.stale and not verdict.added and not verdict.removed
+
+
+@pytest.mark.parametrize("column", ["size", "mtime_ns", "ctime_ns"])
+def test_each_stat_column_alone_makes_a_rebuild_redo_the_row(tmp_path, source, column):
+    files = Manifest.from_folder(source)
+    old = cache.Snapshot.take(files)
+    now = cache.Snapshot.take(files)
+    assert old.same_rows(now).all()
+    getattr(old.table, column)[7] += 1
+    assert np.flatnonzero(~old.same_rows(now)).tolist() == [7]
+
+
+def test_same_size_rewrite_with_the_old_mtime_is_stale_by_ctime(tmp_path, source, rng):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    victim = source / "bee" / "2.png"
+    before = os.stat(victim)
+    data = victim.read_bytes()
+    rewrite_keeping_stamps(victim, data[:-1] + bytes([data[-1] ^ 1]))
+    after = os.stat(victim)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    with pytest.raises(preload.StaleCacheError, match=r"1 changed .*bee/2.png") as caught:
+        preload.open_cache(out)
+    assert caught.value.changed == [str(victim)]
+    assert preload.verify_cache(out)["status"] == "stale"
+
+
+def test_size_change_with_the_old_mtime_is_stale(tmp_path, source, rng):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    victim = source / "ant" / "0.png"
+    before = os.stat(victim)
+    rewrite_keeping_stamps(victim, victim.read_bytes() + b"\0" * 10)
+    assert os.stat(victim).st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(preload.StaleCacheError, match=r"1 changed .*ant/0.png"):
+        preload.open_cache(out)
+
+
+def test_a_rebuild_redecodes_a_file_changed_with_its_stamps_restored(tmp_path, source, monkeypatch):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    victim = source / "ant" / "3.png"
+    rewrite_keeping_stamps(victim, (source / "bee" / "3.png").read_bytes())
+    calls = count_decodes(monkeypatch)
+    ds = build(source, out)
+    assert calls == [str(victim)]
+    assert np.array_equal(ds.images[3], ds.images[9])
+
+
+# ----------------------------------------------------------- the granularity window
+
+
+def test_a_file_written_within_the_granularity_is_unverifiable_and_decoded_again(tmp_path, source, monkeypatch):
+    victim = source / "bee" / "5.png"
+    victim.write_bytes(victim.read_bytes())  # just before the build: a same-tick rewrite would not show
+    stamp = os.stat(victim).st_ctime_ns
+    # Date the record 1 ms after the write: the victim is inside the 20 ms window, every other file
+    # (written before settle()) outside it, whatever the machine's load.
+    monkeypatch.setattr(freshness, "_clock", lambda: stamp + 1_000_000)
+    out = tmp_path / "c.npy"
+    build(source, out)
+    monkeypatch.undo()
+    result = preload.verify_cache(out)
+    assert result["status"] == "fresh" and result["unverifiable"] == [str(victim)]
+    preload.open_cache(out)  # unverifiable is not stale
+    calls = count_decodes(monkeypatch)
+    build(source, out)
+    assert calls == [str(victim)]
+
+
+def test_whole_second_stamps_assume_a_coarse_granularity(tmp_path, source):
+    for path in sorted(source.rglob("*.png")):
+        os.utime(path, ns=(10**9, 5 * 10**9))
+    # ctimes stay fine-grained on this file system, so only a stamp-free record is coarse
+    table = freshness.take(Manifest.from_folder(source))
+    assert table.granularity_ns == freshness.FINE_GRANULARITY_NS
+    table.mtime_ns[:] = 7 * 10**9
+    table.ctime_ns[:] = table.taken_ns // 10**9 * 10**9 - 10**9  # whole seconds, 1-2 s before the record
+    table.granularity_ns = freshness.COARSE_GRANULARITY_NS
+    assert table.unverifiable().all()
+    table.granularity_ns = freshness.FINE_GRANULARITY_NS
+    assert not table.unverifiable().any()
+
+
+# -------------------------------------------------------------------------- labels
+
+
+def test_a_changed_csv_label_is_stale(tmp_path, source):
+    listing = tmp_path / "list.csv"
+    images = sorted(source.rglob("*.png"))
+    rows = [f"{p.relative_to(tmp_path)},{'cat' if k % 2 else 'dog'}" for k, p in enumerate(images)]
+    listing.write_text("path,label\n" + "\n".join(rows) + "\n")
+    settle()
+    out = tmp_path / "c.npy"
+    build(listing, out)
+    assert preload.open_cache(out).labels.tolist() == [1, 0] * 6
+    before = os.stat(listing)
+    text = listing.read_text()
+    os.remove(listing)  # a new file: its ctime and inode move even if the clock had not
+    listing.write_text(text.replace(",dog\n", ",cat\n", 1))  # same size, one label changed
+    os.utime(listing, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(preload.StaleCacheError, match=r"1 relabelled .*ant/0.png") as caught:
+        preload.open_cache(out)
+    assert caught.value.changed == [str(source / "ant" / "0.png")]
+    assert build(listing, out).labels.tolist() == [0, 0] + [1, 0] * 5
+
+
+def test_changed_labels_of_a_path_list_are_rebuilt(tmp_path, source):
+    paths = sorted(str(p) for p in source.rglob("*.png"))
+    out = tmp_path / "c.npy"
+    assert build(paths, out, labels=["a"] * 12).classes == ["a"]
+    ds = build(paths, out, labels=["a"] * 11 + ["b"])
+    assert ds.classes == ["a", "b"] and ds.labels.tolist() == [0] * 11 + [1]
+    assert preload.open_cache(out).labels.tolist() == [0] * 11 + [1]
+
+
+# ------------------------------------------------------------------- folders first
+
+
+def test_folder_add_and_remove_relist_only_the_changed_folders(tmp_path, source, rng, monkeypatch):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    write(source / "bee" / "new.png", smooth_image(rng, 20, 24))
+    os.remove(source / "ant" / "1.png")
+    (source / "bee" / "deeper").mkdir()
+    write(source / "bee" / "deeper" / "x.png", smooth_image(rng, 20, 24))
+    scanned = []
+    real_scan = freshness._scan
+    monkeypatch.setattr(freshness, "_scan", lambda folder: scanned.append(folder) or real_scan(folder))
+    monkeypatch.setattr(cache, "manifest", lambda *a, **k: pytest.fail("the whole source was listed again"))
+    with pytest.raises(preload.StaleCacheError) as caught:
+        preload.open_cache(out)
+    assert sorted(scanned) == [str(source / "ant"), str(source / "bee")]
+    assert caught.value.added == [str(source / "bee" / "new.png"), str(source / "bee" / "deeper" / "x.png")]
+    assert caught.value.removed == [str(source / "ant" / "1.png")]
+    assert caught.value.changed == []
+
+
+def test_a_new_class_folder_lists_the_whole_source_again(tmp_path, source, rng, monkeypatch):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    (source / "cow").mkdir()
+    write(source / "cow" / "0.png", smooth_image(rng, 20, 24))
+    listed = []
+    real = cache.manifest
+    monkeypatch.setattr(cache, "manifest", lambda path: listed.append(path) or real(path))
+    with pytest.raises(preload.StaleCacheError, match=r"stale: 1 added \('.*cow/0.png'\); build") as caught:
+        preload.open_cache(out)
+    assert listed == [str(source)] and caught.value.changed == []  # labels are class names: ant is still ant
+
+
+# ------------------------------------------------------------------------ the engine
+
+
+def test_the_thread_pool_sees_what_a_sequential_loop_sees(tmp_path, source):
+    paths = sorted(str(p) for p in source.rglob("*.png"))
+    mixed = [paths[k] for k in (7, 0, 8, 1, 9, 2, 10, 3, 11, 4, 5, 6)] + [str(tmp_path / "gone.png")]
+    table = freshness.FileTable.from_paths(mixed)
+    freshness.CHUNK, old_chunk = 2, freshness.CHUNK  # many tasks, so threads really interleave
+    try:
+        sequential = freshness.StatEngine(threads=1).stat_table(table)
+        pooled = freshness.StatEngine(threads=5).stat_table(table)
+    finally:
+        freshness.CHUNK = old_chunk
+    for a, b in zip(sequential, pooled, strict=True):
+        assert np.array_equal(a, b)
+    expected = [os.stat(p).st_ctime_ns for p in mixed[:-1]] + [-1]
+    assert sequential[2].tolist() == expected
+
+
+def test_threads_follow_the_probe_the_parameter_and_the_environment(tmp_path, source, monkeypatch):
+    paths = [str(p) for p in sorted(source.rglob("*.png"))]
+    assert freshness.threads_for(freshness.probe_latency(paths)) <= 4  # a local, warm disk
+    slow = freshness.probe_latency(paths, delay_us=300)
+    assert slow >= 300e-6 and freshness.threads_for(slow) >= 50
+    monkeypatch.setenv(freshness.DELAY_ENV, "150")
+    engine = freshness.StatEngine()
+    assert engine.delay_us == 150
+    engine.stat_table(freshness.FileTable.from_paths(paths))
+    assert engine.latency >= 150e-6
+    monkeypatch.setenv(freshness.THREADS_ENV, "3")
+    assert freshness.StatEngine().threads == 3 and freshness.StatEngine(threads=2).threads == 2
+    monkeypatch.setenv(freshness.THREADS_ENV, "many")
+    with pytest.raises(preload.OptionError, match=r"PRELOAD_STAT_THREADS='many' is not accepted"):
+        freshness.StatEngine()
+    with pytest.raises(preload.OptionError, match=r"threads=0 is not accepted"):
+        freshness.StatEngine(threads=0)
+
+
+def test_a_progress_bar_when_asked(tmp_path, source, capsys):
+    table = freshness.take(Manifest.from_folder(source))
+    freshness.StatEngine(threads=1).stat_table(table, progress=True)
+    assert "checking" in capsys.readouterr().err
+    freshness.StatEngine(threads=1).stat_table(table)  # a 12-file check predicts far under a second
+    assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------------- the index
+
+
+def test_the_index_is_memory_mapped_and_paths_are_read_lazily(tmp_path, source):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    index = freshness.read_index(str(out) + ".index.npz")
+    assert isinstance(index["ctime_ns"], np.memmap) and isinstance(index["names"], np.memmap)
+    ds = preload.open_cache(out, check=False)
+    expected = sorted(str(p) for p in source.rglob("*.png"))
+    assert ds.paths[-1] == expected[-1] and ds.paths[2:4] == expected[2:4] and list(ds.paths) == expected
+    with pytest.raises(IndexError):
+        ds.paths[12]
+
+
+def test_a_damaged_index_is_an_incomplete_cache(tmp_path, source):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    index = tmp_path / "c.npy.index.npz"
+    with zipfile.ZipFile(index) as archive:
+        assert "ctime_ns.npy" in archive.namelist()
+    index.write_bytes(index.read_bytes()[:200])
+    with pytest.raises(preload.IncompleteCacheError, match=r"index .*c.npy.index.npz' is damaged"):
+        preload.open_cache(out, check=False)
