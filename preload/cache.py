@@ -1,6 +1,6 @@
 """On-disk caches: build once into a ``.npy``, reopen in milliseconds, survive kills.
 
-Format, version 1
+Format, version 2
 -----------------
 A cache named ``train.npy`` is these files in one folder:
 
@@ -12,7 +12,7 @@ A cache named ``train.npy`` is these files in one folder:
     The metadata, and the cache's *commit point*: it is written last, under a
     temporary name, fsynced and renamed into place (:mod:`preload.atomic`), so
     a cache is complete if and only if this file exists. Fields: ``format`` (``"preload-cache"``),
-    ``version`` (1), ``shape``, ``dtype``, ``data_offset`` and ``data_bytes``
+    ``version`` (2), ``shape``, ``dtype``, ``data_offset`` and ``data_bytes``
     (where the pixels sit in ``train.npy``, to detect truncation),
     ``options`` (size, layout, color, resize, interpolation, fill, exif,
     reduce, max_pixels), ``source`` (``kind``: folder, csv or paths, and the
@@ -20,13 +20,17 @@ A cache named ``train.npy`` is these files in one folder:
     (index, path, reason, detail of each file not loaded), ``versions``
     (preload, numpy, opencv, python), ``created`` and ``build_seconds``.
 ``train.npy.index.npz``
-    Per source file, uncompressed: ``paths`` (UTF-8 joined by NUL bytes),
-    ``labels`` (int64, or absent), ``file_size`` and ``mtime_ns`` (int64, from
-    ``os.stat`` just before the build decoded them), ``classes`` (UTF-8 joined
-    by NUL bytes, or absent) and ``rows`` (for each row of the array, the index
-    of its source file; absent when row i is file i).
-    It is kept apart from the JSON so opening a million-image cache does not
-    parse a million paths: they are decoded only when ``Dataset.paths`` is read.
+    The source files as the build saw them, an uncompressed ``.npz`` whose
+    members are memory-mapped in place (:func:`preload.freshness.read_index`):
+    per file its folder id, base name, size, mtime and ctime (ns); the folders;
+    the folders listed (or the CSV) with their stamps; when the record was
+    taken and the timestamp granularity assumed; ``labels`` (int64, or absent),
+    ``classes`` (UTF-8 joined by NUL, or absent) and ``rows`` (for each row of
+    the array, the index of its source file; absent when row i is file i).
+    The members are listed in :mod:`preload.freshness`. About 67 bytes a file,
+    kept apart from the JSON and memory-mapped so opening a million-image
+    cache parses nothing per file: a path is decoded when ``Dataset.paths``
+    is read.
 
 While a build runs (or after it was killed) these exist instead of the JSON:
 
@@ -36,7 +40,7 @@ While a build runs (or after it was killed) these exist instead of the JSON:
     The plan: options, shape, source, and the per-file index as above.
 ``train.npy.journal``
     Which rows are final: the 8 bytes ``PRELOADJ``, a little-endian uint32
-    version (1), uint32 reserved, uint64 N, the SHA-256 of the plan JSON, then
+    format version (2), uint32 reserved, uint64 N, the SHA-256 of the plan JSON, then
     N bits (``np.packbits``, little bit order). A bit is set only after the
     row's pixels have been flushed to disk (``msync``) and any failure for it
     logged, so a set bit is always true, whenever the process dies.
@@ -59,15 +63,19 @@ partial (``force=True`` starts over).
 
 Freshness
 ---------
-:func:`open_cache` ``stat``-s every source file (size and mtime) and every
-folder the build walked (or the CSV): adding or removing a file changes its
-folder's mtime, and only then is the source listed again. That is one
-``stat`` per file: measured 18 ms for 5,000 files with a warm cache here
-(about 3.5 us a file), so roughly 4 s for 1M files on a local disk; on a
-network file system every ``stat`` is a round trip. Added, removed or changed
-files raise :class:`StaleCacheError`; ``check=False`` skips all of it (1.5 ms
-at any N). ``build_cache`` on a stale cache re-decodes only the changed files
-when the number of files is unchanged, and rebuilds otherwise.
+:func:`open_cache` compares every source file's size, mtime and ctime with
+the index, and the folders the build listed (or the CSV) first: only a
+folder whose stamps moved is listed again (a CSV is read again and its labels
+compared too). Files modified within the timestamp granularity of the build
+are *unverifiable*: ``verify`` lists them and the next build decodes them
+again. The ``stat`` calls run on a thread pool sized from a quick latency
+probe: one thread on a warm local disk, dozens on a network file system. The
+rules, the engine and its knobs are in :mod:`preload.freshness`; the measured
+cost is on the benchmark page (``bench/freshness.py``). Added, removed,
+changed or relabelled files raise :class:`StaleCacheError`; ``check=False``
+skips all of it. ``build_cache`` on a stale cache re-decodes only the
+changed (and unverifiable) files when the number of files is unchanged, and
+rebuilds otherwise.
 
 Memory while building, and what RSS means for a reader
 -----------------------------------------------------
