@@ -43,7 +43,7 @@ The engine
 ``os.stat`` releases the GIL, so threads overlap the waits. How many pays
 depends on the wait, not on the cores: on a local disk a ``stat`` is a few
 microseconds of CPU and more than a couple of threads only contend; on NFS
-each is a round trip (0.1-1 ms) and dozens in flight hide it. The engine
+each is a round trip (0.1-1 ms) and a few dozen in flight hide it. The engine
 times a few ``stat`` calls first (:func:`probe_latency`) and picks the thread
 count from that (:func:`threads_for`); ``threads=`` or the environment
 variable :data:`THREADS_ENV` overrides it. :data:`DELAY_ENV` adds a sleep
@@ -108,7 +108,8 @@ DELAY_ENV = "PRELOAD_STAT_DELAY_US"
 THREADS_ENV = "PRELOAD_STAT_THREADS"
 FINE_GRANULARITY_NS = 20_000_000  # two 10 ms kernel ticks: the stamp may lag the clock by one
 COARSE_GRANULARITY_NS = 2_000_000_000
-MAX_THREADS = 64
+MAX_THREADS = 32  # measured: beyond ~30 threads the GIL hand-overs cost more CPU than the waits they hide
+STAT_CPU_SECONDS = 25e-6  # CPU time of one stat that waits (see threads_for)
 PROBE_FILES = 8
 CHUNK = 512  # files per task: big enough to amortise a task, small enough to balance threads
 FOLDER_FD_MIN = 8  # fewer files than this in a folder: stat full paths, skip the open/close
@@ -356,16 +357,20 @@ def probe_latency(paths: Sequence[str], *, delay_us: float = 0.0) -> float:
 def threads_for(latency: float) -> int:
     """Threads that keep the file system busy: few when a stat is CPU, many when it waits.
 
+    Each ``stat`` also costs CPU (measured ~15-25 us of user and system time on 2 cores
+    with a wait in it: the sleep, the wake-up, the GIL handed over), so the
+    cores cap the useful rate near ``cores / 25 us``; more threads than that
+    rate times the latency only queue for the GIL and switch more.
+
     Examples
     --------
-    >>> threads_for(3e-6) <= 4, threads_for(250e-6), threads_for(1e-3)
-    (True, 50, 64)
+    >>> threads_for(3e-6) <= 4, 8 <= threads_for(250e-6) <= 32, threads_for(1e-3)
+    (True, True, 32)
     """
     cores = os.cpu_count() or 1
-    if latency < 20e-6:  # answered from the kernel's caches: bound by CPU
+    if latency < 20e-6:  # answered from the kernel's caches: bound by CPU and the GIL
         return min(cores, 4)
-    # A stat keeps the GIL for ~5 us of Python; more threads than wait/5us only queue for it.
-    return max(cores, min(MAX_THREADS, math.ceil(latency / 5e-6)))
+    return max(min(cores, 8), min(MAX_THREADS, math.ceil(latency * cores / STAT_CPU_SECONDS)))
 
 
 def _env_number(name: str) -> float | None:
@@ -467,8 +472,12 @@ class StatEngine:
         tasks = _tasks(table, rows)
         if not tasks:
             return size, mtime, ctime
-        threads = self._choose([table.path(int(tasks[0][1][0]))] + [table.path(int(t[1][0])) for t in tasks[1:8]])
+        threads = self._choose([table.path(int(t[1][0])) for t in tasks[:PROBE_FILES]])
         todo = sum(len(t[1]) for t in tasks)
+        # Eight tasks a thread at least, so the last round does not leave most threads idle.
+        chunk = max(16, min(CHUNK, todo // (8 * threads)))
+        if threads > 1 and chunk < CHUNK:
+            tasks = _tasks(table, rows, chunk)
         seconds = todo * (self.latency or 2e-6) / threads
         bar = _bar(todo, progress, seconds)
         lock = threading.Lock()
@@ -518,7 +527,7 @@ def _names(table: FileTable, indices: np.ndarray) -> list[bytes]:
     return [table.name_bytes(i) for i in indices.tolist()]
 
 
-def _tasks(table: FileTable, rows: np.ndarray | None) -> list[tuple[int, np.ndarray]]:
+def _tasks(table: FileTable, rows: np.ndarray | None, chunk: int | None = None) -> list[tuple[int, np.ndarray]]:
     """(folder id, file indices) chunks in the table's folder order."""
     index = np.arange(len(table), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
     folder_of = np.asarray(table.folder_of)[index]
@@ -526,10 +535,11 @@ def _tasks(table: FileTable, rows: np.ndarray | None) -> list[tuple[int, np.ndar
         order = np.argsort(folder_of, kind="stable")
         index, folder_of = index[order], folder_of[order]
     cuts = np.flatnonzero(folder_of[1:] != folder_of[:-1]) + 1
+    chunk = chunk or CHUNK
     tasks = []
     for start, stop in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(index)].tolist(), strict=True):
-        for a in range(start, stop, CHUNK):
-            tasks.append((int(folder_of[start]), index[a : min(stop, a + CHUNK)]))
+        for a in range(start, stop, chunk):
+            tasks.append((int(folder_of[start]), index[a : min(stop, a + chunk)]))
     return tasks
 
 
