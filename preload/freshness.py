@@ -91,6 +91,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 import threading
 import time
 import zipfile
@@ -102,6 +103,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import IncompleteCacheError, OptionError
+from .options import progress_wanted
 from .sources import Manifest, _scan, _walk
 
 DELAY_ENV = "PRELOAD_STAT_DELAY_US"
@@ -268,7 +270,7 @@ def take(files: Manifest, *, threads: int | None = None, progress: bool | None =
     table.taken_ns = _clock()
     engine = StatEngine(threads=threads)
     table.listing_stat = engine.stat_paths(table.listing)
-    table.size, table.mtime_ns, table.ctime_ns = engine.stat_table(table, progress=progress)
+    table.size, table.mtime_ns, table.ctime_ns = engine.stat_table(table, progress=progress, desc="recording")
     stamps = np.concatenate([table.mtime_ns, table.ctime_ns, table.listing_stat[:, 1:].ravel()])
     stamps = stamps[stamps >= 0]
     fine = bool(np.any(stamps % 1_000_000_000 != 0))
@@ -462,9 +464,13 @@ class StatEngine:
             self.latency = probe_latency(sample, delay_us=self.delay_us)
         return threads_for(self.latency)
 
-    def stat_table(self, table: FileTable, *, progress: bool | None = None,
-                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """size, mtime_ns, ctime_ns of the table's files (or of ``rows`` only, the rest -1)."""
+    def stat_table(self, table: FileTable, *, progress: bool | None = None, rows: np.ndarray | None = None,
+                   desc: str = "checking") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """size, mtime_ns, ctime_ns of the table's files (or of ``rows`` only, the rest -1).
+
+        ``progress``: True/False, or None for a bar (``desc``) only when the
+        probe predicts a second or more and stderr is a terminal or a notebook.
+        """
         count = len(table)
         size = np.full(count, MISSING, np.int64)
         mtime = size.copy()
@@ -479,7 +485,7 @@ class StatEngine:
         if threads > 1 and chunk < CHUNK:
             tasks = _tasks(table, rows, chunk)
         seconds = todo * (self.latency or 2e-6) / threads
-        bar = _bar(todo, progress, seconds)
+        bar = _bar(todo, progress, seconds, desc)
         lock = threading.Lock()
 
         def run(task: tuple[int, np.ndarray]) -> None:
@@ -543,12 +549,16 @@ def _tasks(table: FileTable, rows: np.ndarray | None, chunk: int | None = None) 
     return tasks
 
 
-def _bar(total: int, progress: bool | None, seconds: float):
-    if progress is False or (progress is None and seconds < BAR_SECONDS):
+def _bar(total: int, progress: bool | None, seconds: float, desc: str):
+    """A bar if asked, or by default when the work is predicted to take a second and someone watches."""
+    if progress is None:
+        watched = progress_wanted(None) or "ipykernel" in sys.modules  # a terminal, or a notebook
+        progress = watched and seconds >= BAR_SECONDS
+    if not progress:
         return None
     from tqdm.auto import tqdm  # only when a bar is shown
 
-    return tqdm(total=total, desc="checking", unit="file", leave=False)
+    return tqdm(total=total, desc=desc, unit="file", leave=False)
 
 
 # ------------------------------------------------------------------ the check

@@ -252,6 +252,17 @@ def test_a_progress_bar_when_asked(tmp_path, source, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize(("latency", "shown"), [(5.0, True), (1e-3, False)])
+def test_by_default_a_bar_only_for_a_check_predicted_over_a_second(tmp_path, source, capsys, monkeypatch,
+                                                                   latency, shown):
+    monkeypatch.setattr(freshness, "progress_wanted", lambda progress: True)  # as if stderr were a terminal
+    table = freshness.take(Manifest.from_folder(source))
+    engine = freshness.StatEngine()
+    engine.latency = latency  # as a probe would measure: 12 files x 5 s on 32 threads > 1 s
+    engine.stat_table(table)
+    assert ("checking" in capsys.readouterr().err) is shown
+
+
 # ------------------------------------------------------------------------- the index
 
 
