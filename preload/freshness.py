@@ -111,7 +111,7 @@ THREADS_ENV = "PRELOAD_STAT_THREADS"
 FINE_GRANULARITY_NS = 20_000_000  # two 10 ms kernel ticks: the stamp may lag the clock by one
 COARSE_GRANULARITY_NS = 2_000_000_000
 MAX_THREADS = 32  # measured: beyond ~30 threads the GIL hand-overs cost more CPU than the waits they hide
-STAT_CPU_SECONDS = 25e-6  # CPU time of one stat that waits (see threads_for)
+STAT_CPU_SECONDS = 32e-6  # CPU time of one stat that waits (see threads_for)
 PROBE_FILES = 8
 CHUNK = 512  # files per task: big enough to amortise a task, small enough to balance threads
 FOLDER_FD_MIN = 8  # fewer files than this in a folder: stat full paths, skip the open/close
@@ -359,9 +359,9 @@ def probe_latency(paths: Sequence[str], *, delay_us: float = 0.0) -> float:
 def threads_for(latency: float) -> int:
     """Threads that keep the file system busy: few when a stat is CPU, many when it waits.
 
-    Each ``stat`` also costs CPU (measured ~15-25 us of user and system time on 2 cores
+    Each ``stat`` also costs CPU (measured 15-35 us of user and system time on 2 cores
     with a wait in it: the sleep, the wake-up, the GIL handed over), so the
-    cores cap the useful rate near ``cores / 25 us``; more threads than that
+    cores cap the useful rate near ``cores / 32 us``; more threads than that
     rate times the latency only queue for the GIL and switch more.
 
     Examples
