@@ -91,7 +91,6 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import sys
 import threading
 import time
 import zipfile
@@ -552,8 +551,7 @@ def _tasks(table: FileTable, rows: np.ndarray | None, chunk: int | None = None) 
 def _bar(total: int, progress: bool | None, seconds: float, desc: str):
     """A bar if asked, or by default when the work is predicted to take a second and someone watches."""
     if progress is None:
-        watched = progress_wanted(None) or "ipykernel" in sys.modules  # a terminal, or a notebook
-        progress = watched and seconds >= BAR_SECONDS
+        progress = progress_wanted(None) and seconds >= BAR_SECONDS  # a terminal or a notebook watches
     if not progress:
         return None
     from tqdm.auto import tqdm  # only when a bar is shown
