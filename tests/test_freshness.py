@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 
@@ -10,7 +11,7 @@ import pytest
 
 import preload
 from conftest import settle, smooth_image, write
-from preload import cache, decode, freshness
+from preload import cache, cli, decode, freshness
 from preload.sources import Manifest
 
 
@@ -123,6 +124,21 @@ def test_a_file_written_within_the_granularity_is_unverifiable_and_decoded_again
     calls = count_decodes(monkeypatch)
     build(source, out)
     assert calls == [str(victim)]
+
+
+def test_verify_on_the_command_line_names_unverifiable_files(tmp_path, source, monkeypatch, capsys):
+    victim = source / "ant" / "2.png"
+    victim.write_bytes(victim.read_bytes())
+    monkeypatch.setattr(freshness, "_clock", lambda: os.stat(victim).st_ctime_ns + 1_000_000)
+    out = tmp_path / "c.npy"
+    build(source, out)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli.main(["verify", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"fresh: {out}\n1 file unverifiable ('{victim}'): modified within")
+    assert cli.main(["verify", "--json", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["unverifiable"] == [str(victim)]
 
 
 def test_whole_second_stamps_assume_a_coarse_granularity(tmp_path, source):
