@@ -27,7 +27,7 @@ A cache named ``train.npy`` is these files in one folder:
     taken and the timestamp granularity assumed; ``labels`` (int64, or absent),
     ``classes`` (UTF-8 joined by NUL, or absent) and ``rows`` (for each row of
     the array, the index of its source file; absent when row i is file i).
-    The members are listed in :mod:`preload.freshness`. About 67 bytes a file,
+    The members are listed in :mod:`preload.freshness`. About 52 bytes a file,
     kept apart from the JSON and memory-mapped so opening a million-image
     cache parses nothing per file: a path is decoded when ``Dataset.paths``
     is read.
