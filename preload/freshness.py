@@ -101,7 +101,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import IncompleteCacheError, OptionError
+from .errors import IncompleteCacheError, OptionError, SourceError
 from .options import progress_wanted
 from .sources import Manifest, _scan, _walk
 
@@ -667,14 +667,17 @@ def _folders_again(table: FileTable, moved: list[str], verdict: Verdict) -> None
                       for i in np.flatnonzero(folder_of == ids[key]).tolist()}
         try:
             files, dirs = _scan(folder)
-        except OSError:  # the folder itself is gone: its files show as removed by their stat
+        except (OSError, SourceError):  # the folder itself is gone: its files show as removed by their stat
             continue
         verdict.added += [key + name for name in files if name not in before]
         verdict.removed += [key + name for name in sorted(before - set(files))]
         for name in dirs:
             sub = os.path.join(folder, name)
             if sub not in known_folders:
-                verdict.added += _walk(sub)
+                try:
+                    verdict.added += _walk(sub)
+                except (OSError, SourceError):  # a new folder that cannot be listed is still a change
+                    verdict.added.append(sub)
 
 
 __all__ = ["DELAY_ENV", "THREADS_ENV", "FileTable", "StatEngine", "Verdict", "check", "probe_latency", "read_index",

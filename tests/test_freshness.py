@@ -209,6 +209,14 @@ def test_folder_add_and_remove_relist_only_the_changed_folders(tmp_path, source,
     assert caught.value.changed == []
 
 
+def test_a_new_unreadable_sub_folder_is_a_change_not_a_crash(tmp_path, source, rng):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    os.symlink(source / "ant", source / "ant" / "loop")  # a symlink back up: listing it is a SourceError
+    with pytest.raises(preload.StaleCacheError, match=r"1 added \('.*ant/loop'\)"):
+        preload.open_cache(out)
+
+
 def test_a_new_class_folder_lists_the_whole_source_again(tmp_path, source, rng, monkeypatch):
     out = tmp_path / "c.npy"
     build(source, out)
