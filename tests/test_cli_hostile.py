@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import settle
 from preload import cache, cli, samples
 from preload.cli import main
 
@@ -39,6 +40,7 @@ def src(tmp_path) -> Path:
     for name in ("cat/0.png", "cat/1.png", "dog/2.png"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         assert cv2.imwrite(str(root / name), rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    settle()  # older than the timestamp granularity: verify then has no unverifiable file to list
     return root
 
 
