@@ -71,7 +71,8 @@ def test_the_python_blocks_of_the_page_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__main__"}
     for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"{page.name}, Python block {number}", "exec"), namespace)  # the documented code is the test
+        # the documented code is the test
+        exec(compile(block, f"{page.name}, Python block {number}", "exec"), namespace)
 
 
 def test_the_cluster_example_builds_the_cache_it_prints(tmp_path):
