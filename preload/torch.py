@@ -1,7 +1,7 @@
 """PyTorch adapter: a cache or a loaded dataset as a ``torch.utils.data.Dataset``.
 
-Needs the ``torch`` extra (``pip install 'preload[torch]'``); the rest of
-preload never imports torch.
+Needs the ``torch`` extra (``pip install "preload-images[torch]"``, or
+``pip install ".[torch]"`` in a clone); the rest of preload never imports torch.
 
 With ``DataLoader(num_workers > 0)`` each worker process needs the data. A
 cache is passed by its path: the adapter drops its memory map when it is
