@@ -8,8 +8,9 @@ whatever goes wrong with one file leaves :meth:`Decoder.decode_into` as an
 
 The path of one image, and why each step is where it is:
 
-1. The whole file is read in one call and its header parsed
-   (:mod:`preload.headers`): bombs, truncation and unknown data are caught
+1. The header is read and parsed first (:mod:`preload.headers`), then the
+   rest of the file in one call (:func:`read_file`): special files, bombs,
+   variants OpenCV decodes wrongly, truncation and unknown data are caught
    before OpenCV allocates anything.
 2. JPEGs are decoded at 1/2, 1/4 or 1/8 scale when the geometry still leaves
    at least twice the output's pixels on each axis:
@@ -26,6 +27,7 @@ The path of one image, and why each step is where it is:
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,8 +37,10 @@ import cv2
 import numpy as np
 
 from .errors import ImageDecodeError, Reason, open_error
-from .headers import ImageInfo, parse
-from .options import DecodeOptions
+from .headers import ImageInfo, open_regular, parse, read_header
+from .options import DEFAULT_MAX_PIXELS, DecodeOptions
+
+_OPENCV_LIMIT = "more pixels than OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS) allows"
 
 # ----------------------------------------------------------------------- geometry
 
@@ -183,13 +187,96 @@ _CONVERT = {
 }
 
 
-def read_file(path: str) -> bytes:
-    """The whole file in one read (one allocation, no copy into NumPy later)."""
+# Room a file may take beyond its pixels (metadata, thumbnails, the video of a
+# motion photo), and the most bytes any accepted format spends per pixel (raw
+# 16-bit RGBA): a bigger file than max_pixels can explain is refused unread.
+_SLACK_BYTES = 256 << 20
+_BYTES_PER_PIXEL = 8
+
+
+def read_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytearray | bytes, ImageInfo]:
+    """The whole file and its parsed header, checked before the bulk of it is read.
+
+    In order: the open descriptor must be a regular file (a FIFO, socket or
+    device is refused before a byte is read, so none can hang or stream
+    forever); its size must fit ``max_pixels`` (see ``_BYTES_PER_PIXEL``); the
+    header (a few KB, :func:`preload.headers.read_header`) must name a format
+    and size preload can check, at most ``max_pixels`` pixels, and no variant
+    OpenCV would decode wrongly. Only then is the rest read, into one buffer.
+
+    Raises
+    ------
+    ImageDecodeError
+        With the reason of the first check that fails.
+    """
+    handle, size = open_regular(path)
+    with handle:
+        limit = max_pixels * _BYTES_PER_PIXEL + _SLACK_BYTES
+        if size > limit:
+            detail = (f"the file is {size:,} bytes, more than any image of max_pixels={max_pixels:,} "
+                      f"pixels needs ({limit:,} bytes); it was not read")
+            raise ImageDecodeError(path, Reason.TOO_LARGE, detail)
+        head, info = read_header(handle, path, size)
+        check_header(path, info, max_pixels)
+        if len(head) >= size:
+            return head, info
+        data = bytearray(size)
+        data[: len(head)] = head
+        view, done = memoryview(data), len(head)
+        try:
+            handle.seek(done)  # the header came through pread, which leaves the offset at 0
+            while done < size:
+                got = handle.readinto(view[done:])
+                if not got:
+                    break
+                done += got
+        except OSError as exc:
+            raise open_error(path, exc) from exc
+    del view  # a bytearray with a live view cannot be resized or sliced safely
+    if done < size:  # the file shrank after fstat: parse what there is (truncation shows)
+        data = data[:done]
+    info = parse(data, path, complete=True)
+    check_header(path, info, max_pixels)
+    return data, info
+
+
+def check_header(path: str, info: ImageInfo, max_pixels: int) -> None:
+    """Refuse what the header says OpenCV must not be handed (see :func:`read_file`)."""
+    if info.unsupported:
+        raise ImageDecodeError(path, Reason.UNSUPPORTED, info.unsupported)
+    if info.format == "other":
+        try:
+            readable = cv2.haveImageReader(path)  # looks at the signature only
+        except (cv2.error, UnicodeError):
+            readable = False
+        if readable:
+            detail = "a format preload cannot read the size of before decoding (so max_pixels cannot be checked)"
+            raise ImageDecodeError(path, Reason.UNSUPPORTED, detail)
+        raise ImageDecodeError(path, Reason.NOT_AN_IMAGE, "not an image, or a format OpenCV cannot decode")
+    pixels = (info.height or 0) * (info.width or 0)
+    if pixels == 0:
+        raise ImageDecodeError(path, Reason.CORRUPT, f"the header gives a size of {info.width}x{info.height}")
+    if pixels > max_pixels:
+        detail = (
+            f"the header announces {info.width}x{info.height} = {pixels:,} pixels, "
+            f"more than max_pixels={max_pixels:,}"
+        )
+        raise ImageDecodeError(path, Reason.TOO_LARGE, detail)
+
+
+def _opencv_refused_size(text: str, info: ImageInfo) -> bool:
+    """Whether a failed decode is OpenCV's own pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS).
+
+    OpenCV reads that variable once, at its first decode, so the limit in
+    force may be the default 2**30 or whatever the environment said then.
+    """
+    if "CV_IO_MAX_IMAGE_PIXELS" in text or "validateInputImageSize" in text:
+        return True
     try:
-        with open(path, "rb", buffering=0) as handle:
-            return handle.read()
-    except OSError as exc:
-        raise open_error(path, exc) from exc
+        limit = min(1 << 30, int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30)))
+    except ValueError:
+        limit = 1 << 30
+    return (info.height or 0) * (info.width or 0) > limit
 
 
 class Decoder:
@@ -231,11 +318,11 @@ class Decoder:
 
     def _decode(self, path: str, size: tuple[int, int] | None) -> tuple[np.ndarray, str, ImageInfo, int]:
         """The image, its channel order, its header and the JPEG scale-down it was decoded at."""
-        data = read_file(path)
-        info = parse(data, path, complete=True)
-        self._check_pixels(path, info)
+        data, info = read_file(path, self.options.max_pixels)
         options = self.options
-        flags = 0 if options.exif else cv2.IMREAD_IGNORE_ORIENTATION
+        # Orientation is applied below from the header's reading of it, the same
+        # for every format, so exif=True and False differ exactly when the file says so.
+        flags = cv2.IMREAD_IGNORE_ORIENTATION
         factor = 1
         if info.format == "jpeg":
             oriented = info.oriented_size(options.exif)
@@ -252,30 +339,28 @@ class Decoder:
         try:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         except cv2.error as exc:
+            if _opencv_refused_size(str(exc), info):
+                raise ImageDecodeError(path, Reason.TOO_LARGE, _OPENCV_LIMIT) from None
             detail = f"the {kind} decoder failed: {opencv_reason(exc)}"
             raise ImageDecodeError(path, Reason.CORRUPT, detail) from None
         if image is None or image.size == 0:
-            if info.format == "other":
-                raise ImageDecodeError(path, Reason.NOT_AN_IMAGE, "not an image, or a format OpenCV cannot decode")
+            if _opencv_refused_size("", info):
+                raise ImageDecodeError(path, Reason.TOO_LARGE, _OPENCV_LIMIT)
             raise ImageDecodeError(path, Reason.CORRUPT, f"corrupt {kind} data (the decoder gave up)")
-        if info.format == "tiff" and not options.exif and info.orientation != 1:
-            image = _undo_orientation(image, info.orientation)  # OpenCV's TIFF reader always applies it
+        if info.format == "tiff":
+            if not options.exif and info.orientation != 1:
+                image = _undo_orientation(image, info.orientation)  # OpenCV's TIFF reader always applies it
+        elif options.exif and info.orientation != 1:
+            image = _apply_orientation(image, info.orientation)
+        expected = info.oriented_size(options.exif)
+        expected = (-(-expected[0] // factor), -(-expected[1] // factor))
+        if image.shape[:2] != expected:
+            detail = (f"the {kind} decoder returned {image.shape[0]}x{image.shape[1]} pixels but the header "
+                      f"says {expected[0]}x{expected[1]}")
+            raise ImageDecodeError(path, Reason.CORRUPT, detail)
         if order is None:
             image, order = _to_8bit(image, path)
         return image, order, info, factor
-
-    def _check_pixels(self, path: str, info: ImageInfo) -> None:
-        if info.height is None or info.width is None:
-            return
-        pixels = info.height * info.width
-        if pixels == 0:
-            raise ImageDecodeError(path, Reason.CORRUPT, f"the header gives a size of {info.width}x{info.height}")
-        if pixels > self.options.max_pixels:
-            detail = (
-                f"the header announces {info.width}x{info.height} = {pixels:,} pixels, "
-                f"more than max_pixels={self.options.max_pixels:,}"
-            )
-            raise ImageDecodeError(path, Reason.TOO_LARGE, detail)
 
     # -- writing into a slot --------------------------------------------------
 
@@ -429,6 +514,15 @@ def _fill_margins(slot: np.ndarray, geometry: Geometry, options: DecodeOptions) 
         plane = slot[c] if options.layout == "NCHW" else slot[:, :, c]
         for rows, cols in bands:
             plane[rows, cols] = value
+
+
+def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn the stored pixels upright as EXIF ``orientation`` (2..8) says."""
+    if orientation == 6:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 8:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return _undo_orientation(image, orientation)  # the other turns are their own inverse
 
 
 def _undo_orientation(image: np.ndarray, orientation: int) -> np.ndarray:

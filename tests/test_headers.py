@@ -45,9 +45,9 @@ def test_probe_reads_past_large_app_segments(tmp_path, rng):
     assert (info.height, info.width) == (16, 24)
 
 
-def test_unknown_signature_is_left_to_opencv():
-    info = headers.parse(b"GIF89a" + bytes(16), "x.gif", complete=True)
-    assert (info.format, info.height) == ("other", None)
+def test_unknown_signature_has_no_size():
+    info = headers.parse(b"\x00\x01junk" + bytes(16), "x.bin", complete=True)
+    assert (info.format, info.height, info.unsupported) == ("other", None, None)
 
 
 def test_pnm_size_with_comments():
