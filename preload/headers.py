@@ -41,6 +41,7 @@ from .errors import ImageDecodeError, Reason, open_error
 
 HEADER_BYTES = 1 << 16  # enough for the headers of nearly every file; more is read only when needed
 _MAX_JPEG_HEADER = 64 << 20  # libjpeg skips junk between markers; give up after this much
+_MAX_CHUNKS = 1000  # PNG/WebP chunks walked in search of EXIF before giving up on it
 
 
 @dataclass(frozen=True)
@@ -165,21 +166,23 @@ def _next_marker(src: _Source, pos: int, path: str) -> tuple[int, int]:
     FF00 pairs; files from broken writers (a segment length one byte short,
     junk between segments) decode fine in it, so they must pass here too.
     """
-    scanned = 0
+    start = pos
     while True:
-        block = src.get(pos, 4096)
+        block = src.get(pos, 1 << 16)
         if len(block) < 2:
             raise _truncated(path, "truncated JPEG (the file ends inside its header)")
-        k = 0
-        while k + 1 < len(block):
-            if block[k] != 0xFF or block[k + 1] in (0xFF, 0x00):
-                k += 2 if block[k] == 0xFF and block[k + 1] == 0x00 else 1
-                continue
-            return pos + k, block[k + 1]
-        pos += k
-        scanned += k
-        if scanned > _MAX_JPEG_HEADER:
-            detail = f"corrupt JPEG header (no marker in the {_MAX_JPEG_HEADER >> 20} MB after byte {pos - scanned})"
+        k = block.find(b"\xff")
+        while 0 <= k < len(block) - 1:
+            following = block[k + 1]
+            if following == 0xFF:  # fill byte
+                k += 1
+            elif following == 0x00:  # stuffed zero: not a marker
+                k = block.find(b"\xff", k + 2)
+            else:
+                return pos + k, following
+        pos += len(block) if k < 0 else k  # a trailing 0xFF is looked at again with what follows
+        if pos - start > _MAX_JPEG_HEADER:
+            detail = f"corrupt JPEG header (no marker in the {_MAX_JPEG_HEADER >> 20} MB after byte {start})"
             raise _corrupt(path, detail)
 
 
@@ -259,12 +262,12 @@ def _png(src: _Source, path: str) -> ImageInfo:
         raise _truncated(path, "truncated PNG (no IEND chunk)")
     # An eXIf chunk (orientation) must come before the first IDAT.
     orientation, pos = 1, 8
-    while True:
+    for _ in range(_MAX_CHUNKS):
         chunk = src.get(pos, 8)
         if len(chunk) < 8:
             break
         length, kind = _u32(chunk, 0), chunk[4:8]
-        if kind in (b"IDAT", b"IEND"):
+        if kind in (b"IDAT", b"IEND") or not kind.isalpha():  # not a chunk: the decoder will say so
             break
         if kind == b"eXIf":
             orientation = _exif_orientation(src.get(pos + 8, min(length, 1 << 20)))
@@ -339,14 +342,15 @@ def _webp(src: _Source, path: str) -> ImageInfo:
 
 def _webp_orientation(src: _Source) -> int:
     pos = 12
-    while True:
+    for _ in range(_MAX_CHUNKS):
         chunk = src.get(pos, 8)
-        if len(chunk) < 8:
+        if len(chunk) < 8 or not chunk[:4].isascii():
             return 1
         kind, length = chunk[:4], _u32(chunk, 4, big=False)
         if kind == b"EXIF":
             return _exif_orientation(src.get(pos + 8, min(length, 1 << 20)))
         pos += 8 + length + (length & 1)
+    return 1
 
 
 # ---------------------------------------------------------------------- TIFF
@@ -534,6 +538,12 @@ def open_regular(path: str):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
+        try:  # a socket cannot be opened at all (ENXIO): say what it is
+            kind = _file_kind(os.stat(path).st_mode)
+        except OSError:
+            kind = None
+        if kind is not None:
+            raise ImageDecodeError(path, Reason.UNREADABLE, f"it is {kind}, not a regular file") from None
         raise open_error(path, exc) from exc
     except ValueError:  # a NUL byte in the name
         raise ImageDecodeError(path, Reason.UNREADABLE, "the file name holds a NUL byte") from None
