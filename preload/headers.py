@@ -79,6 +79,12 @@ class _Source:
         self.read_at = read_at
         self.size = len(data) if complete or size is None else size
 
+    def some(self, at: int, count: int) -> bytes:
+        """At least 2 and up to ``count`` bytes at ``at``, from what was read when it holds them."""
+        if at + 2 <= len(self.data):
+            return bytes(self.data[at : at + count])
+        return self.get(at, count)
+
     def get(self, at: int, count: int) -> bytes:
         """Up to ``count`` bytes at offset ``at`` (fewer only at the end of the file)."""
         if at < 0 or count <= 0:
@@ -166,9 +172,10 @@ def _next_marker(src: _Source, pos: int, path: str) -> tuple[int, int]:
     FF00 pairs; files from broken writers (a segment length one byte short,
     junk between segments) decode fine in it, so they must pass here too.
     """
-    start = pos
+    start, step = pos, 64  # markers usually follow each other: look at a few bytes, more while skipping junk
     while True:
-        block = src.get(pos, 1 << 16)
+        block = src.some(pos, step)
+        step = min(step * 4, 1 << 16)
         if len(block) < 2:
             raise _truncated(path, "truncated JPEG (the file ends inside its header)")
         k = block.find(b"\xff")
@@ -552,7 +559,7 @@ def open_regular(path: str):
         kind = _file_kind(info.st_mode)
         if kind is not None:
             raise ImageDecodeError(path, Reason.UNREADABLE, f"it is {kind}, not a regular file")
-        os.set_blocking(fd, True)
+        # O_NONBLOCK stays set: it changes nothing for a regular file (reads from disk never return EAGAIN).
         return os.fdopen(fd, "rb", buffering=0), info.st_size
     except BaseException:
         os.close(fd)
