@@ -111,7 +111,8 @@ def parse(data, path: str, *, complete: bool, read_at=None, size: int | None = N
 
     Examples
     --------
-    >>> parse(b"GIF89a\\x40\\x01\\xf0\\x00" + bytes(8), "a.gif", complete=True)[:3]
+    >>> info = parse(b"GIF89a\\x40\\x01\\xf0\\x00" + bytes(8), "a.gif", complete=True)
+    >>> info.format, info.height, info.width
     ('gif', 240, 320)
     """
     if len(data) == 0:
