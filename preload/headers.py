@@ -8,7 +8,7 @@ a PNG without its IEND chunk), and to refuse the variants OpenCV decodes into
 wrong pixels without a word (``unsupported``).
 
 Formats parsed: JPEG, PNG, BMP, WebP, TIFF and BigTIFF, PNM and PAM, GIF,
-JPEG 2000 (JP2 and raw codestreams) and Sun raster. The EXIF orientation is
+JPEG 2000 (JP2 and raw codestreams), Sun raster and AVIF. The EXIF orientation is
 read from JPEG (the first APP1 ``Exif``), PNG (eXIf before IDAT), WebP (EXIF)
 and TIFF (tag 274 of the first directory). Every other signature is
 ``format="other"`` with no size; the decoder refuses those without decoding
@@ -24,6 +24,8 @@ output differs from the file's pixels):
   premultiplies the colours), 2-15 bit samples other than palette indices,
   floating-point or signed samples.
 * PNM/PAM: a maximum value other than 1, 255 or 65535 (OpenCV does not rescale).
+* AVIF with a rotation or mirror property (not checked against OpenCV: no
+  writer at hand makes one).
 
 Only the bytes a header needs are read: a parser asks for byte ranges, which
 come from the bytes already read or, for an open file, from ``os.pread``, so
@@ -51,7 +53,7 @@ class ImageInfo:
     ``unsupported`` is why OpenCV would decode this variant wrongly, or None.
     """
 
-    format: str  # "jpeg", "png", "bmp", "webp", "tiff", "pnm", "gif", "jp2", "sun" or "other"
+    format: str  # "jpeg", "png", "bmp", "webp", "tiff", "pnm", "gif", "jp2", "sun", "avif" or "other"
     height: int | None
     width: int | None
     orientation: int = 1  # EXIF orientation 1..8; 5..8 swap height and width
@@ -137,6 +139,8 @@ def parse(data, path: str, *, complete: bool, read_at=None, size: int | None = N
         return _jp2(src, path)
     if head.startswith(b"\x59\xa6\x6a\x95"):
         return _sun(src, path)
+    if head[4:8] == b"ftyp" and _is_avif(src):
+        return _avif(src, path)
     if head[:2] in (b"PF", b"Pf") or head.startswith(b"#?") or head.startswith(b"v/1\x01"):
         # PFM, Radiance HDR, OpenEXR: float images, which preload does not turn into uint8
         return ImageInfo("other", None, None, unsupported="a floating-point image format (PFM, HDR or EXR)")
@@ -521,6 +525,65 @@ def _sun(src: _Source, path: str) -> ImageInfo:
     if len(head) < 12:
         raise _truncated(path, "truncated Sun raster (the file ends inside its header)")
     return ImageInfo("sun", _u32(head, 8), _u32(head, 4))
+
+
+def _boxes(src: _Source, start: int, end: int):
+    """(type, payload start, payload end) of the ISO-BMFF boxes between ``start`` and ``end``."""
+    pos = start
+    for _ in range(_MAX_CHUNKS):
+        if pos + 8 > end:
+            return
+        box = src.get(pos, 16)
+        if len(box) < 8:
+            return
+        length, kind, skip = _u32(box, 0), box[4:8], 8
+        if length == 1:
+            length, skip = int.from_bytes(box[8:16], "big"), 16
+        elif length == 0:
+            length = end - pos
+        if length < skip:
+            return
+        yield kind, pos + skip, min(end, pos + length)
+        pos += length
+
+
+def _is_avif(src: _Source) -> bool:
+    ftyp = src.get(0, 64)
+    length = min(_u32(ftyp, 0), len(ftyp))
+    brands = [ftyp[k : k + 4] for k in range(8, length, 4) if k != 12]  # major brand, then compatible ones
+    return b"avif" in brands or b"avis" in brands
+
+
+def _avif(src: _Source, path: str) -> ImageInfo:
+    """AVIF: the largest image spatial extent (``ispe``) among the item properties.
+
+    meta (a full box: 4 bytes of version and flags) > iprp > ipco > ispe
+    (version and flags, then width and height). The largest one is the
+    primary image (grid tiles and alpha planes are never bigger).
+    """
+    best = None
+    transformed = False
+    for kind, start, end in _boxes(src, 0, src.size):
+        if kind != b"meta":
+            continue
+        for kind2, start2, end2 in _boxes(src, start + 4, end):
+            if kind2 != b"iprp":
+                continue
+            for kind3, start3, end3 in _boxes(src, start2, end2):
+                if kind3 != b"ipco":
+                    continue
+                for kind4, start4, _ in _boxes(src, start3, end3):
+                    if kind4 == b"ispe":
+                        extent = src.get(start4 + 4, 8)
+                        size = (_u32(extent, 4), _u32(extent, 0))  # (height, width)
+                        if len(extent) == 8 and (best is None or size[0] * size[1] > best[0] * best[1]):
+                            best = size
+                    elif kind4 in (b"irot", b"imir"):
+                        transformed = True
+    if best is None:
+        return ImageInfo("other", None, None, unsupported="an AVIF file without an image size (ispe) preload can read")
+    unsupported = "an AVIF image with a rotation or mirror property (irot/imir)" if transformed else None
+    return ImageInfo("avif", best[0], best[1], unsupported=unsupported)
 
 
 # -------------------------------------------------------------- from a file

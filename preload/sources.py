@@ -122,7 +122,8 @@ class Manifest:
         cls, paths: Sequence[str | os.PathLike], labels: Sequence | np.ndarray | None = None
     ) -> Manifest:
         """Take an explicit list of files, with optional int or string labels."""
-        texts = [os.fspath(p) for p in paths]
+        # bytes names become str the way Python spells undecodable bytes (surrogateescape)
+        texts = [os.fsdecode(p) for p in paths]
         if not texts:
             raise SourceError("the list of paths is empty")
         for i, text in enumerate(texts):

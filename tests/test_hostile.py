@@ -353,6 +353,7 @@ ANY_FORMAT = {
     "gif": (_gif, Reason.TOO_LARGE),
     "jp2": (lambda image: cv2.imencode(".jp2", image)[1].tobytes(), Reason.TOO_LARGE),
     "pam": (lambda image: cv2.imencode(".pam", image)[1].tobytes(), Reason.TOO_LARGE),
+    "avif": (lambda image: cv2.imencode(".avif", image)[1].tobytes(), Reason.TOO_LARGE),
     "sun-raster": (lambda image: cv2.imencode(".ras", image)[1].tobytes(), Reason.TOO_LARGE),
     "bigtiff": (_bigtiff, Reason.TOO_LARGE),
     "tiff-size-tags-twice": (_twice_sized_tiff, Reason.CORRUPT),
@@ -376,7 +377,7 @@ def test_max_pixels_holds_for_every_format(tmp_path, rng, name):
         assert preload.load([str(path)], max_pixels=2000, progress=False).images.shape == (1, 40, 50, 3)
 
 
-def test_an_unknown_format_opencv_reads_is_unsupported_and_junk_is_not_an_image(tmp_path):
+def test_a_float_format_is_unsupported_and_junk_is_not_an_image(tmp_path):
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(bytes(5000))
     assert only_failure(str(junk)).reason == Reason.NOT_AN_IMAGE

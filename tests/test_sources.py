@@ -674,3 +674,14 @@ def test_a_csv_that_is_a_fifo_is_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(SourceError, match="it is not a regular file"):
         Manifest.from_csv(fifo)
+
+
+def test_bytes_paths_become_str_paths(tmp_path):
+    path = write_image(tmp_path / "a.png")
+    ds = preload.load([os.fsencode(path)], progress=False)
+    assert ds.paths == [path]
+
+
+def test_a_path_with_a_nul_character_is_a_source_error():
+    with pytest.raises(SourceError, match=r"path 1 of the list \('b\\x00.png'\) holds a NUL character"):
+        Manifest.from_paths(["a.png", "b\x00.png"])
