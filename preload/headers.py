@@ -257,7 +257,8 @@ def _exif_orientation(tiff: bytes) -> int:
         if entry + 12 > len(tiff):
             break
         if _u16(tiff, entry, big) == 0x0112:
-            value = _u16(tiff, entry + 8, big)
+            kind = _u16(tiff, entry + 2, big)  # SHORT as the standard says; some writers use LONG
+            value = _u32(tiff, entry + 8, big) if kind == 4 else _u16(tiff, entry + 8, big)
             return value if 1 <= value <= 8 else 1
     return 1
 
@@ -497,19 +498,10 @@ def _jp2(src: _Source, path: str) -> ImageInfo:
     """JPEG 2000: the size OpenJPEG uses is the codestream's SIZ, not the JP2 ``ihdr`` box."""
     pos = 0
     if src.get(0, 4) != b"\xff\x4f\xff\x51":
-        while True:  # boxes: length (u32, 1 = u64 follows, 0 = to the end), type
-            box = src.get(pos, 16)
-            if len(box) < 8:
-                raise _truncated(path, "truncated JPEG 2000 file (no codestream)")
-            length, kind, skip = _u32(box, 0), box[4:8], 8
-            if length == 1:
-                length, skip = int.from_bytes(box[8:16], "big"), 16
-            if kind == b"jp2c":
-                pos += skip
-                break
-            if length < skip:
-                raise _corrupt(path, "corrupt JPEG 2000 file (a box before the codestream has no length)")
-            pos += length
+        codestream = next((start for kind, start, _ in _boxes(src, 0, src.size) if kind == b"jp2c"), None)
+        if codestream is None:
+            raise _truncated(path, "truncated JPEG 2000 file (no codestream box)")
+        pos = codestream
     siz = src.get(pos, 24)
     if len(siz) < 24 or siz[:4] != b"\xff\x4f\xff\x51":
         raise _corrupt(path, "corrupt JPEG 2000 codestream (no SIZ marker after its start)")
