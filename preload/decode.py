@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageDecodeError, Reason, open_error
-from .headers import ImageInfo, open_regular, parse, read_header
+from .headers import ImageInfo, check_end, open_regular, read_header
 from .options import DEFAULT_MAX_PIXELS, DecodeOptions
 
 _OPENCV_LIMIT = "more pixels than OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS) allows"
@@ -233,10 +233,9 @@ def read_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytearra
         except OSError as exc:
             raise open_error(path, exc) from exc
     del view  # a bytearray with a live view cannot be resized or sliced safely
-    if done < size:  # the file shrank after fstat: parse what there is (truncation shows)
+    if done < size:  # the file shrank after fstat: check_end and the decoder judge what is left
         data = data[:done]
-    info = parse(data, path, complete=True)
-    check_header(path, info, max_pixels)
+    check_end(data, info, path)  # the header parse read everything else it needed through pread
     return data, info
 
 

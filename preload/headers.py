@@ -58,6 +58,7 @@ class ImageInfo:
     width: int | None
     orientation: int = 1  # EXIF orientation 1..8; 5..8 swap height and width
     unsupported: str | None = None
+    body: int = 0  # where the image data starts (JPEG: the first scan), for the truncation check
 
     def oriented_size(self, exif: bool) -> tuple[int, int] | None:
         """(height, width) as the decoder will return it, or None if unknown."""
@@ -177,7 +178,10 @@ def _next_marker(src: _Source, pos: int, path: str) -> tuple[int, int]:
     FF00 pairs; files from broken writers (a segment length one byte short,
     junk between segments) decode fine in it, so they must pass here too.
     """
-    start, step = pos, 64  # markers usually follow each other: look at a few bytes, more while skipping junk
+    data = src.data
+    if pos + 1 < len(data) and data[pos] == 0xFF and data[pos + 1] not in (0x00, 0xFF):
+        return pos, data[pos + 1]  # the usual case: the next marker right where the last segment ended
+    start, step = pos, 64  # look at a few bytes, more while skipping junk
     while True:
         block = src.some(pos, step)
         step = min(step * 4, 1 << 16)
@@ -230,11 +234,27 @@ def _jpeg(src: _Source, path: str) -> ImageInfo:
         pos = end
     if height is None:
         raise _corrupt(path, "corrupt JPEG (no frame header before the scan)")
+    info = ImageInfo("jpeg", height or None, width or None, orientation or 1, body=pos)
+    if src.complete:
+        check_end(src.data, info, path)
+    return info
+
+
+def check_end(data, info: ImageInfo, path: str) -> None:
+    """Refuse a whole file (``data``) that ends before its image does: JPEG without EOI, PNG without IEND.
+
+    Raises
+    ------
+    ImageDecodeError
+        ``TRUNCATED``.
+    """
     # Entropy-coded data escapes every 0xFF, so an FFD9 after the first scan can
     # only be the end-of-image marker; its absence means the file was cut short.
-    if src.complete and src.data.rfind(b"\xff\xd9", pos) < 0:
+    # (An FFD9 before the scan can be an EXIF thumbnail's.)
+    if info.format == "jpeg" and data.rfind(b"\xff\xd9", info.body) < 0:
         raise _truncated(path, "truncated JPEG (no end-of-image marker)")
-    return ImageInfo("jpeg", height or None, width or None, orientation or 1)
+    if info.format == "png" and data.rfind(b"IEND", 33) < 0:
+        raise _truncated(path, "truncated PNG (no IEND chunk)")
 
 
 def _exif_orientation(tiff: bytes) -> int:
@@ -271,8 +291,8 @@ def _png(src: _Source, path: str) -> ImageInfo:
     if len(head) < 24 or head[12:16] != b"IHDR":
         raise _truncated(path, "truncated PNG (the file ends inside its header)")
     width, height = _u32(head, 16), _u32(head, 20)
-    if src.complete and src.data.rfind(b"IEND", 33) < 0:
-        raise _truncated(path, "truncated PNG (no IEND chunk)")
+    if src.complete:
+        check_end(src.data, ImageInfo("png", height, width), path)
     # An eXIf chunk (orientation) must come before the first IDAT.
     orientation, pos = 1, 8
     for _ in range(_MAX_CHUNKS):
