@@ -94,6 +94,7 @@ class Reason(str, enum.Enum):
     TRUNCATED = "truncated"  # the file ends before the image does
     TOO_LARGE = "too-large"  # header announces more pixels than max_pixels
     CORRUPT = "corrupt"  # recognised format, but the decoder failed
+    DAMAGED = "damaged"  # the decoder reported damaged image data it would have papered over
     UNSUPPORTED = "unsupported"  # a variant OpenCV would decode wrongly, or one preload cannot bound
     WRONG_SIZE = "wrong-size"  # size=None and this image's size differs from the others'
 

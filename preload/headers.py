@@ -27,6 +27,12 @@ output differs from the file's pixels):
 * AVIF with a rotation or mirror property (not checked against OpenCV: no
   writer at hand makes one).
 
+For a JPEG the header also gives the decoder its frame (:class:`JpegFrame`:
+coding process, precision, components) and the stray bytes between
+segments that libjpeg skips, which the decoder cuts out before its strict
+decode. The marker scan is as lenient as libjpeg's: it skips what libjpeg
+skips, up to 64 MB.
+
 Only the bytes a header needs are read: a parser asks for byte ranges, which
 come from the bytes already read or, for an open file, from ``os.pread``, so
 a TIFF directory at the end of a 2 GB file costs two small reads.
@@ -35,6 +41,7 @@ a TIFF directory at the end of a 2 GB file costs two small reads.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +66,7 @@ class ImageInfo:
     orientation: int = 1  # EXIF orientation 1..8; 5..8 swap height and width
     unsupported: str | None = None
     body: int = 0  # where the image data starts (JPEG: the first scan), for the truncation check
+    jpeg: JpegFrame | None = None  # JPEG only: the frame header and the junk libjpeg skips
 
     def oriented_size(self, exif: bool) -> tuple[int, int] | None:
         """(height, width) as the decoder will return it, or None if unknown."""
@@ -67,6 +75,22 @@ class ImageInfo:
         if exif and self.orientation >= 5:
             return self.width, self.height
         return self.height, self.width
+
+
+@dataclass(frozen=True)
+class JpegFrame:
+    """What the decoder needs to know of a JPEG's frame header (its SOFn segment).
+
+    ``junk`` lists the stray bytes between header segments that libjpeg
+    skips with the warning "N extraneous bytes before marker 0xMM": each
+    entry is ``(start, stop, count, marker)``, ``data[start:stop]`` being the
+    bytes to drop and ``count`` the number libjpeg reports.
+    """
+
+    sof: int  # the SOFn marker: 0xC0 baseline, 0xC1 extended, 0xC2 progressive, others rarer
+    precision: int  # bits per sample
+    components: int  # 1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK
+    junk: tuple[tuple[int, int, int, int], ...] = ()
 
 
 class _NeedMore(Exception):
@@ -168,15 +192,18 @@ def _u32(data, at: int, big: bool = True) -> int:
 
 # SOFn markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range.
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_FF_RUN = re.compile(rb"\xff+")
 
 
-def _next_marker(src: _Source, pos: int, path: str) -> tuple[int, int]:
+def _next_marker(src: _Source, pos: int, path: str, junk: list | None = None) -> tuple[int, int]:
     """(position, marker) of the next marker at or after ``pos``, skipping what libjpeg skips.
 
     libjpeg's next_marker() passes over any bytes that are not 0xFF (it warns
     "N extraneous bytes before marker"), over fill 0xFF bytes and over stuffed
     FF00 pairs; files from broken writers (a segment length one byte short,
     junk between segments) decode fine in it, so they must pass here too.
+    Skipped bytes other than the fill before the marker are appended to
+    ``junk`` as ``(start, stop, count, marker)`` (see :class:`JpegFrame`).
     """
     data = src.data
     if pos + 1 < len(data) and data[pos] == 0xFF and data[pos + 1] not in (0x00, 0xFF):
@@ -195,6 +222,8 @@ def _next_marker(src: _Source, pos: int, path: str) -> tuple[int, int]:
             elif following == 0x00:  # stuffed zero: not a marker
                 k = block.find(b"\xff", k + 2)
             else:
+                if junk is not None and pos + k > start:
+                    _record_junk(src, start, pos + k, following, junk)
                 return pos + k, following
         pos += len(block) if k < 0 else k  # a trailing 0xFF is looked at again with what follows
         if pos - start > _MAX_JPEG_HEADER:
@@ -202,12 +231,29 @@ def _next_marker(src: _Source, pos: int, path: str) -> tuple[int, int]:
             raise _corrupt(path, detail)
 
 
+def _record_junk(src: _Source, start: int, at: int, marker: int, junk: list) -> None:
+    """Note the bytes skipped between ``start`` and the marker at ``at`` as libjpeg counts them.
+
+    libjpeg counts each non-0xFF byte and each stuffed ``FF..FF 00`` sequence
+    as 2, but not the fill 0xFFs right before the marker; so the count is
+    the non-0xFF bytes plus the runs of 0xFF before the fill. Rare (broken
+    writers only), so the skipped range is simply read again.
+    """
+    skipped = src.get(start, at - start).rstrip(b"\xff")
+    if skipped:
+        runs = len(_FF_RUN.findall(skipped))  # each one ends in a stuffed 00, counted with the non-FF bytes
+        count = len(skipped) - skipped.count(b"\xff") + runs
+        junk.append((start, start + len(skipped), count, marker))
+
+
 def _jpeg(src: _Source, path: str) -> ImageInfo:
     pos = 2
     height = width = None
+    frame = None
     orientation = None
+    junk: list[tuple[int, int, int, int]] = []
     while True:
-        pos, marker = _next_marker(src, pos, path)
+        pos, marker = _next_marker(src, pos, path, junk)
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
             pos += 2
             continue
@@ -223,18 +269,21 @@ def _jpeg(src: _Source, path: str) -> ImageInfo:
         length = _u16(segment, 0)
         end = pos + 2 + length
         if marker in _SOF and length >= 7:
-            frame = src.get(pos + 5, 4)
-            if len(frame) < 4:
+            fields = src.get(pos + 4, 6)  # precision, height, width, components
+            if len(fields) < 5:
                 raise _truncated(path, "truncated JPEG (the file ends inside its header)")
             if height is None:  # libjpeg refuses a second frame header; the first one counts
-                height, width = _u16(frame, 0), _u16(frame, 2)
+                height, width = _u16(fields, 1), _u16(fields, 3)
+                components = fields[5] if length >= 8 and len(fields) >= 6 else 0  # 0: unknown, OpenCV's
+                frame = (marker, fields[0], components)
         elif marker == 0xE1 and orientation is None and length >= 8:
             if src.get(pos + 4, 6) == b"Exif\x00\x00":
                 orientation = _exif_orientation(src.get(pos + 10, length - 8))
         pos = end
     if height is None:
         raise _corrupt(path, "corrupt JPEG (no frame header before the scan)")
-    info = ImageInfo("jpeg", height or None, width or None, orientation or 1, body=pos)
+    info = ImageInfo("jpeg", height or None, width or None, orientation or 1, body=pos,
+                     jpeg=JpegFrame(*frame, tuple(junk)))
     if src.complete:
         check_end(src.data, info, path)
     return info
