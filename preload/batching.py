@@ -183,8 +183,10 @@ class BatchEngine:
         prefetch: int = 0,
         workers: int | None = None,
         layout: str | None = None,
+        allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
     ):
         self.data = data
+        self.allocate = allocate or (lambda shape, dtype: np.empty(shape, dtype))
         self.batch_size = _count("batch_size", batch_size, low=1)
         if augment is not None and not isinstance(augment, Augment):
             message = f"augment={augment!r} is not accepted; use None or a preload.Augment"
@@ -238,18 +240,30 @@ class BatchEngine:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
+    def batch(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Batch ``index`` prepared now, in this thread, into new arrays (random access, e.g. a Keras PyDataset).
+
+        The same images as the ``index``-th batch of an iteration, since its
+        transforms come from the same stream. Safe to call from several threads.
+        """
+        if not 0 <= index < len(self):
+            message = f"batch index {index} is out of range for {len(self)} batches"
+            raise IndexError(message)
+        return self._submit(index, None, _Slot()).result()
+
     def _threaded(self) -> bool:
         return self.prefetch > 0 or self.workers > 1
 
-    def _submit(self, index: int, pool: ThreadPoolExecutor | None) -> _Batch:
+    def _submit(self, index: int, pool: ThreadPoolExecutor | None, slot: _Slot | None = None) -> _Batch:
         rows = self.rows(index)
         labels = None if self.data.labels is None else self.data.labels[rows]
         transforms = None
         if self.augment is not None:
             transforms = self.augment.draw(batch_rng(self.entropy, index), len(rows), self.size)
         parts = max(1, min(self.workers, len(rows))) if pool is not None else 1
-        batch = _Batch(index, rows, labels, self.slots[index % len(self.slots)], transforms, parts)
-        self._ensure_buffers(batch.slot)
+        slot = self.slots[index % len(self.slots)] if slot is None else slot
+        batch = _Batch(index, rows, labels, slot, transforms, parts)
+        self._ensure_buffers(slot, len(rows) if slot not in self.slots else self.batch_size)
         if self.source is not None and self.order is not None:
             # While earlier batches are prepared, the disk already fetches this one's rows (when cold).
             self.data._prefetch(rows)
@@ -261,11 +275,14 @@ class BatchEngine:
                 batch.futures.append(pool.submit(self._run_part, batch, first, last))
         return batch
 
-    def _ensure_buffers(self, slot: _Slot) -> None:
-        shape = (self.batch_size,) + self.image_shape
+    def _ensure_buffers(self, slot: _Slot, count: int) -> None:
+        shape = (count,) + self.image_shape
         if slot.u8 is None:
-            slot.u8 = np.empty(shape, np.uint8)
-            slot.out = slot.u8 if self.dtype == np.uint8 else np.empty(shape, self.dtype)
+            if self.dtype == np.uint8:
+                slot.u8 = slot.out = self.allocate(shape, np.dtype(np.uint8))
+            else:
+                slot.u8 = np.empty(shape, np.uint8)
+                slot.out = self.allocate(shape, self.dtype)
             if self.augment is not None and self.source is None:
                 slot.staging = np.empty(shape, np.uint8)
 
