@@ -78,7 +78,7 @@ __all__ = [
     "make_samples",
     "open_cache",
     "prefetch_rows",
-    "take_rows",
     "stats",
+    "take_rows",
     "verify_cache",
 ]

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from .errors import OptionError
+from .options import LAYOUTS, choice, cpu_count, resolve_workers
 
 FILL_MODES = {
     "nearest": cv2.BORDER_REPLICATE,  # aaaa|abcd|dddd, as scipy.ndimage's "nearest"
@@ -47,7 +48,6 @@ FILL_MODES = {
 }
 INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 FLIPS = {None: (False, False), "horizontal": (True, False), "vertical": (False, True), "both": (True, True)}
-LAYOUTS = ("NHWC", "NCHW")
 EPSILON = 1e-6  # added to a std before dividing, as Keras does
 # Histogram counts come back from cv2.calcHist as float32, exact up to 2**24: a chunk never holds more
 # pixels of one channel than that.
@@ -72,13 +72,6 @@ def _pair(name: str, value, *, low: float = 0.0) -> tuple[float, float]:
     return first, second
 
 
-def _choice(name: str, value, allowed) -> str:
-    if isinstance(value, str) and value.lower() in allowed:
-        return value.lower()
-    message = f"{name}={value!r} is not accepted; use one of {', '.join(repr(a) for a in allowed)}"
-    raise OptionError(message)
-
-
 def layout_of(shape: Sequence[int], layout: str | None = None) -> str:
     """``layout`` checked, or guessed from a batch shape: NCHW when axis 1 looks like channels and the last does not.
 
@@ -88,7 +81,7 @@ def layout_of(shape: Sequence[int], layout: str | None = None) -> str:
     ('NCHW', 'NHWC', 'NCHW')
     """
     if layout is not None:
-        return _choice("layout", layout, ("nhwc", "nchw")).upper()
+        return choice("layout", layout, LAYOUTS)
     return "NCHW" if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[-1] not in (1, 3, 4) else "NHWC"
 
 
@@ -297,16 +290,16 @@ class Augment:
         if flip is False:
             flip = None
         if flip is not None:
-            flip = _choice("flip", flip, [f for f in FLIPS if f])
+            flip = choice("flip", flip, [f for f in FLIPS if f])
         self.flip = flip
-        self.fill = _choice("fill", fill, FILL_MODES)
+        self.fill = choice("fill", fill, FILL_MODES)
         self.cval = _number("cval", cval)
         if self.cval > 255:
             message = f"cval={cval!r} is not accepted; use a value from 0 to 255"
             raise OptionError(message)
         self.brightness = None if brightness is None else _pair("brightness", brightness)
         self.channel_shift = _number("channel_shift", channel_shift)
-        self.interpolation = _choice("interpolation", interpolation, INTERPOLATIONS)
+        self.interpolation = choice("interpolation", interpolation, INTERPOLATIONS)
 
     def __repr__(self) -> str:
         return (
@@ -514,11 +507,7 @@ def stats(
     if image_bytes // channels > 1 << 24:
         message = f"images of {image_bytes // channels} pixels are too large for stats (at most {1 << 24})"
         raise OptionError(message)
-    if workers is None:
-        from .dataset import _usable_cpus
-
-        workers = min(4, _usable_cpus())
-    workers = max(1, int(workers))
+    workers = min(4, cpu_count()) if workers is None else resolve_workers(workers)
     starts = iter(range(0, count, per_chunk))
     lock = threading.Lock()
     totals = np.zeros((channels, 256), np.int64)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .augment import Augment, Normalize, Transform, image_size, layout_of
 from .errors import OptionError
+from .options import resolve_workers
 
 DTYPES = {"uint8": np.uint8, "float32": np.float32, "float64": np.float64}
 
@@ -52,7 +53,7 @@ def resolve_order(shuffle, count: int, seed=None) -> tuple[np.ndarray | None, tu
     --------
     >>> order, entropy = resolve_order(3, 4)
     >>> order.tolist(), entropy
-    ([2, 3, 0, 1], (3,))
+    ([3, 2, 1, 0], (3,))
     >>> resolve_order(None, 4, seed=7)
     (None, (7,))
     """
@@ -197,11 +198,7 @@ class BatchEngine:
         self.batch_transform = _callable("batch_transform", batch_transform)
         self.dtype = resolve_dtype(dtype, self.normalize)
         self.prefetch = _count("prefetch", prefetch, low=0)
-        if workers is None:
-            from .dataset import _usable_cpus
-
-            workers = _usable_cpus()
-        self.workers = _count("workers", workers, low=1)
+        self.workers = resolve_workers(workers)
         self.image_shape = tuple(data.image_shape)
         self.layout = layout_of((1,) + self.image_shape, layout)
         self.size = image_size(self.image_shape, self.layout)

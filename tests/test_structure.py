@@ -32,9 +32,10 @@ LAYERS: list[set[str]] = [
     {"atomic"},  # write-temp-fsync-rename
     {"fill"},  # the threaded fill engine and the one per-row loop
     {"rows"},  # reading rows from a memmap
+    {"augment"},  # batch transforms on uint8, normalisation, stats
+    {"batching"},  # the batch engine: background preparation into reused buffers
     {"dataset"},  # the result object: array-like access, batches; ImageFiles
     {"loader"},  # the load verb
-    {"augment"},  # batch transforms
     {"measure", "memory"},  # RSS sampling and the fresh-process harness (memory.py before its rename)
     {"report"},  # the naive-vs-preload memory report
     # Below cache, not above it: build_cache(client=) hands its fill to the cluster
