@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .augment import Augment, Normalize
+from .augment import Augment
 from .batching import BatchEngine, resolve_order
 from .decode import Decoder
 from .errors import Failure, OptionError

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import class_folders, smooth_image
 
 import preload
+from conftest import class_folders, smooth_image
 
 
 @pytest.fixture
