@@ -200,6 +200,8 @@ class BatchEngine:
         self.prefetch = _count("prefetch", prefetch, low=0)
         self.workers = resolve_workers(workers)
         self.image_shape = tuple(data.image_shape)
+        if layout is None:  # a Dataset's own, or an ImageFiles' decode options'
+            layout = getattr(data, "layout", None) or getattr(getattr(data, "options", None), "layout", None)
         self.layout = layout_of((1,) + self.image_shape, layout)
         self.size = image_size(self.image_shape, self.layout)
         images = getattr(data, "images", None)

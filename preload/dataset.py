@@ -202,10 +202,8 @@ class ArrayAccess:
             if out is not None and out is not True:
                 message = "out= takes only None or True with augment=, normalize=, transform=, dtype=, prefetch="
                 raise OptionError(message)
-            layout = getattr(self, "layout", None)
             yield from BatchEngine(
-                self, batch_size, order=order, entropy=entropy, drop_last=drop_last, prefetch=prefetch,
-                layout=layout, **engine
+                self, batch_size, order=order, entropy=entropy, drop_last=drop_last, prefetch=prefetch, **engine
             )
             return
         buffer = self._batch_buffer(batch_size, out)

@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
     {"decode"},  # one file -> one slot
     {"target"},  # allocate the output; the out= check
     {"atomic"},  # write-temp-fsync-rename
+    {"shared"},  # arrays in shared memory, passed to spawned processes by file descriptor
     {"fill"},  # the threaded fill engine and the one per-row loop
     {"rows"},  # reading rows from a memmap
     {"augment"},  # batch transforms on uint8, normalisation, stats
