@@ -1,4 +1,4 @@
-"""preload.torch.loader (tensors sharing the batch buffers) and TorchDataset's in-RAM images under every start method."""
+"""preload.torch.loader (tensors sharing the batch buffers); TorchDataset in-RAM images under each start method."""
 
 from __future__ import annotations
 
