@@ -182,6 +182,7 @@ class ArrayAccess:
         >>> ds = Dataset(np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1), np.arange(5), None, list("abcde"))
         >>> [labels.tolist() for _, labels in ds.batches(2, shuffle=0)]
         [[2, 4], [3, 0], [1]]
+        >>> from preload.augment import Normalize
         >>> [images.ravel().tolist() for images, _ in ds.batches(2, normalize=Normalize(rescale=0.5), prefetch=1)]
         [[0.0, 0.5], [1.0, 1.5], [2.0]]
         """

@@ -1,6 +1,7 @@
 """Keras adapter: a dataset or cache as a ``keras.utils.PyDataset`` of augmented, normalised batches.
 
-Keras is not a dependency of preload; it is imported when this module is.
+Keras is not a dependency of preload; it is imported on the first use of
+:class:`Batches` (``preload.keras`` itself imports without it).
 Batches come from the same engine as :meth:`preload.Dataset.batches`
 (:mod:`preload.batching`), one batch per ``__getitem__``: Keras's own
 ``workers=`` threads prepare the next batches in the background while the
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import os
 
-import keras
 import numpy as np
 
 from .augment import Augment
@@ -22,7 +22,7 @@ from .cache import open_cache
 from .errors import OptionError
 
 
-class Batches(keras.utils.PyDataset):
+class _Batches:
     """``(images, labels)`` batches (or ``images`` without labels) for ``model.fit``.
 
     Parameters
@@ -124,6 +124,25 @@ class Batches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self._engine = self._make_engine()
+
+
+def _define_batches() -> type:
+    import keras
+
+    class Batches(_Batches, keras.utils.PyDataset):
+        __doc__ = _Batches.__doc__
+
+    Batches.__module__ = __name__
+    return Batches
+
+
+def __getattr__(name: str):
+    # Keras (and its backend) load only when the adapter is used.
+    if name == "Batches":
+        globals()["Batches"] = batches = _define_batches()
+        return batches
+    message = f"module 'preload.keras' has no attribute {name!r}"
+    raise AttributeError(message)
 
 
 __all__ = ["Batches"]
