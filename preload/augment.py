@@ -649,12 +649,24 @@ class Normalize:
 
     @classmethod
     def coerce(cls, value) -> Normalize | None:
-        """``normalize=``'s accepted values: None, a Normalize, or a Stats (centre and scale by it)."""
+        """``normalize=``'s accepted values: None, a Normalize, a Stats (feature-wise by it), or "sample".
+
+        ``"sample"`` is sample-wise centring and std normalisation.
+
+        Examples
+        --------
+        >>> Normalize.coerce("sample")
+        Normalize(mean=None, std=None, rescale=1, samplewise_center=True, samplewise_std=True)
+        """
         if value is None or isinstance(value, Normalize):
             return value
         if isinstance(value, Stats):
             return cls(value)
-        message = f"normalize={value!r} is not accepted; use None, preload.stats(...) or preload.Normalize(...)"
+        if isinstance(value, str) and value.lower() == "sample":
+            return cls(samplewise_center=True, samplewise_std=True)
+        message = (
+            f"normalize={value!r} is not accepted; use None, preload.stats(...), \"sample\" or preload.Normalize(...)"
+        )
         raise OptionError(message)
 
     def __repr__(self) -> str:

@@ -204,6 +204,13 @@ def test_stats_equal_numpy_in_float64(rng, layout, tmp_path):
         assert got.count == 61 * 9 * 7
 
 
+def test_normalize_sample_is_samplewise_centring_and_scaling(rng):
+    images = rng.integers(0, 256, (3, 5, 5, 3), dtype=np.uint8)
+    out = Normalize.coerce("sample")(images)
+    assert np.allclose(out.mean(axis=(1, 2, 3)), 0, atol=1e-5)
+    assert np.allclose(out.std(axis=(1, 2, 3)), 1, atol=1e-4)
+
+
 def test_stats_of_a_dataset_use_its_layout_and_feed_normalize(rng):
     images = nchw(rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8))
     options = preload.DecodeOptions.create(size=4, layout="NCHW")
