@@ -243,6 +243,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stats-gb", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the preload/Albumentations runs (medians)")
     parser.add_argument("--only", default=None, help="comma-separated subset of the measurements")
+    parser.add_argument("--json", default=None, help="also write the results (medians) to this JSON file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -289,6 +290,9 @@ def main(argv=None) -> int:
             timed.sort(key=lambda run_: run_["seconds"])
             results[name] = dict(timed[len(timed) // 2], rounds=len(timed))
     report(results, args)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"args": vars(args), "results": results}, handle, indent=1)
     return 0
 
 
