@@ -12,6 +12,8 @@ SIZE x SIZE x 3 (default 2,000 x 256 x 256, 393 MB):
 * preload-u8   the same with uint8 batches (what Albumentations produces);
 * albumentations  ``A.Compose([A.Affine(same geometry), A.HorizontalFlip()])``
                per image, 2 threads, into a reused uint8 batch;
+* ...-1        preload uint8 (workers=1, prefetch=0) and Albumentations on one
+               thread: the per-image cost without thread scheduling;
 * memmap       preload's epoch over a ``.npy`` memmap, at N and N/2 images:
                anonymous RSS should not grow with N;
 * step         a simulated 20 ms training step with prefetch=2: epoch time
@@ -125,6 +127,8 @@ def child(name: str, args) -> dict:
     import preload
 
     base = proc_status()
+    threads = 1 if name.endswith("-1") else 2
+    name = name.removesuffix("-1")
     if name in ("preload", "preload-u8", "step"):
         x = make_array(args.count, args.size)
         ds = preload.Dataset(x, labels, None, ["x"] * args.count)
@@ -135,7 +139,8 @@ def child(name: str, args) -> dict:
             started = time.perf_counter()
             images = batches = 0
             waited = 0.0  # time the loop spent waiting for a batch, after the first
-            iterator = ds.batches(args.batch, shuffle=0, augment=aug, dtype=dtype, prefetch=2, workers=2)
+            iterator = ds.batches(args.batch, shuffle=0, augment=aug, dtype=dtype, prefetch=2 if threads > 1 else 0,
+                                  workers=threads)
             while True:
                 asked = time.perf_counter()
                 batch = next(iterator, None)
@@ -172,7 +177,7 @@ def child(name: str, args) -> dict:
             j, row = j_row
             buffer[j] = compose(image=x[row])["image"]
 
-        with Peak() as peak, ThreadPoolExecutor(2) as pool:
+        with Peak() as peak, ThreadPoolExecutor(threads) as pool:
             started = time.perf_counter()
             for start in range(0, args.count, args.batch):
                 rows = order[start : start + args.batch]
@@ -263,7 +268,8 @@ def main(argv=None) -> int:
         # them alike; each figure is the median of its rounds.
         plan = [("keras", "tensorflow", 1)]
         for _ in range(args.repeats):
-            plan += [("preload", None, 0), ("preload-u8", None, 0), ("albumentations", "albumentations", 0)]
+            plan += [("preload", None, 0), ("preload-u8", None, 0), ("albumentations", "albumentations", 0),
+                     ("preload-u8-1", None, 0), ("albumentations-1", "albumentations", 0)]
         plan += [("step", None, 1), ("memmap", None, 1), ("memmap-half", None, 1), ("stats", None, 1)]
         rounds: dict[str, list[dict]] = {}
         for name, module, _ in plan:
@@ -326,6 +332,10 @@ def report(results: dict, args) -> None:
             print(f"  -> preload / albumentations = {ours8 / alb:.2f}x (target >= 1x)")
     else:
         print(f"  albumentations      skipped ({results.get('albumentations', {}).get('skipped', 'not run')})")
+    ours1, alb1 = rate(results.get("preload-u8-1", {})), rate(results.get("albumentations-1", {}))
+    if ours1 and alb1:
+        print(f"  one thread each: preload uint8 {ours1:.0f}, albumentations {alb1:.0f} images/s "
+              f"-> {ours1 / alb1:.2f}x")
     step = results.get("step", {})
     if "seconds" in step and ours:
         prepare = args.batch / ours
