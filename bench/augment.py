@@ -135,7 +135,7 @@ def child(name: str, args) -> dict:
         aug = preload.Augment(**POLICY)
         dtype = "uint8" if name == "preload-u8" else "float32"
         step = {"step": args.step_ms, "step-long": args.long_step_ms}.get(name, 0.0) / 1000
-        with Peak() as peak:
+        def epoch(step: float) -> tuple[int, int, float, float]:
             started = time.perf_counter()
             images = batches = 0
             waited = 0.0  # time the loop spent waiting for a batch, after the first
@@ -152,9 +152,14 @@ def child(name: str, args) -> dict:
                 batches += 1
                 if step:
                     time.sleep(step)  # the training step: the GPU busy, this thread idle
-            elapsed = time.perf_counter() - started
+            return images, batches, time.perf_counter() - started, waited
+
+        # A step run first measures the preparation alone in the same process (the pair shares the load).
+        prepare = epoch(0.0)[2] if step else None
+        with Peak() as peak:
+            images, batches, elapsed, waited = epoch(step)
         batch_mb = args.batch * x[0].nbytes * (1 if dtype == "uint8" else 5) / 1e6  # uint8 (+ float32) buffers
-        return {"images": images, "batches": batches, "seconds": elapsed, "waited": waited,
+        return {"images": images, "batches": batches, "seconds": elapsed, "waited": waited, "prepare_seconds": prepare,
                 "peak_mb": (peak.peak["VmRSS"] - base["VmRSS"]) / 1e6, "array_mb": x.nbytes / 1e6,
                 "batch_mb": batch_mb}
     if name == "albumentations":
@@ -341,8 +346,8 @@ def report(results: dict, args) -> None:
               f"-> {ours1 / alb1:.2f}x")
     for key, step_ms in (("step", args.step_ms), ("step-long", args.long_step_ms)):
         step = results.get(key, {})
-        if "seconds" in step and ours:
-            prepare = args.batch / ours
+        if "seconds" in step:
+            prepare = step["prepare_seconds"] / step["batches"]  # the same process's epoch without a step
             ideal = max(step_ms / 1000, prepare) * step["batches"]
             print(f"  {step_ms:.0f} ms step, prefetch=2: epoch {step['seconds']:.2f} s vs max(step, prep "
                   f"{prepare * 1000:.1f} ms) x {step['batches']} = {ideal:.2f} s -> {step['seconds'] / ideal:.3f} "

@@ -2,7 +2,7 @@
 
 A batch goes through these steps, all in worker threads:
 
-1. its rows are read (:func:`preload.dataset.take_rows`: in file order from
+1. its rows are read (:func:`preload.rows.take_rows`: in file order from
    a memory map) into a uint8 buffer, or, with :class:`~preload.augment.Augment`,
    each image is warped straight from its source row into the buffer;
 2. a per-image ``transform`` (an Albumentations ``Compose``, any callable
