@@ -101,9 +101,14 @@ class TorchDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state.pop("_handle", None)  # this process's hold on the shared pages; sent below when wanted
         if self.cache is not None:
             state["_data"] = None  # workers reopen the memmap instead of receiving pixels
-        elif context.get_spawning_popen() is not None and shared.available():
+        elif (
+            context.get_spawning_popen() is not None
+            and shared.available()
+            and not isinstance(self._data.images, np.memmap)  # a file mapping is not RAM to share
+        ):
             # A worker being started (forkserver, spawn): send a handle to shared pages, not the pixels.
             handle = self._shared()
             state["_data"] = dataclasses.replace(self._data, images=np.empty((0,), np.uint8))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import preload
+import preload.shared
 
 torch = pytest.importorskip("torch")
 psutil = pytest.importorskip("psutil")
@@ -101,3 +102,14 @@ def test_in_ram_images_reach_workers_without_a_copy(method):
     assert int(sums.sum()) == int(images[indices].sum(dtype=np.int64))
     assert int(private.max()) / 2**20 < 50
     assert np.array_equal(ds.images, images)  # moved into shared memory or not, the same values
+
+
+def test_pickled_outside_a_worker_start_a_dataset_travels_by_value():
+    import pickle
+
+    ds = _dataset()
+    again = pickle.loads(pickle.dumps(preload_torch.TorchDataset(ds)))
+    assert np.array_equal(again._open().images, ds.images)
+    handle = preload.shared.share(ds.images)
+    copy = pickle.loads(pickle.dumps(handle))
+    assert copy.fd is None and np.array_equal(copy.array, ds.images)
