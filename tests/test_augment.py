@@ -359,3 +359,19 @@ def test_cv2_border_modes_are_the_documented_ones():
     padded = {name: cv2.copyMakeBorder(row, 0, 0, 0, 2, mode).ravel().tolist()
               for name, mode in preload.augment.FILL_MODES.items() if name != "constant"}
     assert padded == {"nearest": [1, 2, 3, 4, 4, 4], "reflect": [1, 2, 3, 4, 4, 3], "wrap": [1, 2, 3, 4, 1, 2]}
+
+
+def test_the_engine_takes_its_output_buffers_from_allocate(rng):
+    ds = _dataset(rng, count=10)
+    made = []
+
+    def allocate(shape, dtype):
+        made.append((shape, np.dtype(dtype).name))
+        return np.zeros(shape, dtype)
+
+    order, entropy = resolve_order(None, 10)
+    engine = BatchEngine(ds, 4, order=order, entropy=entropy, dtype="float32", prefetch=1, workers=1,
+                         allocate=allocate)
+    batches = [images.copy() for images, _ in engine]
+    assert made == [((4, 16, 16, 3), "float32")] * 2  # one per buffer set, reused afterwards
+    assert np.array_equal(np.concatenate(batches), ds.images.astype(np.float32))
