@@ -352,6 +352,12 @@ def test_normalize_matches_keras_standardize(rng):
     expected = generator.standardize(images.astype(np.float32))
     ours = Normalize(stats(images), rescale=1 / 255)(images)
     assert np.abs(ours - expected).max() < 1e-4
+    samplewise = tf.keras.preprocessing.image.ImageDataGenerator(
+        rescale=1 / 255, samplewise_center=True, samplewise_std_normalization=True
+    )
+    expected = np.stack([samplewise.standardize(image.astype(np.float32)) for image in images])  # per image, as flow
+    ours = Normalize(rescale=1 / 255, samplewise_center=True, samplewise_std=True)(images)
+    assert np.abs(ours - expected).max() < 1e-4
 
 
 def test_cv2_border_modes_are_the_documented_ones():
