@@ -467,12 +467,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Decode every image of SOURCE into one uint8 array and print its shape, time and peak memory. "
         "With --out FILE.npy the result is written as a preload cache: FILE.npy holds the pixels "
         "(np.load(FILE.npy) opens it anywhere) and FILE.npy.json / FILE.npy.index.npz keep the classes, "
-        "labels and paths, so preload.open_cache(FILE.npy) gives them all back. --out replaces what is there.",
+        "labels and paths, so preload.open_cache(FILE.npy) gives them all back. Like preload build, it resumes "
+        "an unfinished write and refuses to replace a cache made with other options, or a .npy that is not a "
+        "preload cache, unless --force is given.",
     )
     load_cmd.add_argument("source", help="folder of class folders, flat folder, or CSV file")
     load_cmd.add_argument("--out", default=None, metavar="FILE.npy",
                           help="write the result as a cache (pixels, labels, classes, paths) at FILE.npy "
                                "(default: none, the array stays in memory)")
+    load_cmd.add_argument("--force", action="store_true",
+                          help="with --out: replace what is at FILE.npy (a cache of other options, another .npy)")
     _add_load_options(load_cmd, None)
     _add_source_options(load_cmd)
 
@@ -624,7 +628,7 @@ def _load(args) -> int:
             ds = load(source, **_decode_kwargs(args))
         else:  # a cache, so the labels, classes and paths are written with the pixels
             stack.enter_context(_no_stray_lock(args.out))
-            ds = build_cache(source, args.out, force=True, **_decode_kwargs(args))
+            ds = build_cache(source, args.out, force=args.force, **_decode_kwargs(args))
     if args.out:
         say(f"wrote    {os.path.abspath(args.out)} (a cache: preload.open_cache() gives images, labels, classes, "
             "paths; np.load() the pixels)")

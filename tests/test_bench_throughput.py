@@ -26,16 +26,20 @@ MAIN_LOADERS = (
     "preload, 1 thread, area",
     "preload, 2 threads, linear",
     "naive OpenCV INTER_LINEAR",
+    "preload, 2 threads, fresh .npy",
 )
-# "target   <what> = <value> >= <limit>: <verdict> (best runs: <value>)"; the ratios line names each <what> shorter
+# "target   <what> = <value> >= <limit>: <verdict>[ (best runs: <value>)]"; the ratios line names each <what>
+# shorter (None: a name the ratios parser below cannot split off, checked against the table instead)
 TARGETS = {
     "preload (2 threads, 256 NCHW, defaults) / decode limit": "preload / decode limit",
+    "preload into a fresh .npy / decode limit": None,
     "preload / naive Pillow": "preload / naive Pillow",
-    "preload area / naive OpenCV INTER_AREA (same filter)": "preload area / naive OpenCV AREA",
+    "preload / naive OpenCV INTER_AREA": "preload / naive OpenCV AREA",
+    "preload / naive OpenCV INTER_LINEAR": "preload / naive OpenCV LINEAR",
 }
 TARGET = re.compile(
-    r"^target   (?P<what>.+?) = (?P<value>[\d.]+) >= (?P<limit>[\d.]+): (?P<verdict>met|NOT met) "
-    r"\(best runs: (?P<best>[\d.]+)\)"
+    r"^target   (?P<what>.+?) = (?P<value>[\d.]+) >= (?P<limit>[\d.]+): (?P<verdict>met|NOT met)"
+    r"(?: \(best runs: (?P<best>[\d.]+)\))?"
 )
 
 
@@ -68,6 +72,7 @@ def test_tiny_run_prints_every_section(tmp_path):
     array_mb = re.search(r"^256x256 NCHW: medians of 1 runs, array ([\d.]+) MB$", out, re.M)
     assert limit is not None and array_mb is not None, out
     assert float(array_mb.group(1)) == round(24 * 3 * 256 * 256 / 1e6, 1)
+    assert re.search(r"^old limit \(OpenCV decode\) 1 thread: [\d.]+ ms/image = \d+ images/s; x 2", out, re.M)
     for name in MAIN_LOADERS:
         seconds, rate, _range, versus_limit, cpu, peak, per_array = _row(out, name)[:7]  # then the PSNR
         assert float(seconds) > 0 and float(rate) > 0 and float(cpu) > 0, name
@@ -80,8 +85,8 @@ def test_tiny_run_prints_every_section(tmp_path):
 
     # The verdicts are parsed, not searched for ("NOT met" contains "met"), and agree with their figures.
     lines = [line for line in out.splitlines() if line.startswith("target ")]
-    assert len(lines) == 4, out
-    targets = [TARGET.match(line) for line in lines[:3]]
+    assert len(lines) == 7, out  # the 5 below, torchvision, every shape
+    targets = [TARGET.match(line) for line in lines[:5]]
     assert all(targets), lines
     assert [target["what"] for target in targets] == list(TARGETS)
     ratios = dict(re.findall(r"([a-zA-Z][\w /]*?) ([\d.]+)(?:;|$)", _line(out, "ratios   ")))
@@ -89,13 +94,20 @@ def test_tiny_run_prints_every_section(tmp_path):
         value, bound = float(target["value"]), float(target["limit"])
         if value != bound:  # printed to 2 decimals: a value that rounds onto the bound may go either way
             assert target["verdict"] == ("met" if value > bound else "NOT met"), target.group(0)
-        assert target["best"] == target["value"]  # one run: the best run is the median
-        assert ratios[TARGETS[target["what"]]] == target["value"], (ratios, target.group(0))
-    assert re.match(r"target   preload vs torchvision: n/a \(torchvision is not importable here; skipped\)$"
-                    r"|target   preload / torchvision = [\d.]+ > 1 at [\d.]+ x its peak memory: (met|NOT met)$",
-                    lines[3]), lines[3]
+        assert target["best"] in (None, target["value"])  # one run: the best run is the median
+        if TARGETS[target["what"]]:
+            assert ratios[TARGETS[target["what"]]] == target["value"], (ratios, target.group(0))
+    npy = float(_row(out, "preload, 2 threads, fresh .npy")[3])  # its "x limit" column
+    assert math.isclose(float(targets[1]["value"]), npy, abs_tol=0.011), (targets[1].group(0), npy)
+    assert re.match(r"target   preload vs torchvision: n/a \(torchvision is not importable; see --torchvision-python\)$"
+                    r"|target   preload / torchvision = [\d.]+ >= 5.0 at [\d.]+ <= 0.35 x its peak memory: "
+                    r"(met|NOT met)$", lines[5]), lines[5]
+    # one shape measured: it is its own headline
+    assert re.match(r"target   every shape within 10% of 256 NCHW's ratio to the limit: worst 256 NCHW \+0.0%: met ",
+                    lines[6]), lines[6]
 
     assert "reduce=True / reduce=False, default filter" in big_out
+    assert re.search(r"^target +big photos, .* / their decode limit = [\d.]+ >= 0.9: (met|NOT met)$", big_out, re.M)
     assert re.search(r"^reduce +JPEG scale preload picks at 256x256: .*1/2: \d+", big_out, re.M), big_out
     assert _row(big_out, "naive OpenCV INTER_AREA")[-1] == "identical"
     assert _row(big_out, "preload, 2 threads, area, reduce=False")[-1] == "identical"

@@ -213,12 +213,20 @@ def test_load_out_writes_a_cache_that_keeps_labels_classes_and_paths(classes_roo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", *cache_files]
 
 
-def test_load_out_replaces_what_is_there(classes_root, tmp_path, capsys):
+def test_load_out_keeps_a_cache_of_other_options_unless_forced(classes_root, tmp_path, capsys):
     target = tmp_path / "x.npy"
     assert main(["load", str(classes_root), "--size", "16", "--out", str(target), "--no-progress"]) == 0
+    before = target.read_bytes()
+    capsys.readouterr()
 
     rc = main(["load", str(classes_root), "--size", "8", "--layout", "nchw", "--out", str(target), "--no-progress"])
 
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("preload: error: ") and "--force" in err and len(err.splitlines()) == 1, err
+    assert target.read_bytes() == before
+    rc = main(["load", str(classes_root), "--size", "8", "--layout", "nchw", "--out", str(target), "--no-progress",
+               "--force"])
     assert rc == 0, capsys.readouterr().err
     assert preload.open_cache(target).images.shape == (3, 3, 8, 8)
 

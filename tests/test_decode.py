@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import simplejpeg
 
 import preload
 from conftest import psnr, smooth_image, with_exif_orientation, write
@@ -207,18 +208,17 @@ def test_reduction_keeps_twice_the_output_on_both_axes(source, size, mode, facto
 def test_reduced_decode_is_used_for_big_jpegs(tmp_path, rng, monkeypatch):
     path = write(tmp_path / "big.jpg", smooth_image(rng, 800, 800))
     seen = []
-    real = cv2.imdecode
+    real = simplejpeg.decode_jpeg
 
-    def spy(buffer, flags):
-        seen.append(flags)
-        return real(buffer, flags)
+    def spy(*args, **kwargs):
+        image = real(*args, **kwargs)
+        seen.append(image.shape[:2])
+        return image
 
-    monkeypatch.setattr(cv2, "imdecode", spy)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", spy)
     preload.load([path], size=100, progress=False, workers=1)
     preload.load([path], size=100, progress=False, workers=1, reduce=False)
-    reduced_bits = 0x70  # IMREAD_REDUCED_*_2/4/8
-    assert seen[0] & reduced_bits == cv2.IMREAD_REDUCED_GRAYSCALE_4  # 800 -> 200 >= 100
-    assert seen[1] & reduced_bits == 0
+    assert seen == [(200, 200), (800, 800)]  # 800 -> 200 keeps >= 2x the 100 output
 
 
 @pytest.fixture(scope="module")
@@ -405,3 +405,24 @@ def test_max_pixels_refuses_a_jpeg_header_before_writing_the_slot(tmp_path, rng)
     assert (slot == 77).all()
     Decoder(DecodeOptions.create(size=8, max_pixels=2000)).decode_into(path, slot)
     assert (slot != 77).any()
+
+
+# ------------------------------------------------------------------ damaged PNG data
+
+
+def test_damaged_png_data_is_refused_by_libpngs_checksums(tmp_path, rng):
+    """libpng checks chunk CRCs and zlib's Adler-32: damaged pixels fail instead of loading gray."""
+    noisy = np.clip(smooth_image(rng, 120, 160).astype(int) + rng.integers(-30, 30, (120, 160, 3)), 0, 255)
+    data = cv2.imencode(".png", noisy.astype(np.uint8))[1].tobytes()
+    middle = len(data) // 2
+    cases = {
+        "cut.png": data[:middle] + data[-12:],  # half the file, then its IEND chunk
+        "flipped.png": data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1 :],
+    }
+    paths = []
+    for name, damaged in cases.items():
+        (tmp_path / name).write_bytes(damaged)
+        paths.append(str(tmp_path / name))
+    ds = preload.load(paths, size=32, on_error="skip", progress=False)
+    assert len(ds) == 0
+    assert [f.reason for f in ds.failed] == [preload.errors.Reason.CORRUPT] * 2

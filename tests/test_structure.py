@@ -30,11 +30,13 @@ LAYERS: list[set[str]] = [
     {"decode"},  # one file -> one slot
     {"target"},  # allocate the output; the out= check
     {"atomic"},  # write-temp-fsync-rename
+    {"shared"},  # arrays in shared memory, passed to spawned processes by file descriptor
     {"fill"},  # the threaded fill engine and the one per-row loop
     {"rows"},  # reading rows from a memmap
+    {"augment"},  # batch transforms on uint8, normalisation, stats
+    {"batching"},  # the batch engine: background preparation into reused buffers
     {"dataset"},  # the result object: array-like access, batches; ImageFiles
     {"loader"},  # the load verb
-    {"augment"},  # batch transforms
     {"measure", "memory"},  # RSS sampling and the fresh-process harness (memory.py before its rename)
     {"report"},  # the naive-vs-preload memory report
     # Below cache, not above it: build_cache(client=) hands its fill to the cluster
