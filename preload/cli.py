@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._version import __version__
+from ._version import DISTRIBUTION, __version__, install_hint
 from .cache import CacheFiles, build_cache, cache_info, verify_cache
 from .errors import (
     ImageDecodeError,
@@ -434,11 +434,11 @@ def _add_report_parser(commands) -> None:
 
 
 def package_version() -> str:
-    """The installed distribution's version (``preload-images``), else the source tree's ``_version``."""
+    """The installed distribution's version (``_version.DISTRIBUTION``), else the source tree's ``__version__``."""
     from importlib import metadata
 
     try:
-        return metadata.version("preload-images")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return __version__
 
@@ -707,7 +707,7 @@ def _dask_client(address: str, stack: contextlib.ExitStack):
     try:
         from distributed import Client
     except ImportError:
-        message = "--scheduler needs Dask, which is not installed: pip install 'preload[dask]'"
+        message = f"--scheduler needs Dask, which is not installed: {install_hint('dask')}"
         raise OptionError(message) from None
     from .errors import ClusterError
 

@@ -1,7 +1,7 @@
 """PyTorch adapters: :func:`loader` (batches as tensors from the batch engine) and :class:`TorchDataset`.
 
-Needs the ``torch`` extra (``pip install 'preload[torch]'``); the rest of
-preload never imports torch.
+Needs the ``torch`` extra (``pip install "preload-images[torch]"``, or
+``pip install ".[torch]"`` in a clone); the rest of preload never imports torch.
 
 :func:`loader` is the fast path: batches are prepared in background threads
 (:mod:`preload.batching`: augment, normalise, prefetch) and yielded as
