@@ -492,6 +492,12 @@ class Decoder:
         if slot is not None and factor == 1 and orientation == 1 and size == (height, width):
             if options.layout == "NHWC" and slot.flags.c_contiguous and slot.shape == (height, width, options.channels):
                 buffer = slot
+        if buffer is None and slot is not None and factor == 1:
+            # Headed for a resize into the slot: decode into this thread's reused
+            # buffer. Where glibc's adaptive mmap threshold is off (Dask starts its
+            # workers with MALLOC_TRIM_THRESHOLD_ set), a fresh array per image is
+            # a fresh mmap whose pages fault in again for every image.
+            buffer = self._scratch((height, width, options.channels), "decoded")
         colorspace = _TURBO_COLOR[options.color]
         least = (height, width) if factor > 1 else (0, 0)
         stripped = False

@@ -198,8 +198,21 @@ def test_nchw_and_rotated_images_are_not_decoded_into_the_slot(tmp_path, rng, mo
     path = write(tmp_path / "a.jpg", smooth_image(rng, 48, 64))
     calls = spy_on_simplejpeg(monkeypatch)
     ds = preload.load([path], layout="NCHW", progress=False)
-    assert calls[0]["buffer"] is None
+    assert calls[0]["buffer"] is not None and not np.shares_memory(calls[0]["buffer"], ds.images)
     assert np.array_equal(ds.images[0], reference(open(path, "rb").read()).transpose(2, 0, 1))
+
+
+def test_a_jpeg_headed_for_a_resize_is_decoded_into_one_reused_buffer(tmp_path, rng, monkeypatch):
+    # A fresh array per image would be a fresh mmap whose pages fault in again every time.
+    paths = [write(tmp_path / f"{k}.jpg", smooth_image(rng, 48, 64)) for k in range(3)]
+    calls = spy_on_simplejpeg(monkeypatch)
+    ds = preload.load(paths, size=(24, 32), workers=1, progress=False)
+    buffers = [call["buffer"] for call in calls]
+    assert len(buffers) == 3 and all(buffer is not None for buffer in buffers)
+    assert len({buffer.__array_interface__["data"][0] for buffer in buffers}) == 1
+    for path, image in zip(paths, ds.images, strict=True):
+        expected = cv2.resize(reference(open(path, "rb").read()), (32, 24), interpolation=cv2.INTER_AREA)
+        assert np.abs(image.astype(int) - expected).max() <= 2
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])
@@ -292,7 +305,7 @@ def test_orientation_is_applied_once_on_every_jpeg_route(tmp_path, rng, monkeypa
     ds = preload.load([str(path)], exif=exif, out=out, progress=False, workers=1)
     assert ds.failed == []
     assert np.array_equal(out[0], expected)
-    straight = [call["buffer"] is not None for call in calls]
+    straight = [call["buffer"] is not None and np.shares_memory(call["buffer"], out) for call in calls]
     if route == "opencv":
         assert len(calls) == 1  # tried, refused (the header quirk), then OpenCV
     else:  # into the slot only when nothing must turn
