@@ -101,8 +101,8 @@ def create_new(path: str) -> int:
         raise
 
 
-def open_existing(path: str, flags: int = os.O_RDONLY) -> int:
-    """A descriptor of the regular file at ``path``, opened without following a link.
+def open_existing(path: str, flags: int = os.O_RDONLY, *, follow: bool = False) -> int:
+    """A descriptor of the regular file at ``path``, opened without following a link (unless ``follow``).
 
     Raises
     ------
@@ -112,7 +112,8 @@ def open_existing(path: str, flags: int = os.O_RDONLY) -> int:
         Nothing is there.
     """
     try:
-        fd = os.open(path, flags | NOFOLLOW | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO there must not hang us
+        link_flags = os.O_CLOEXEC if follow else NOFOLLOW
+        fd = os.open(path, flags | link_flags | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO there must not hang us
     except OSError as exc:
         if exc.errno in (errno.EISDIR,):
             message = f"'{path}' is a folder, not a file preload wrote"
@@ -237,8 +238,8 @@ class NpyHeader:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
-def inspect_npy(path: str) -> NpyHeader:
-    """Read the header of the ``.npy`` at ``path`` (no link followed).
+def inspect_npy(path: str, *, follow: bool = False) -> NpyHeader:
+    """Read the header of the ``.npy`` at ``path`` (a link is followed only if ``follow``).
 
     Raises
     ------
@@ -249,7 +250,7 @@ def inspect_npy(path: str) -> NpyHeader:
     OSError
         It cannot be read.
     """
-    fd = open_existing(path)
+    fd = open_existing(path, follow=follow)
     with open(fd, "rb") as handle:
         try:
             version = npy_format.read_magic(handle)
@@ -260,7 +261,7 @@ def inspect_npy(path: str) -> NpyHeader:
         return NpyHeader(tuple(int(n) for n in shape), dtype, bool(fortran), handle.tell(), os.fstat(fd).st_size)
 
 
-def open_npy(path: str, *, writable: bool = False) -> np.memmap:
+def open_npy(path: str, *, writable: bool = False, follow: bool = False) -> np.memmap:
     """Memory-map the uint8 C-order ``.npy`` at ``path`` without following a link.
 
     Raises
@@ -268,12 +269,12 @@ def open_npy(path: str, *, writable: bool = False) -> np.memmap:
     TargetError
         Not a regular file, not uint8 C order, or shorter than its header says.
     """
-    header = inspect_npy(path)
+    header = inspect_npy(path, follow=follow)
     if header.dtype != np.uint8 or header.fortran_order or header.file_size < header.offset + header.data_bytes:
         message = (f"'{path}' is not a complete uint8 C-order .npy (dtype {header.dtype}, fortran_order "
                    f"{header.fortran_order}, {header.file_size:,} bytes for {header.offset + header.data_bytes:,})")
         raise TargetError(message)
-    fd = open_existing(path, os.O_RDWR if writable else os.O_RDONLY)
+    fd = open_existing(path, os.O_RDWR if writable else os.O_RDONLY, follow=follow)
     with open(fd, "r+b" if writable else "rb") as handle:
         return np.memmap(handle, np.uint8, "r+" if writable else "r", header.offset, header.shape)
 
@@ -443,7 +444,7 @@ class Target:
             self.array.flush()
             del self.array  # unmap before truncating: touching a cut mapping is SIGBUS
             if rows != total:
-                _shrink_npy(self.temp_path, rows)
+                shrink_npy(self.temp_path, rows)
             os.replace(self.temp_path, self.path)
             return open_npy(self.path, writable=True)
         finally:
@@ -603,7 +604,7 @@ def check_out(out, shape: tuple[int, ...], dtype=np.uint8, *, contiguous: bool =
     return out
 
 
-def _shrink_npy(path: str, rows: int) -> None:
+def shrink_npy(path: str, rows: int) -> None:
     """Rewrite a ``.npy`` header for ``rows`` rows, keeping its length, and truncate the data."""
     with open(open_existing(path, os.O_RDWR), "r+b") as handle:
         shape, dtype, data_start, version = read_npy_header(handle)

@@ -191,10 +191,10 @@ def test_killed_after_renaming_into_place_finishes(tmp_path, source, monkeypatch
     out = tmp_path / "c.npy"
     real_save = cache.Snapshot.save
 
-    def die_at_index(self, path, rows=None):
+    def die_at_index(self, path, *args, **kwargs):
         if path.endswith(".index.npz"):  # runs right after the array was renamed to c.npy
             raise SystemExit("killed")
-        return real_save(self, path, rows)
+        return real_save(self, path, *args, **kwargs)
 
     monkeypatch.setattr(cache.Snapshot, "save", die_at_index)
     with pytest.raises(SystemExit):
