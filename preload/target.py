@@ -166,10 +166,10 @@ class PathLock:
 
     The kernel releases it when the holder dies, so a lock left by a killed
     process is simply taken over. The file holds the holder's pid and host for
-    the error message, and stays afterwards: removing it would let a process
-    that opened it just before, and one that creates it anew, both hold "the"
-    lock. It is opened with ``O_NOFOLLOW`` (a link planted there is refused)
-    and never truncated through a descriptor that is not of a regular file.
+    the error message; it is opened with ``O_NOFOLLOW`` (a link planted there
+    is refused) and must be a regular file. The holder removes it when done;
+    a process that locked the file just as it was removed sees that the name
+    no longer leads to the file it locked, and starts again.
     """
 
     def __init__(self, path: str, what: str = "another process is writing the same file"):
@@ -180,27 +180,38 @@ class PathLock:
     def __enter__(self) -> PathLock:
         import fcntl  # POSIX only; imported here so that reading caches works everywhere
 
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW | os.O_NONBLOCK, 0o644)
-        except OSError as exc:
-            if exc.errno == errno.EISDIR:
-                message = f"the lock file '{self.path}' is a folder; preload creates that file itself: remove it"
-                raise TargetError(message) from None
-            _refuse_link(self.path, exc)
-            raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            message = f"the lock file '{self.path}' is not a regular file; preload creates that file itself: remove it"
-            raise TargetError(message)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW | os.O_NONBLOCK, 0o644)
+            except OSError as exc:
+                if exc.errno == errno.EISDIR:
+                    message = f"the lock file '{self.path}' is a folder; preload creates that file itself: remove it"
+                    raise TargetError(message) from None
+                _refuse_link(self.path, exc)
                 raise
-            message = f"'{self.path}' is held by {holder}: {self.what}"
-            raise CacheLockedError(message) from None
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                os.close(fd)
+                message = (f"the lock file '{self.path}' is not a regular file; preload creates that file itself: "
+                           "remove it")
+                raise TargetError(message)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                message = f"'{self.path}' is held by {holder}: {self.what}"
+                raise CacheLockedError(message) from None
+            try:
+                now = os.stat(self.path, follow_symlinks=False)
+                current = (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino)
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)  # its holder removed it while we were taking it: lock the new one
         started = datetime.datetime.now().isoformat(timespec="seconds")
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
@@ -212,7 +223,7 @@ class PathLock:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
-            os.ftruncate(self.fd, 0)
+            os.unlink(self.path)  # while still holding it (see the class docs)
         os.close(self.fd)  # closing releases the flock
         self.fd = None
 

@@ -76,7 +76,7 @@ def test_build_then_open_matches_load(tmp_path, source):
         assert ds.layout == "NCHW"
     assert isinstance(opened.images, np.memmap) and not opened.images.flags.writeable
     assert np.array_equal(np.load(out, mmap_mode="r"), expected.images)  # readable without preload
-    assert sorted(os.listdir(tmp_path)) == ["c.npy", "c.npy.index.npz", "c.npy.json", "c.npy.lock", "src"]
+    assert sorted(os.listdir(tmp_path)) == ["c.npy", "c.npy.index.npz", "c.npy.json", "src"]
 
 
 def test_metadata_records_options_versions_and_files(tmp_path, source):

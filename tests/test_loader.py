@@ -88,7 +88,7 @@ def test_failed_load_leaves_no_npy_behind(tmp_path, folder):
     out = tmp_path / "images.npy"
     with pytest.raises(preload.ImageDecodeError, match="broken.png"):
         preload.load(folder, size=16, out=str(out), progress=False)
-    assert sorted(os.listdir(tmp_path)) == ["data", "images.npy.lock"]  # the lock stays (see preload.target)
+    assert sorted(os.listdir(tmp_path)) == ["data"]
 
 
 def test_skip_shrinks_the_npy_file(tmp_path, folder):
