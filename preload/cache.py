@@ -109,7 +109,7 @@ import xxhash
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .atomic import fsync_folder
+from .atomic import NOFOLLOW, atomic_write, create_new, fsync_folder, open_existing, read_file, write_bytes
 from .dataset import Dataset
 from .decode import Decoder
 from .errors import (
@@ -134,19 +134,7 @@ from .options import (
 )
 from .quiet import quiet_opencv
 from .sources import Manifest, manifest
-from .target import (
-    NOFOLLOW,
-    NpyHeader,
-    PathLock,
-    create_new,
-    create_npy,
-    inspect_npy,
-    open_existing,
-    open_npy,
-    read_file,
-    shrink_npy,
-    write_atomic,
-)
+from .target import NpyHeader, PathLock, create_npy, inspect_npy, open_npy, shrink_npy
 
 # build_cache logs one INFO record saying how much of the build this call does; its
 # ``todo`` and ``total`` attributes let a front end time only the rows decoded now.
@@ -225,7 +213,8 @@ class Snapshot:
             arrays["rows"] = np.asarray(rows, np.int64)
         if checksums is not None:
             arrays["checksums"] = np.asarray(checksums, np.uint64)
-        write_atomic(path, lambda handle: np.savez(handle, **arrays))
+        with atomic_write(path) as handle:
+            np.savez(handle, **arrays)
 
     @classmethod
     def load(cls, path: str) -> tuple[Snapshot, np.ndarray | None]:
@@ -368,8 +357,8 @@ class Journal:
                sums: np.ndarray | None = None) -> Journal:
         journal = cls(files, count, plan_hash, np.zeros(count, bool) if done is None else done.copy(),
                       np.zeros(count, np.uint64) if sums is None else np.array(sums, np.uint64))
-        write_atomic(journal.sums_path, journal.sums.astype("<u8").tobytes())
-        write_atomic(journal.path, journal._header() + journal._bits())
+        write_bytes(journal.sums_path, journal.sums.astype("<u8").tobytes())
+        write_bytes(journal.path, journal._header() + journal._bits())
         return journal
 
     @classmethod
@@ -514,7 +503,7 @@ def _describe_difference(old: dict, new: dict) -> str:
 
 def _write_json(path: str, record: dict) -> bytes:
     text = json.dumps(record, indent=1, sort_keys=True).encode("utf-8")
-    write_atomic(path, text)
+    write_bytes(path, text)
     return text
 
 
@@ -910,7 +899,7 @@ def _start_plan(files: CacheFiles, plan: dict, snapshot: Snapshot) -> bytes:
 
 
 def _write_failures(path: str, failures: list[Failure]) -> None:
-    write_atomic(path, "".join(_failure_line(f) for f in failures).encode("utf-8"))
+    write_bytes(path, "".join(_failure_line(f) for f in failures).encode("utf-8"))
 
 
 def _failure_line(failure: Failure) -> str:
@@ -1052,7 +1041,7 @@ def _compact_in_place(files: CacheFiles, plan: dict, keep: np.ndarray) -> None:
             continue
         rows = array[sources]
         if sources[0] < stop:
-            write_atomic(files.compact_rows, rows.tobytes())
+            write_bytes(files.compact_rows, rows.tobytes())
             record.update(saved=start)
             _write_json(files.compact, record)
         array[start:stop] = rows
@@ -1422,7 +1411,7 @@ def _deep_check(files: CacheFiles, result: dict) -> None:
     # Remembered for the next build, which re-checks and re-decodes only these rows.
     with contextlib.suppress(OSError, TargetError):
         record = {"build_id": state.meta.get("build_id"), "rows": [int(r) for r in damaged]}
-        write_atomic(files.damaged, json.dumps(record).encode("utf-8"))
+        write_bytes(files.damaged, json.dumps(record).encode("utf-8"))
 
 
 def _marked_rows(files: CacheFiles, state: CacheState) -> np.ndarray:

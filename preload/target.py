@@ -46,6 +46,7 @@ import numpy as np
 import psutil
 from numpy.lib import format as npy_format
 
+from .atomic import NOFOLLOW, create_new, open_existing, refuse_link
 from .errors import CacheLockedError, InsufficientDiskError, InsufficientMemoryError, TargetError
 
 PARTIAL_SUFFIX = ".partial"
@@ -54,7 +55,6 @@ LOCK_SUFFIX = ".lock"
 # under a complete cache's metadata or into an unfinished build's array.
 CACHE_META_SUFFIX = ".json"
 CACHE_PLAN_SUFFIX = ".build.json"
-NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 CGROUP_FILE = "/proc/self/cgroup"
 CGROUP_MOUNT = "/sys/fs/cgroup"
 UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
@@ -62,103 +62,6 @@ UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
 
 def _gb(count: int) -> str:
     return f"{count / 1e9:.2f} GB ({count:,} bytes)"
-
-
-# ------------------------------------------------------------- files we create
-
-
-def _refuse_link(path: str, exc: OSError) -> None:
-    """Turn "it is a symlink" (ELOOP from O_NOFOLLOW) into a clear error; re-raise anything else."""
-    if exc.errno == errno.ELOOP:
-        message = (f"'{path}' is a symbolic link; preload creates that file itself and never follows a link "
-                   "there (it could point at a file preload did not create): remove it")
-        raise TargetError(message) from None
-    raise exc
-
-
-def create_new(path: str) -> int:
-    """A descriptor of a new, empty regular file at ``path`` (read-write).
-
-    Whatever is at that name is unlinked first (a leftover of a killed
-    process, or a planted link: unlinking a link leaves its target alone),
-    then the file is created with ``O_EXCL | O_NOFOLLOW``, so the descriptor
-    is always of a file this call created.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> fd = create_new(os.path.join(tempfile.mkdtemp(), "x.tmp"))
-    >>> os.fstat(fd).st_size
-    0
-    >>> os.close(fd)
-    """
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
-    except OSError as exc:
-        _refuse_link(path, exc)
-        raise
-
-
-def open_existing(path: str, flags: int = os.O_RDONLY, *, follow: bool = False) -> int:
-    """A descriptor of the regular file at ``path``, opened without following a link (unless ``follow``).
-
-    Raises
-    ------
-    TargetError
-        ``path`` is a symbolic link, a folder, a FIFO or a device.
-    FileNotFoundError
-        Nothing is there.
-    """
-    try:
-        link_flags = os.O_CLOEXEC if follow else NOFOLLOW
-        fd = os.open(path, flags | link_flags | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO there must not hang us
-    except OSError as exc:
-        if exc.errno in (errno.EISDIR,):
-            message = f"'{path}' is a folder, not a file preload wrote"
-            raise TargetError(message) from None
-        _refuse_link(path, exc)
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        message = f"'{path}' is not a regular file (a FIFO, device or socket); preload only writes regular files there"
-        raise TargetError(message)
-    os.set_blocking(fd, True)
-    return fd
-
-
-def read_file(path: str) -> bytes:
-    """The bytes of a small file preload wrote (metadata, plan), read without following a link."""
-    fd = open_existing(path)
-    with open(fd, "rb") as handle:
-        return handle.read()
-
-
-def write_atomic(path: str, write) -> None:
-    """Write a file whole or not at all: ``write(handle)`` into ``path + ".tmp"``, fsync, rename.
-
-    ``write`` is bytes, or a function given the open binary handle. The
-    temporary file is created by :func:`create_new` (never through a link).
-    An ``OSError`` leaves with its ``filename`` set to the file being written.
-    """
-    temp = path + ".tmp"
-    try:
-        fd = create_new(temp)
-        with open(fd, "wb") as handle:
-            if isinstance(write, (bytes, bytearray, memoryview)):
-                handle.write(write)
-            else:
-                write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if exc.filename is None:
-            exc.filename = path
-        raise
 
 
 class PathLock:
@@ -187,7 +90,7 @@ class PathLock:
                 if exc.errno == errno.EISDIR:
                     message = f"the lock file '{self.path}' is a folder; preload creates that file itself: remove it"
                     raise TargetError(message) from None
-                _refuse_link(self.path, exc)
+                refuse_link(self.path, exc)
                 raise
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):

@@ -18,7 +18,7 @@ from numpy.lib import format as npy_format
 
 import preload
 from conftest import smooth_image, write
-from preload import cache, decode, target
+from preload import atomic, cache, decode, target
 from preload.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -465,14 +465,17 @@ def test_resume_starts_over_when_the_partial_is_not_this_builds(tmp_path, source
 
 
 def enospc_on(monkeypatch, suffix: str) -> None:
-    real = cache.write_atomic
+    """The disk fills up while the file ending in ``suffix`` is written (its temporary name)."""
+    real = atomic.create_new
 
-    def failing(path, write):
-        if path.endswith(suffix):
-            raise OSError(errno.ENOSPC, "No space left on device", path)
-        return real(path, write)
+    def failing(path):
+        fd = real(path)
+        if path.endswith(suffix + atomic.TEMP_SUFFIX):
+            os.close(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fd
 
-    monkeypatch.setattr(cache, "write_atomic", failing)
+    monkeypatch.setattr(atomic, "create_new", failing)
 
 
 @pytest.mark.parametrize("suffix, doing", [(".build.json", "preparing"), (".build.npz", "preparing"),

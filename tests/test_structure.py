@@ -28,8 +28,8 @@ LAYERS: list[set[str]] = [
     {"headers"},  # format, size, orientation from a file's first bytes
     {"quiet"},  # the OpenCV/stderr silencer
     {"decode"},  # one file -> one slot
+    {"atomic"},  # write-temp-fsync-rename; files created without following links
     {"target"},  # allocate the output; the out= check
-    {"atomic"},  # write-temp-fsync-rename
     {"shared"},  # arrays in shared memory, passed to spawned processes by file descriptor
     {"fill"},  # the threaded fill engine and the one per-row loop
     {"rows"},  # reading rows from a memmap
