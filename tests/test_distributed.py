@@ -155,6 +155,7 @@ def test_cluster_build_is_byte_identical_to_a_local_build(tmp_path, source, refe
         ds = build(source, out, client=workers)
     assert out.read_bytes() == reference
     assert preload.verify_cache(out, deep=True)["status"] == "fresh"  # the checksums hashed by this process
+    assert ds.images.shape == (COUNT, 3, 16, 16) and ds.classes == ["ant", "bee", "cow"]
     assert preload.verify_cache(out)["status"] == "fresh"
     assert sorted(os.listdir(tmp_path)) == ["c.npy", "c.npy.index.npz", "c.npy.json"]
     summary = "\n".join(record.getMessage() for record in caplog.records)
