@@ -10,52 +10,95 @@ A cache named ``train.npy`` is these files in one folder:
     without preload.
 ``train.npy.json``
     The metadata, and the cache's *commit point*: it is written last, under a
-    temporary name, fsynced and renamed into place, so a cache is complete if
-    and only if this file exists. Fields: ``format`` (``"preload-cache"``),
-    ``version`` (1), ``shape``, ``dtype``, ``data_offset`` and ``data_bytes``
-    (where the pixels sit in ``train.npy``, to detect truncation),
-    ``options`` (size, layout, color, resize, interpolation, fill, exif,
-    reduce, max_pixels), ``source`` (``kind``: folder, csv or paths, and the
-    folder or CSV path), ``classes``, ``count`` (source files), ``failed``
-    (index, path, reason, detail of each file not loaded), ``versions``
-    (preload, numpy, opencv, python), ``created`` and ``build_seconds``.
+    temporary name, fsynced and renamed into place (:mod:`preload.atomic`), so
+    a cache is complete if and only if this file exists. Fields: ``format``
+    (``"preload-cache"``), ``version`` (1), ``build_id`` (16 hex digits, new
+    for every build or refresh), ``checksum`` (``"xxh3_64"``), ``shape``,
+    ``dtype``, ``data_offset`` and ``data_bytes`` (where the pixels sit in
+    ``train.npy``, to detect truncation), ``options`` (size, layout, color,
+    resize, interpolation, fill, exif, reduce, max_pixels), ``source``
+    (``kind``: folder, csv or paths, and the folder or CSV path),
+    ``classes``, ``count`` (source files), ``failed`` (index, path, reason,
+    detail of each file not loaded), ``versions`` (preload, numpy, opencv,
+    python), ``created`` and ``build_seconds``.
 ``train.npy.index.npz``
     Per source file, uncompressed: ``paths`` (UTF-8 joined by NUL bytes),
     ``labels`` (int64, or absent), ``file_size`` and ``mtime_ns`` (int64, from
     ``os.stat`` just before the build decoded them), ``classes`` (UTF-8 joined
     by NUL bytes, or absent) and ``rows`` (for each row of the array, the index
-    of its source file; absent when row i is file i).
+    of its source file; absent when row i is file i); per row of the array,
+    ``checksums`` (uint64: xxh3_64 of the row's bytes, computed right after
+    the row was decoded).
     It is kept apart from the JSON so opening a million-image cache does not
     parse a million paths: they are decoded only when ``Dataset.paths`` is read.
+``train.npy.damaged``
+    Only after ``verify_cache(deep=True)`` found rows whose bytes no longer
+    match their checksums: their numbers and the ``build_id``; the next build
+    checks those rows again and decodes the damaged ones anew.
 
-While a build runs (or after it was killed) these exist instead of the JSON:
+While a build runs (or after it was killed) these exist beside (or instead
+of) the files above:
 
 ``train.npy.partial``
     The array being filled (full ``.npy`` header, blocks reserved on disk).
 ``train.npy.build.json`` / ``train.npy.build.npz``
-    The plan: options, shape, source, and the per-file index as above.
+    The plan: options, shape, source, ``build_id``, and the per-file index as above.
 ``train.npy.journal``
     Which rows are final: the 8 bytes ``PRELOADJ``, a little-endian uint32
-    version (1), uint32 reserved, uint64 N, the SHA-256 of the plan JSON, then
-    N bits (``np.packbits``, little bit order). A bit is set only after the
-    row's pixels have been flushed to disk (``msync``) and any failure for it
-    logged, so a set bit is always true, whenever the process dies.
+    version (1), uint32 reserved, uint64 N, the SHA-256 of the plan JSON (so
+    of its ``build_id``), then N bits (``np.packbits``, little bit order). A
+    bit is set only after the row's pixels have been flushed to disk
+    (``msync``), any failure for it logged and its checksum written, so a set
+    bit is always true, whenever the process dies.
+``train.npy.build.sums``
+    N little-endian uint64: the checksum of each row whose bit is set.
 ``train.npy.failed.jsonl``
     One JSON line per file that failed under ``on_error="skip"``/``"zero"``.
+``train.npy.compact.json`` / ``train.npy.compact``
+    Only while an ``on_error="skip"`` build moves its rows towards the front
+    (in place, no second copy): how far it got, and a copy of the one block
+    being moved when that block overlaps its own sources.
 ``train.npy.partial.probe``
     Only during a cluster build (:mod:`preload.distributed`): a random token
     that every Dask worker must read back before it writes, so a worker that
     sees another file system is refused; overwriting it stops running tasks.
 ``train.npy.lock``
-    Held with ``flock`` by the one process building; it holds that process's
-    pid and host for the error message. The kernel releases it when the
-    holder dies, so a lock left by a killed build is simply taken over. The
-    (empty) file stays after a build.
+    Held with ``flock`` by every process writing ``train.npy``: a build, or a
+    ``load(out="train.npy")`` (:class:`preload.target.PathLock`). It holds the
+    holder's pid and host for the error message; the kernel releases it when
+    the holder dies, so a lock left by a killed build is simply taken over.
+    The holder removes it when done.
 
 Running the same build again resumes: only rows whose bit is clear are
 decoded, and the result is byte-for-byte the array an uninterrupted build
-writes. A build with other options refuses to continue someone else's
-partial (``force=True`` starts over).
+writes. Before resuming, the partial's header must match the plan (shape,
+uint8, C order, length) and every finished row must still hash to its
+checksum; a row that does not (another writer, a bad disk) is decoded again.
+A build with other options refuses to continue someone else's partial
+(``force=True`` starts over).
+
+Integrity
+---------
+Every file preload creates here is opened with ``O_NOFOLLOW`` (``O_EXCL`` if
+new): a link planted at one of these names is refused or replaced, never
+written through. A folder at the cache path is refused before anything is
+decoded, and a ``.npy`` that is not a preload cache is replaced only with
+``force=True``. :func:`open_cache`, :func:`cache_info` and
+:func:`verify_cache` check the files against each other: the ``.npy``
+header's shape, dtype and order against the metadata, the metadata's
+layout, color and size against the rows' shape, the index's label, row and
+checksum counts against the metadata; any disagreement, or a sidecar that
+cannot be parsed, is an :class:`IncompleteCacheError` ("damaged", CLI exit
+3). Pixels are read only by ``verify_cache(deep=True)`` (``preload verify
+--deep``), which hashes every row again (several GB/s warm: the disk is the
+limit) and names each damaged row and its source file. What no check here
+sees: a change of the source images that keeps their size and mtime (see
+Freshness), and bytes damaged before they were hashed (in RAM, by the decoder).
+
+A stale cache is refreshed in a copy (a reflink on btrfs/XFS, else a full
+copy: it needs the space of one more cache): the old ``train.npy`` stays in
+place, untouched, until the copy replaces it at the commit point, so a
+process that has it open keeps reading the old bytes, never a mix.
 
 Freshness
 ---------
