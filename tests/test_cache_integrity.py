@@ -660,3 +660,20 @@ def test_cache_module_builds_without_preload_lock_files_left(tmp_path, source):
     """)
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "(60, 3, 16, 16) uint8"
+
+
+def test_create_new_never_follows_a_link_planted_after_the_unlink(tmp_path, monkeypatch):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    name = tmp_path / "c.npy.partial"
+    name.symlink_to(victim)
+    real_unlink = os.unlink
+
+    def unlink_then_plant_again(path):  # a racing attacker: the link is back before the open
+        real_unlink(path)
+        os.symlink(victim, path)
+
+    monkeypatch.setattr(atomic.os, "unlink", unlink_then_plant_again)
+    with pytest.raises(FileExistsError):
+        atomic.create_new(str(name))
+    assert victim.read_text() == "precious"
