@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -647,19 +646,6 @@ def test_same_size_rewrite_with_a_new_mtime_is_decoded_again(tmp_path, source, r
     ds = build(source, out)
     assert calls == [str(changed)]
     assert np.array_equal(ds.images, expected_images(source))
-
-
-def test_cache_module_builds_without_preload_lock_files_left(tmp_path, source):
-    out = tmp_path / "c.npy"
-    build(source, out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "c.npy.index.npz", "c.npy.json", "src"]
-    child = textwrap.dedent(f"""
-        import numpy as np
-        a = np.load({str(out)!r}, mmap_mode="r")
-        print(a.shape, a.dtype)
-    """)
-    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "(60, 3, 16, 16) uint8"
 
 
 def test_create_new_never_follows_a_link_planted_after_the_unlink(tmp_path, monkeypatch):
