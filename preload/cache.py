@@ -777,7 +777,7 @@ def _check_cache_path(files: CacheFiles, force: bool) -> None:
 
 
 def _existing_cache(files: CacheFiles) -> CacheState | None:
-    """The complete cache at ``files``, None if there is none, or a damaged one of ours (rebuilt)."""
+    """The complete cache at ``files``; None if there is none, or if it is a damaged or older one of ours (rebuilt)."""
     if not os.path.lexists(files.meta):
         return None
     try:
@@ -785,7 +785,7 @@ def _existing_cache(files: CacheFiles) -> CacheState | None:
     except IncompleteCacheError as exc:
         with contextlib.suppress(CacheError):
             meta = _read_json(files.meta)
-            if isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("version") == VERSION:
+            if isinstance(meta, dict) and meta.get("format") == FORMAT:  # ours, of any version: build it anew
                 logger.warning("%s; building it again", exc)
                 return None
         message = f"{exc}; pass force=True (--force) to build a new cache in its place"

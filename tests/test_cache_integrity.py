@@ -149,13 +149,14 @@ def test_index_that_disagrees_with_the_metadata_is_damaged(tmp_path, source, cap
 
 @pytest.mark.parametrize("damage, words", [
     (lambda m: [], r"holds a JSON list, not the cache's metadata"),
-    (lambda m: {}, r"is not a version-1 preload cache \(format None"),
+    (lambda m: {}, rf"is not a version-{cache.VERSION} preload cache \(format None"),
     (lambda m: m.pop("count") and None, r"lacks the field\(s\) 'count'"),
     (lambda m: m["options"].update(sharpen=2), r"its options are .*'sharpen'"),
     (lambda m: m["options"].update(layout="NWHC"), r"an option it records is not valid \(layout='NWHC'"),
     (lambda m: m.update(failed=[{"index": 99}]), r"lists a failed file it cannot describe"),
     (lambda m: m.update(shape="60x3x16x16"), r"has shape = '60x3x16x16'"),
-    (lambda m: m.update(version=2), r"is not a version-1 preload cache \(format 'preload-cache', version 2\)"),
+    (lambda m: m.update(version=cache.VERSION + 1),
+     rf"is not a version-{cache.VERSION} preload cache \(format 'preload-cache', version {cache.VERSION + 1}\)"),
 ])
 def test_damaged_metadata_is_named(tmp_path, source, capsys, damage, words):
     out = tmp_path / "c.npy"
