@@ -199,8 +199,11 @@ def test_a_damaged_cache_of_ours_is_rebuilt_a_foreign_metadata_needs_force(tmp_p
     out = tmp_path / "c.npy"
     build(source, out)
     rewrite_npy_header(out, descr="|i1")
-    ds = build(source, out)  # ours (format and version say so): built again
+    ds = build(source, out)  # ours (format says so): built again
     assert np.array_equal(ds.images, expected_images(source))
+    edit_json(tmp_path / "c.npy.json", lambda m: m.update(version=cache.VERSION + 1))
+    assert np.array_equal(build(source, out).images, expected_images(source))  # another version of ours too
+    assert json.loads((tmp_path / "c.npy.json").read_text())["version"] == cache.VERSION
     (tmp_path / "c.npy.json").write_text("[]")
     with pytest.raises(preload.IncompleteCacheError, match=r"holds a JSON list.*pass force=True"):
         build(source, out)
