@@ -667,3 +667,42 @@ def test_create_new_never_follows_a_link_planted_after_the_unlink(tmp_path, monk
     with pytest.raises(FileExistsError):
         atomic.create_new(str(name))
     assert victim.read_text() == "precious"
+
+
+def test_a_journal_is_trusted_only_with_its_own_plan(tmp_path, source, monkeypatch):
+    out = tmp_path / "c.npy"
+    real = decode.Decoder.decode_into
+    seen = []
+
+    def stop_after_40(self, path, slot):
+        if len(seen) == 40:
+            raise KeyboardInterrupt
+        seen.append(path)
+        return real(self, path, slot)
+
+    monkeypatch.setattr(decode.Decoder, "decode_into", stop_after_40)
+    with pytest.raises(KeyboardInterrupt):
+        build(source, out, workers=1)
+    monkeypatch.undo()
+    plan = tmp_path / "c.npy.build.json"
+    assert len(json.loads(plan.read_text())["build_id"]) == 16
+    edit_json(plan, lambda p: p.update(build_id="0" * 16))  # another build's plan, same options and shape
+    calls = count_decodes(monkeypatch)
+    ds = build(source, out, workers=1)
+    assert len(calls) == 60  # the journal's hash names another plan: nothing of it is trusted
+    assert np.array_equal(ds.images, expected_images(source))
+
+
+def test_cli_build_deep_redecodes_a_damaged_row(tmp_path, source, capsys, monkeypatch):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    offset = json.loads((tmp_path / "c.npy.json").read_text())["data_offset"]
+    with open(out, "r+b") as handle:
+        handle.seek(offset + 33 * 3 * 16 * 16)
+        handle.write(b"\x00\x01\x02\x03")
+    calls = count_decodes(monkeypatch)
+    code, _, err = cli(capsys, "build", source, out, "--size", 16, "--layout", "nchw", "--no-progress", "--deep")
+    assert code == 0, err
+    assert calls == [list(preload.open_cache(out).paths)[33]]
+    code, text, _ = cli(capsys, "verify", out, "--deep")
+    assert code == 0 and text.startswith("fresh: ")
