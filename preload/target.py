@@ -449,7 +449,26 @@ def fresh_array(shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(memory, np.uint8).reshape(shape)
 
 
-def _allocate_npy(path: str, shape: tuple[int, ...], nbytes: int) -> Target:
+def check_out_path(out) -> None:
+    """Refuse an ``out=`` path that can never be written, before anything is read or decoded.
+
+    Anything that is not a path passes (:func:`allocate` checks it).
+
+    Raises
+    ------
+    TargetError
+        The path does not end in ``.npy``, its folder does not exist, or it is a folder.
+
+    Examples
+    --------
+    >>> check_out_path("/nonexistent/images.npy")
+    Traceback (most recent call last):
+    ...
+    preload.errors.TargetError: out='/nonexistent/images.npy': the folder '/nonexistent' does not exist
+    """
+    if not isinstance(out, (str, os.PathLike)):
+        return
+    path = os.fspath(out)
     if not path.lower().endswith(".npy"):
         message = f"out='{path}' is not accepted; a file target must end in .npy"
         raise TargetError(message)
@@ -460,6 +479,11 @@ def _allocate_npy(path: str, shape: tuple[int, ...], nbytes: int) -> Target:
     if os.path.isdir(path):
         message = f"out='{path}' is a folder; give the path of a .npy file to create"
         raise TargetError(message)
+
+
+def _allocate_npy(path: str, shape: tuple[int, ...], nbytes: int) -> Target:
+    check_out_path(path)
+    folder = os.path.dirname(os.path.abspath(path))
     free = psutil.disk_usage(folder).free
     if nbytes > free:
         message = f"out='{path}' needs {_gb(nbytes)} but its file system has {_gb(free)} free"
@@ -477,6 +501,7 @@ def _allocate_npy(path: str, shape: tuple[int, ...], nbytes: int) -> Target:
         target = Target(create_npy(temp, shape), "npy", path, temp, lock)
         undo.pop_all()
     return target
+
 
 def check_out(out, shape: tuple[int, ...], dtype=np.uint8, *, contiguous: bool = True) -> np.ndarray:
     """``out`` if it is an array (or memmap) that can receive ``shape`` and ``dtype``: the check of every ``out=``.
