@@ -17,7 +17,7 @@ from numpy.lib import format as npy_format
 
 import preload
 from conftest import smooth_image, write
-from preload import atomic, cache, decode, target
+from preload import atomic, cache, decode, headers, target
 from preload.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -365,6 +365,7 @@ def test_load_out_never_writes_through_a_planted_link(tmp_path, source, name):
 
 def test_a_folder_at_the_cache_path_is_refused_before_decoding(tmp_path, source, monkeypatch):
     calls = count_decodes(monkeypatch)
+    monkeypatch.setattr(headers, "probe", lambda path: calls.append(f"header of {path}"))
     (tmp_path / "c.npy").mkdir()
     with pytest.raises(preload.TargetError, match=r"cannot build '.*c.npy': it is a folder"):
         build(source, tmp_path / "c.npy", size=None, on_error="zero")
