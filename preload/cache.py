@@ -504,7 +504,7 @@ class BuildLock(PathLock):
     """The lock every writer of a cache path holds (see :class:`preload.target.PathLock`)."""
 
     def __init__(self, path: str):
-        super().__init__(path, "another build (or a load with out=) of this cache is running")
+        super().__init__(path, "another build of this cache is running (or a load with out= at its path)")
 
 
 # ------------------------------------------------------------------------- helpers

@@ -401,7 +401,10 @@ def allocate(out, shape: tuple[int, ...]) -> Target:
         need = f"the array needs {_gb(nbytes)} (N*C*H*W = {' x '.join(map(str, shape))})"
         advice = 'load into a memory-mapped file instead, e.g. out="images.npy"'
         if nbytes > room:
-            message = f"{need} but only {_gb(room)} can be allocated, set by {limit}; {advice}"
+            if limit == "available memory":
+                message = f"{need} but only {_gb(room)} of memory is available; {advice}"
+            else:
+                message = f"{need} but only {_gb(room)} can be allocated under {limit}; {advice}"
             raise InsufficientMemoryError(message)
         try:
             return Target(fresh_array(shape), "ram")

@@ -566,7 +566,7 @@ def test_cgroup_limits_are_honoured(tmp_path, monkeypatch):
     monkeypatch.setattr(target, "CGROUP_MOUNT", str(v2))
     room, why = target.memory_room()
     assert room == 1073741824 - (536870912 - 104857600) and "cgroup" in why
-    with pytest.raises(preload.InsufficientMemoryError, match=r"only 0.64 GB .* can be allocated, set by the memory "
+    with pytest.raises(preload.InsufficientMemoryError, match=r"only 0.64 GB .* can be allocated under the memory "
                                                                r"limit of the cgroup"):
         target.allocate(None, (1000, 1000, 1000))
 
