@@ -37,6 +37,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._version import DISTRIBUTION, __version__, install_hint
+from .atomic import open_existing
 from .cache import CacheFiles, build_cache, cache_info, verify_cache
 from .errors import (
     ImageDecodeError,
@@ -47,6 +48,7 @@ from .errors import (
     SizeMismatchError,
     SourceError,
     StaleCacheError,
+    TargetError,
 )
 from .loader import load
 from .measure import STRATEGIES, PeakSampler
@@ -747,9 +749,9 @@ def _lock_holder(cache: str) -> str | None:
         import fcntl
     except ImportError:  # not POSIX: builds there cannot be detected
         return None
-    try:
-        handle = open(cache + ".lock", encoding="utf-8")  # noqa: SIM115 - closed below
-    except OSError:
+    try:  # never through a link, never blocking on a FIFO planted there
+        handle = open(open_existing(cache + ".lock"), encoding="utf-8")  # noqa: SIM115 - closed below
+    except (OSError, TargetError):
         return None
     with handle:
         try:

@@ -708,3 +708,13 @@ def test_cli_build_deep_redecodes_a_damaged_row(tmp_path, source, capsys, monkey
     assert calls == [list(preload.open_cache(out).paths)[33]]
     code, text, _ = cli(capsys, "verify", out, "--deep")
     assert code == 0 and text.startswith("fresh: ")
+
+
+def test_info_and_verify_do_not_hang_on_a_fifo_at_the_lock(tmp_path, source, capsys):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    os.remove(out)  # not complete any more: info and verify look for a build holding the lock
+    os.mkfifo(tmp_path / "c.npy.lock")
+    for command in ("info", "verify"):
+        code, text, err = cli(capsys, command, out)  # a blocking open of the FIFO would never return
+        assert code == 3 and "Traceback" not in err, (text, err)
