@@ -149,6 +149,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 import xxhash
+from numpy.lib import format as npy_format
 from tqdm.auto import tqdm
 
 from ._version import __version__
@@ -1278,11 +1279,22 @@ def _load_state(files: CacheFiles, *, paths: bool = False) -> CacheState:
 
 
 def _read_index(files: CacheFiles, paths: bool) -> dict[str, np.ndarray]:
-    """The index's arrays (``paths`` as a list only if asked: it is the big one)."""
-    wanted = ("labels", "rows", "checksums", "file_size", "mtime_ns")
+    """The index's arrays (``paths`` as a list only if asked: it is the big one).
+
+    ``file_size`` and ``mtime_ns`` are only counted here, from their ``.npy``
+    headers: opening a cache with ``check=False`` does not read them.
+    """
     try:
         with open(open_existing(files.index, follow=True), "rb") as handle, np.load(handle) as data:
-            arrays = {name: data[name] for name in wanted if name in data.files}
+            arrays = {name: data[name] for name in ("labels", "rows", "checksums") if name in data.files}
+            for name in ("file_size", "mtime_ns"):
+                if name in data.files:
+                    with data.zip.open(name + ".npy") as member:
+                        version = npy_format.read_magic(member)
+                        read = npy_format.read_array_header_1_0 if version == (1, 0) else \
+                            npy_format.read_array_header_2_0
+                        shape = read(member)[0]
+                        arrays[name] = range(shape[0] if len(shape) == 1 else -1)  # its length, no data
             if paths and "paths" in data.files:
                 arrays["paths"] = _split(data["paths"])
     except FileNotFoundError:

@@ -145,6 +145,10 @@ def test_index_that_disagrees_with_the_metadata_is_damaged(tmp_path, source, cap
     assert_damaged(out, capsys, r"row map .* does not fit 60 rows of 60 files")
     rewrite_index(index, rows=None, labels=labels + 5)
     assert_damaged(out, capsys, r"labels run from 5 to 7 but there are 3 classes")
+    with np.load(index) as data:
+        file_size = data["file_size"]
+    rewrite_index(index, labels=labels, file_size=file_size[:-3])  # counted from its header, not read
+    assert_damaged(out, capsys, r"it has 57 file_size for the 60 source files")
 
 
 @pytest.mark.parametrize("damage, words", [
