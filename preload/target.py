@@ -116,9 +116,13 @@ class PathLock:
                 break
             os.close(fd)  # its holder removed it while we were taking it: lock the new one
         started = datetime.datetime.now().isoformat(timespec="seconds")
-        with contextlib.suppress(OSError):
+        try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since {started})".encode(), 0)
+        except OSError as exc:  # a full or failing disk: let go of the lock, and say which file failed
+            self.fd = fd
+            self.release()
+            raise OSError(exc.errno, exc.strerror, self.path) from exc
         self.fd = fd
         return self
 

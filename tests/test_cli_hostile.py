@@ -255,19 +255,14 @@ def test_full_disk_is_one_line_and_exit_1(src, capsys, tmp_path, disk_full):
 
 
 def test_full_disk_while_taking_the_lock_leaves_no_lock_behind(src, capsys, tmp_path, monkeypatch):
-    real_open = open
+    real_pwrite = os.pwrite
 
-    class FullDisk:
-        def __init__(self, handle):
-            self.handle = handle
-
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
-
-        def flush(self):
+    def full_disk_at_the_lock(fd, data, offset):  # the lock records its holder with pwrite
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".lock"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(cache, "open", lambda path, *a, **k: FullDisk(real_open(path, *a, **k)), raising=False)
+    monkeypatch.setattr(os, "pwrite", full_disk_at_the_lock)
     target = tmp_path / "c.npy"
 
     line = assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), FAILED)
