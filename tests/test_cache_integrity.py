@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import errno
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -722,3 +724,23 @@ def test_info_and_verify_do_not_hang_on_a_fifo_at_the_lock(tmp_path, source, cap
     for command in ("info", "verify"):
         code, text, err = cli(capsys, command, out)  # a blocking open of the FIFO would never return
         assert code == 3 and "Traceback" not in err, (text, err)
+
+
+def test_a_refresh_without_room_for_its_copy_is_an_error_and_keeps_the_cache(tmp_path, source, rng, monkeypatch):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    before = out.read_bytes()
+    changed = source / "ant" / "02.bmp"
+    write(changed, smooth_image(rng, 32, 40))
+    os.utime(changed, ns=(1, 8 * 10**9))
+    def no_reflink(*args):
+        raise OSError(errno.EOPNOTSUPP, "no reflink on this file system")
+
+    monkeypatch.setattr(fcntl, "ioctl", no_reflink)
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: types.SimpleNamespace(total=10, used=9, free=1))
+    with pytest.raises(preload.InsufficientDiskError, match=r"refreshing '.*c.npy' writes the changed rows into a "
+                                                          r"copy, which needs [\d,]+ bytes, but its file system has 1"):
+        build(source, out)
+    assert out.read_bytes() == before
+    with pytest.raises(preload.StaleCacheError):  # still the old, complete cache
+        preload.open_cache(out)
