@@ -1414,8 +1414,8 @@ def verify_cache(path: str | os.PathLike, *, deep: bool = False) -> dict:
     ----------
     deep : bool
         Also re-read every row and compare its xxh3 checksum with the one the
-        build stored (about as fast as the disk reads: see the README's
-        Caches section). Rows that differ make the status "damaged" and are
+        build stored (about as fast as the disk reads: see docs/caches.md,
+        Integrity). Rows that differ make the status "damaged" and are
         listed in ``damaged_rows`` (``row``, ``path``); the next
         :func:`build_cache` decodes exactly those rows again. ``deep_check``
         holds the rows and bytes read and the seconds it took.
