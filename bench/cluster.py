@@ -276,11 +276,12 @@ def main(argv=None) -> int:
         return _child(args)
     from preload import Manifest
     from preload import measure as harness
+    from preload._version import install_hint
 
     try:
         import distributed
     except ImportError:
-        parser.error("the cluster build needs Dask: pip install 'preload[dask]'")
+        parser.error(f"the cluster build needs Dask: {install_hint('dask')}")
     machine = harness.machine()
     args.workers = args.workers or machine["usable_cores"]
     args.data = os.path.abspath(args.data or ROOT / "bench" / "data" / f"samples-{args.count}")

@@ -21,6 +21,7 @@ from ._version import __version__
 # (3 GB for one RGB image).
 _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
 
+from .augment import Augment, Normalize, Stats, stats
 from .cache import build_cache, cache_info, open_cache, verify_cache
 from .dataset import Dataset, ImageFiles
 from .errors import (
@@ -48,6 +49,7 @@ from .sources import IMAGE_EXTENSIONS, Manifest
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "Augment",
     "CacheError",
     "CacheLockedError",
     "ClusterError",
@@ -60,12 +62,14 @@ __all__ = [
     "InsufficientDiskError",
     "InsufficientMemoryError",
     "Manifest",
+    "Normalize",
     "OptionError",
     "PreloadError",
     "Reason",
     "SizeMismatchError",
     "SourceError",
     "StaleCacheError",
+    "Stats",
     "TargetError",
     "__version__",
     "build_cache",
@@ -74,6 +78,7 @@ __all__ = [
     "make_samples",
     "open_cache",
     "prefetch_rows",
+    "stats",
     "take_rows",
     "verify_cache",
 ]

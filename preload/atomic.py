@@ -7,17 +7,29 @@ system), ``fsync`` it, ``os.replace`` it over the final name (atomic on
 POSIX), then ``fsync`` the folder so the rename itself is on disk. A write
 that fails or is interrupted removes its temporary file and leaves the
 final path as it was.
+
+Every file preload creates is opened with ``O_NOFOLLOW``, and with
+``O_EXCL`` when it is new (:func:`create_new`): a symbolic link planted at one
+of preload's names (a temporary file, a ``.partial``, a lock) is refused or
+unlinked, never followed, so preload never writes into a file it did not
+create. Files preload reads back (:func:`read_file`) must be regular files:
+a FIFO planted there cannot hang the reader.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
 
+from .errors import TargetError
+
 TEMP_SUFFIX = ".tmp"
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @contextmanager
@@ -36,14 +48,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     path = os.fspath(path)
     temp = path + TEMP_SUFFIX
     try:
-        with open(temp, mode, encoding=encoding) as handle:
+        with open(create_new(temp), mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(temp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = path  # "no space left" from a write names no file: name the one being written
         raise
     fsync_folder(path)
 
@@ -65,3 +79,71 @@ def fsync_folder(path: str | os.PathLike) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def refuse_link(path: str, exc: OSError) -> None:
+    """Turn "it is a symlink" (ELOOP from O_NOFOLLOW) into a clear error; re-raise anything else."""
+    if exc.errno == errno.ELOOP:
+        message = (f"'{path}' is a symbolic link; preload creates that file itself and never follows a link "
+                   "there (it could point at a file preload did not create): remove it")
+        raise TargetError(message) from None
+    raise exc
+
+
+def create_new(path: str) -> int:
+    """A descriptor of a new, empty regular file at ``path`` (read-write).
+
+    Whatever is at that name is unlinked first (a leftover of a killed
+    process, or a planted link: unlinking a link leaves its target alone),
+    then the file is created with ``O_EXCL | O_NOFOLLOW``, so the descriptor
+    is always of a file this call created.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> fd = create_new(os.path.join(tempfile.mkdtemp(), "x.tmp"))
+    >>> os.fstat(fd).st_size
+    0
+    >>> os.close(fd)
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
+    except OSError as exc:
+        refuse_link(path, exc)
+        raise
+
+
+def open_existing(path: str, flags: int = os.O_RDONLY, *, follow: bool = False) -> int:
+    """A descriptor of the regular file at ``path``, opened without following a link (unless ``follow``).
+
+    Raises
+    ------
+    TargetError
+        ``path`` is a symbolic link, a folder, a FIFO or a device.
+    FileNotFoundError
+        Nothing is there.
+    """
+    try:
+        link_flags = os.O_CLOEXEC if follow else NOFOLLOW
+        fd = os.open(path, flags | link_flags | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO there must not hang us
+    except OSError as exc:
+        if exc.errno in (errno.EISDIR,):
+            message = f"'{path}' is a folder, not a file preload wrote"
+            raise TargetError(message) from None
+        refuse_link(path, exc)
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        message = f"'{path}' is not a regular file (a FIFO, device or socket); preload only writes regular files there"
+        raise TargetError(message)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of a small file preload wrote (metadata, plan), read without following a link."""
+    fd = open_existing(path)
+    with open(fd, "rb") as handle:
+        return handle.read()

@@ -11,14 +11,18 @@ A cache named ``train.npy`` is these files in one folder:
 ``train.npy.json``
     The metadata, and the cache's *commit point*: it is written last, under a
     temporary name, fsynced and renamed into place (:mod:`preload.atomic`), so
-    a cache is complete if and only if this file exists. Fields: ``format`` (``"preload-cache"``),
-    ``version`` (2), ``shape``, ``dtype``, ``data_offset`` and ``data_bytes``
-    (where the pixels sit in ``train.npy``, to detect truncation),
-    ``options`` (size, layout, color, resize, interpolation, fill, exif,
-    reduce, max_pixels), ``source`` (``kind``: folder, csv or paths, and the
-    folder or CSV path), ``classes``, ``count`` (source files), ``failed``
-    (index, path, reason, detail of each file not loaded), ``versions``
-    (preload, numpy, opencv, python), ``created`` and ``build_seconds``.
+    a cache is complete if and only if this file exists. Fields: ``format``
+    (``"preload-cache"``), ``version`` (2), ``build_id`` (16 hex digits, new
+    for every build or refresh), ``checksum`` (``"xxh3_64"``), ``shape``,
+    ``dtype``, ``data_offset`` and ``data_bytes`` (where the pixels sit in
+    ``train.npy``, to detect truncation), ``options`` (size, layout, color,
+    resize, interpolation, fill, exif, reduce, max_pixels), ``source``
+    (``kind``: folder, csv or paths, and the folder or CSV path),
+    ``classes``, ``count`` (source files), ``failed`` (index, path, reason,
+    detail of each file not loaded, in index order), ``versions`` (preload,
+    numpy, opencv, python), ``created`` and ``build_seconds``. A cache of
+    another version of this format (version 1 kept no ctimes and no
+    folders) is built again by the next build, without ``force``.
 ``train.npy.index.npz``
     The source files as the build saw them, an uncompressed ``.npz`` whose
     members are memory-mapped in place (:func:`preload.freshness.read_index`):
@@ -26,40 +30,81 @@ A cache named ``train.npy`` is these files in one folder:
     the folders listed (or the CSV) with their stamps; when the record was
     taken and the timestamp granularity assumed; ``labels`` (int64, or absent),
     ``classes`` (UTF-8 joined by NUL, or absent) and ``rows`` (for each row of
-    the array, the index of its source file; absent when row i is file i).
-    The members are listed in :mod:`preload.freshness`. About 52 bytes a file,
+    the array, the index of its source file; absent when row i is file i);
+    per row of the array, ``checksums`` (uint64: xxh3_64 of the row's bytes,
+    computed right after the row was decoded). The per-file members are
+    listed in :mod:`preload.freshness`. About 52 bytes a file plus 8 a row,
     kept apart from the JSON and memory-mapped so opening a million-image
     cache parses nothing per file: a path is decoded when ``Dataset.paths``
     is read.
+``train.npy.damaged``
+    Only after ``verify_cache(deep=True)`` found rows whose bytes no longer
+    match their checksums: their numbers and the ``build_id``; the next build
+    checks those rows again and decodes the damaged ones anew.
 
-While a build runs (or after it was killed) these exist instead of the JSON:
+While a build runs (or after it was killed) these exist beside (or instead
+of) the files above:
 
 ``train.npy.partial``
     The array being filled (full ``.npy`` header, blocks reserved on disk).
 ``train.npy.build.json`` / ``train.npy.build.npz``
-    The plan: options, shape, source, and the per-file index as above.
+    The plan: options, shape, source, ``build_id``, and the per-file index as above.
 ``train.npy.journal``
     Which rows are final: the 8 bytes ``PRELOADJ``, a little-endian uint32
-    format version (2), uint32 reserved, uint64 N, the SHA-256 of the plan JSON, then
-    N bits (``np.packbits``, little bit order). A bit is set only after the
-    row's pixels have been flushed to disk (``msync``) and any failure for it
-    logged, so a set bit is always true, whenever the process dies.
+    format version (2), uint32 reserved, uint64 N, the SHA-256 of the plan
+    JSON (so of its ``build_id``), then N bits (``np.packbits``, little bit
+    order). A bit is set only after the row's pixels have been flushed to
+    disk (``msync``), any failure for it logged and its checksum written, so
+    a set bit is always true, whenever the process dies.
+``train.npy.build.sums``
+    N little-endian uint64: the checksum of each row whose bit is set.
 ``train.npy.failed.jsonl``
     One JSON line per file that failed under ``on_error="skip"``/``"zero"``.
+``train.npy.compact.json`` / ``train.npy.compact``
+    Only while an ``on_error="skip"`` build moves its rows towards the front
+    (in place, no second copy): how far it got, and a copy of the one block
+    being moved when that block overlaps its own sources.
 ``train.npy.partial.probe``
     Only during a cluster build (:mod:`preload.distributed`): a random token
     that every Dask worker must read back before it writes, so a worker that
     sees another file system is refused; overwriting it stops running tasks.
 ``train.npy.lock``
-    Held with ``flock`` by the one process building; it holds that process's
-    pid and host for the error message. The kernel releases it when the
-    holder dies, so a lock left by a killed build is simply taken over. The
-    (empty) file stays after a build.
+    Held with ``flock`` by every process writing ``train.npy``: a build, or a
+    ``load(out="train.npy")`` (:class:`preload.target.PathLock`). It holds the
+    holder's pid and host for the error message; the kernel releases it when
+    the holder dies, so a lock left by a killed build is simply taken over.
+    The holder removes it when done.
 
 Running the same build again resumes: only rows whose bit is clear are
 decoded, and the result is byte-for-byte the array an uninterrupted build
-writes. A build with other options refuses to continue someone else's
-partial (``force=True`` starts over).
+writes. Before resuming, the partial's header must match the plan (shape,
+uint8, C order, length) and every finished row must still hash to its
+checksum; a row that does not (another writer, a bad disk) is decoded again.
+A build with other options refuses to continue someone else's partial
+(``force=True`` starts over).
+
+Integrity
+---------
+Every file preload creates here is opened with ``O_NOFOLLOW`` (``O_EXCL`` if
+new): a link planted at one of these names is refused or replaced, never
+written through. A folder at the cache path is refused before anything is
+decoded, and a ``.npy`` that is not a preload cache is replaced only with
+``force=True``. :func:`open_cache`, :func:`cache_info` and
+:func:`verify_cache` check the files against each other: the ``.npy``
+header's shape, dtype and order against the metadata, the metadata's
+layout, color and size against the rows' shape, the index's label, row and
+checksum counts against the metadata; any disagreement, or a sidecar that
+cannot be parsed, is an :class:`IncompleteCacheError` ("damaged", CLI exit
+3). Pixels are read only by ``verify_cache(deep=True)`` (``preload verify
+--deep``), which hashes every row again (several GB/s warm: the disk is the
+limit) and names each damaged row and its source file. What no check here
+sees: a change of the source images that keeps their size and mtime (see
+Freshness), and bytes damaged before they were hashed (in RAM, by the decoder).
+
+A stale cache is refreshed in a copy (a reflink on btrfs/XFS, else a full
+copy: it needs the space of one more cache): the old ``train.npy`` stays in
+place, untouched, until the copy replaces it at the commit point, so a
+process that has it open keeps reading the old bytes, never a mix.
 
 Freshness
 ---------
@@ -95,6 +140,7 @@ A large RSS after an epoch over a memmap is the page cache, not a leak.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import errno
 import hashlib
@@ -103,38 +149,62 @@ import logging
 import mmap
 import os
 import platform
-import socket
+import secrets
+import shutil
 import time
+import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+import xxhash
 from tqdm.auto import tqdm
 
 from . import freshness
 from ._version import __version__
-from .atomic import write_bytes
+from .atomic import NOFOLLOW, create_new, fsync_folder, open_existing, read_file, write_bytes
 from .dataset import Dataset
 from .decode import Decoder
-from .errors import CacheError, CacheLockedError, Failure, IncompleteCacheError, Reason, StaleCacheError, TargetError
+from .errors import (
+    CacheError,
+    Failure,
+    IncompleteCacheError,
+    InsufficientDiskError,
+    OptionError,
+    PreloadError,
+    Reason,
+    StaleCacheError,
+    TargetError,
+)
 from .fill import common_size, fill_slots
 from .freshness import FileTable, read_index
-from .options import DEFAULT_MAX_PIXELS, DecodeOptions, check_on_error, progress_wanted, resolve_workers
+from .options import (
+    DEFAULT_MAX_PIXELS,
+    INTERPOLATIONS,
+    DecodeOptions,
+    check_on_error,
+    progress_wanted,
+    resolve_workers,
+)
 from .quiet import quiet_opencv
 from .sources import Manifest, manifest
-from .target import create_npy, read_npy_header
-
-FORMAT = "preload-cache"
-VERSION = 2  # 2: the index holds ctime, folders and the time of the record (preload.freshness)
-JOURNAL_MAGIC = b"PRELOADJ"
-JOURNAL_HEADER = 8 + 4 + 4 + 8 + 32
-COMMIT_SECONDS = 1.0  # flush + journal at least this often ...
-COMMIT_BYTES = 128 << 20  # ... and whenever this many bytes of rows are waiting
+from .target import NpyHeader, PathLock, create_npy, inspect_npy, open_npy, shrink_npy
 
 # build_cache logs one INFO record saying how much of the build this call does; its
 # ``todo`` and ``total`` attributes let a front end time only the rows decoded now.
 logger = logging.getLogger("preload.cache")
+
+FORMAT = "preload-cache"
+VERSION = 2  # 2: the index holds ctime, folders and the time of the record (preload.freshness)
+CHECKSUM = "xxh3_64"  # of each row's bytes, in the index's ``checksums``
+JOURNAL_MAGIC = b"PRELOADJ"
+JOURNAL_HEADER = 8 + 4 + 4 + 8 + 32
+COMMIT_SECONDS = 1.0  # flush + journal at least this often ...
+COMMIT_BYTES = 128 << 20  # ... and whenever this many bytes of rows are waiting
+COMPACT_BYTES = 32 << 20  # rows moved per step of an on_error="skip" compaction
+DEEP_BLOCK_BYTES = 64 << 20  # rows hashed between two page drops of a deep verify
+FICLONE = 0x40049409  # ioctl: make a file share another's blocks (btrfs, XFS)
 
 
 class CacheFiles:
@@ -147,18 +217,21 @@ class CacheFiles:
             raise TargetError(message)
         self.meta = self.data + ".json"
         self.index = self.data + ".index.npz"
+        self.damaged = self.data + ".damaged"
         self.partial = self.data + ".partial"
-        self.compact = self.data + ".compact"
+        self.compact = self.data + ".compact.json"
+        self.compact_rows = self.data + ".compact"
         self.plan = self.data + ".build.json"
         self.plan_index = self.data + ".build.npz"
         self.journal = self.data + ".journal"
+        self.sums = self.data + ".build.sums"
         self.failures = self.data + ".failed.jsonl"
         self.lock = self.data + ".lock"
         self.probe = self.partial + ".probe"  # preload.distributed.PROBE_SUFFIX
 
     def build_files(self) -> list[str]:
-        return [self.partial, self.compact, self.plan, self.plan_index, self.journal, self.failures, self.probe]
-
+        return [self.partial, self.compact, self.compact_rows, self.plan, self.plan_index, self.journal, self.sums,
+                self.failures, self.probe]
 
 # ------------------------------------------------------------------ the file list
 
@@ -181,7 +254,11 @@ class Snapshot:
         return cls(freshness.take(files, progress=None), files)
 
     def same_rows(self, other: Snapshot) -> np.ndarray:
-        """Per row: same path, size, mtime and ctime in both, and verifiable here (same length assumed)."""
+        """Per row: same path, size, mtime and ctime in both, and verifiable here (same length assumed).
+
+        A file that could not be stat-ed in either (-1 in every column: a
+        dangling link that failed under on_error) is the same file.
+        """
         same_path = np.fromiter(
             (a == b for a, b in zip(self.manifest.paths, other.manifest.paths, strict=True)), bool, len(self.manifest)
         )
@@ -189,11 +266,13 @@ class Snapshot:
         same_stat = (mine.size == theirs.size) & (mine.mtime_ns == theirs.mtime_ns) & (mine.ctime_ns == theirs.ctime_ns)
         return same_path & same_stat & ~mine.unverifiable()
 
-    def save(self, path: str, rows: np.ndarray | None = None) -> None:
+    def save(self, path: str, rows: np.ndarray | None = None, checksums: np.ndarray | None = None) -> None:
         arrays = self.table.arrays()
         if rows is not None:
             arrays["rows"] = np.asarray(rows, np.int64)
-        freshness.write_index(path, arrays)
+        if checksums is not None:
+            arrays["checksums"] = np.asarray(checksums, np.uint64)
+        freshness.write_index(path, arrays)  # through atomic.atomic_write: O_NOFOLLOW, temp name, rename
 
     @classmethod
     def load(cls, path: str) -> tuple[Snapshot, np.ndarray | None]:
@@ -201,7 +280,8 @@ class Snapshot:
         try:
             table = FileTable.from_arrays(index)
         except KeyError as exc:
-            message = f"the cache index '{path}' lacks its {exc} column; build the cache again with force=True"
+            message = (f"the cache index '{path}' lacks its {exc} column; build the cache again "
+                       "(a build replaces a damaged cache of its own)")
             raise IncompleteCacheError(message) from None
         rows = index.get("rows")
         return cls(table), None if rows is None else np.asarray(rows)
@@ -262,41 +342,95 @@ def _source_record(source) -> tuple[object, dict]:
     return source, {"kind": "paths", "path": None}  # let manifest() raise its SourceError
 
 
+
+# ------------------------------------------------------------------- checksums
+
+
+def row_checksums(array: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """xxh3_64 of each row of ``array`` (all rows, or those in ``rows``), as uint64.
+
+    Examples
+    --------
+    >>> row_checksums(np.zeros((2, 4, 4, 3), np.uint8)).tolist() == [zero_checksum(48)] * 2
+    True
+    """
+    indices = range(len(array)) if rows is None else np.asarray(rows).tolist()
+    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64))
+    # Slices of one flat memoryview: no ndarray (or memmap) object per row, twice as fast on small rows.
+    flat = memoryview(np.asarray(array).reshape(-1))
+    digest = xxhash.xxh3_64_intdigest
+    return np.fromiter((digest(flat[i * row_bytes : (i + 1) * row_bytes]) for i in indices), np.uint64, len(indices))
+
+
+def zero_checksum(row_bytes: int) -> int:
+    """The checksum of a row of zeros (a failed file under on_error="zero")."""
+    return xxhash.xxh3_64_intdigest(bytes(row_bytes))
+
+
+class _Summing:
+    """A decoder that hashes each slot right after decoding it, while its bytes are still in the CPU cache.
+
+    The fill engine hands it ``array[i]``; the row number is the slot's
+    offset in the array divided by the row size.
+    """
+
+    def __init__(self, decoder: Decoder, array: np.ndarray, sums: np.ndarray):
+        self.decoder = decoder
+        self.base = array.__array_interface__["data"][0]
+        self.row_bytes = int(np.prod(array.shape[1:], dtype=np.int64))
+        self.sums = sums
+
+    def decode_into(self, path: str, slot: np.ndarray) -> None:
+        self.decoder.decode_into(path, slot)
+        row = (slot.__array_interface__["data"][0] - self.base) // self.row_bytes
+        self.sums[row] = xxhash.xxh3_64_intdigest(slot)
+
+    def __getattr__(self, name):
+        return getattr(self.decoder, name)
+
+
 # --------------------------------------------------------------------- the journal
 
 
 class Journal:
-    """The done-bitmap of a build, written only after the rows it covers are on disk."""
+    """The done-bitmap of a build and the rows' checksums, written only after the rows are on disk."""
 
-    def __init__(self, path: str, count: int, plan_hash: bytes, done: np.ndarray):
-        self.path = path
+    def __init__(self, files: CacheFiles, count: int, plan_hash: bytes, done: np.ndarray, sums: np.ndarray):
+        self.path = files.journal
+        self.sums_path = files.sums
         self.count = count
         self.plan_hash = plan_hash
         self.done = done
+        self.sums = sums
         self.pending: list[np.ndarray] = []
         self.pending_failures: list[Failure] = []
         self.last_commit = time.monotonic()
 
     @classmethod
-    def create(cls, path: str, count: int, plan_hash: bytes, done: np.ndarray | None = None) -> Journal:
-        journal = cls(path, count, plan_hash, np.zeros(count, bool) if done is None else done.copy())
-        write_bytes(path, journal._header() + journal._bits())
+    def create(cls, files: CacheFiles, count: int, plan_hash: bytes, done: np.ndarray | None = None,
+               sums: np.ndarray | None = None) -> Journal:
+        journal = cls(files, count, plan_hash, np.zeros(count, bool) if done is None else done.copy(),
+                      np.zeros(count, np.uint64) if sums is None else np.array(sums, np.uint64))
+        write_bytes(journal.sums_path, journal.sums.astype("<u8").tobytes())
+        write_bytes(journal.path, journal._header() + journal._bits())
         return journal
 
     @classmethod
-    def open(cls, path: str, count: int, plan_hash: bytes) -> Journal | None:
-        """The journal at ``path`` if it belongs to this plan, else None."""
+    def open(cls, files: CacheFiles, count: int, plan_hash: bytes) -> Journal | None:
+        """The journal of ``files`` if it belongs to this plan (and has its checksums), else None."""
         try:
-            with open(path, "rb") as handle:
-                raw = handle.read()
-        except OSError:
+            raw = read_file(files.journal)
+            sums = read_file(files.sums)
+        except (OSError, TargetError):
             return None
         header = JOURNAL_MAGIC + np.array([VERSION, 0], "<u4").tobytes() + np.array([count], "<u8").tobytes()
         if len(raw) != JOURNAL_HEADER + (count + 7) // 8 or raw[:24] != header or raw[24:56] != plan_hash:
             return None
+        if len(sums) != 8 * count:
+            return None
         bits = np.frombuffer(raw, np.uint8, offset=JOURNAL_HEADER)
         done = np.unpackbits(bits, count=count, bitorder="little").astype(bool)
-        return cls(path, count, plan_hash, done)
+        return cls(files, count, plan_hash, done, np.frombuffer(sums, "<u8").astype(np.uint64))
 
     def _header(self) -> bytes:
         numbers = np.array([VERSION, 0], "<u4").tobytes() + np.array([self.count], "<u8").tobytes()
@@ -317,19 +451,27 @@ class Journal:
         return waiting * row_bytes >= COMMIT_BYTES or time.monotonic() - self.last_commit >= COMMIT_SECONDS
 
     def commit(self, array: np.memmap, failure_log: str) -> None:
-        """Data to disk, then failures, then the bits: a set bit never precedes its pixels."""
+        """Data to disk, then failures, then checksums, then the bits: a set bit never precedes its pixels."""
         if not self.pending:
             return
         array.flush()  # msync: the rows' pixels are on disk before any bit says so
         if self.pending_failures:
-            with open(failure_log, "a", encoding="utf-8") as handle:
+            fd = os.open(failure_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o644)
+            with open(fd, "a", encoding="utf-8") as handle:
                 for failure in self.pending_failures:
                     handle.write(_failure_line(failure))
                 handle.flush()
                 os.fsync(handle.fileno())
-        for rows in self.pending:
-            self.done[rows] = True
-        fd = os.open(self.path, os.O_WRONLY)
+        rows = np.concatenate(self.pending)
+        low, high = int(rows.min()), int(rows.max()) + 1
+        fd = os.open(self.sums_path, os.O_WRONLY | NOFOLLOW)
+        try:
+            os.pwrite(fd, self.sums[low:high].astype("<u8").tobytes(), 8 * low)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.done[rows] = True
+        fd = os.open(self.path, os.O_WRONLY | NOFOLLOW)
         try:
             os.pwrite(fd, self._bits(), JOURNAL_HEADER)
             os.fsync(fd)
@@ -350,61 +492,26 @@ def _drop_pages(array: np.memmap) -> None:
 
 def _read_failures(path: str) -> list[Failure]:
     failures = []
-    with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut by a kill: its bits were never set, it will be redone
-                continue
+    try:
+        text = read_file(path).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
             failures.append(Failure(int(record["index"]), record["path"], Reason(record["reason"]), record["detail"]))
+        except (ValueError, KeyError, TypeError):  # a line cut by a kill: its bits were never set, it will be redone
+            continue
     return failures
 
 
-# ------------------------------------------------------------------------ the lock
-
-
-class BuildLock:
-    """An exclusive ``flock`` on ``<cache>.lock``; released by the kernel if we die."""
+class BuildLock(PathLock):
+    """The lock every writer of a cache path holds (see :class:`preload.target.PathLock`)."""
 
     def __init__(self, path: str):
-        self.path = path
-        self.handle = None
-
-    def __enter__(self) -> BuildLock:
-        import fcntl  # POSIX only; imported here so that reading caches works everywhere
-
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole build
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            message = f"'{self.path}' is held by {holder}: another build of this cache is running"
-            raise CacheLockedError(message) from None
-        started = datetime.datetime.now().isoformat(timespec="seconds")
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {started})")
-            handle.flush()
-        except OSError as exc:  # a full or failing disk: let go of the lock, and say which file failed
-            handle.close()
-            raise OSError(exc.errno, exc.strerror, self.path) from exc
-        self.handle = handle
-        return self
-
-    def __exit__(self, *exc) -> None:
-        # The file stays: removing it would let a process that opened it just
-        # before, and a process that creates it anew, both hold "the" lock.
-        with contextlib.suppress(OSError):
-            self.handle.seek(0)
-            self.handle.truncate()
-        self.handle.close()  # closing releases the flock
+        super().__init__(path, "another build of this cache is running (or a load with out= at its path)")
 
 
 # ------------------------------------------------------------------------- helpers
@@ -422,6 +529,27 @@ def _options_from_record(record: dict) -> DecodeOptions:
     return DecodeOptions(**{**record, "size": size, "fill": tuple(record["fill"])})
 
 
+def _checked_options(record, where: str) -> DecodeOptions:
+    """The options of a metadata file, validated as the API validates them; IncompleteCacheError if not."""
+    names = {field.name for field in dataclasses.fields(DecodeOptions)}
+    if not isinstance(record, dict) or set(record) != names:
+        got = sorted(record) if isinstance(record, dict) else type(record).__name__
+        message = f"'{where}' is damaged: its options are {got}, expected the keys {sorted(names)}"
+        raise IncompleteCacheError(message)
+    interpolations = {value: name for name, value in INTERPOLATIONS.items()}
+    try:
+        if record["interpolation"] not in interpolations:
+            raise OptionError(f"interpolation={record['interpolation']!r}")
+        options = DecodeOptions.create(**{**record, "interpolation": interpolations[record["interpolation"]]})
+    except (OptionError, TypeError, ValueError) as exc:
+        message = f"'{where}' is damaged: an option it records is not valid ({exc})"
+        raise IncompleteCacheError(message) from None
+    if _options_record(options) != record:
+        message = f"'{where}' is damaged: its options {record} are not in the form preload writes"
+        raise IncompleteCacheError(message)
+    return options
+
+
 def _describe_difference(old: dict, new: dict) -> str:
     parts = [f"{key} {old.get(key)!r} (cache) vs {new.get(key)!r} (now)" for key in new if old.get(key) != new.get(key)]
     return ", ".join(parts)
@@ -433,15 +561,15 @@ def _write_json(path: str, record: dict) -> bytes:
     return text
 
 
-def _read_json(path: str) -> dict | None:
+def _read_json(path: str):
+    """The JSON at ``path`` (any type), or None if there is none; IncompleteCacheError if unreadable."""
     try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read())
+        return json.loads(read_file(path))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TargetError) as exc:
         message = f"cannot read '{path}': {exc}"
-        raise CacheError(message) from exc
+        raise IncompleteCacheError(message) from exc
 
 
 def _remove(*paths: str) -> None:
@@ -450,18 +578,28 @@ def _remove(*paths: str) -> None:
             os.remove(path)
 
 
-def _npy_rows(path: str) -> int | None:
-    """Row count from a ``.npy`` header, or None if it is not a readable ``.npy``."""
-    try:
-        with open(path, "rb") as handle:
-            return read_npy_header(handle)[0][0]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _versions() -> dict:
     return {"preload": __version__, "numpy": np.__version__, "opencv": cv2.__version__,
             "python": platform.python_version()}
+
+
+@contextlib.contextmanager
+def _disk_errors(files: CacheFiles, doing: str):
+    """OSError while writing the cache's files -> InsufficientDiskError / CacheError naming the file."""
+    try:
+        yield
+    except PreloadError:
+        raise
+    except OSError as exc:
+        where = exc.filename or files.data
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            message = (f"no space left on the device of '{where}' while {doing}; the unfinished build of "
+                       f"'{files.data}' is kept: free some space and run the same build again to resume")
+            raise InsufficientDiskError(message) from exc
+        message = (f"writing '{where}' failed while {doing}: {exc.strerror or exc}; the unfinished build of "
+                   f"'{files.data}' is kept: fix the cause and run the same build again to resume")
+        raise CacheError(message) from exc
+
 
 
 # --------------------------------------------------------------------------- build
@@ -485,6 +623,7 @@ def build_cache(
     on_error: str = "raise",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     force: bool = False,
+    deep: bool = False,
     client=None,
 ) -> Dataset:
     """Decode ``source`` into the on-disk cache ``path``, resuming an unfinished build.
@@ -492,13 +631,19 @@ def build_cache(
     Takes :func:`preload.load`'s source and decode options. Calling it again
     with the same arguments is cheap: a complete, fresh cache is just opened;
     an unfinished one is finished; a stale one has its changed files decoded
-    again (or is rebuilt when files were added or removed).
+    again into a copy (or is rebuilt when files were added or removed), and
+    rows that :func:`verify_cache` with ``deep=True`` found damaged are
+    decoded again.
 
     Parameters
     ----------
     force : bool
-        Throw away any cache or unfinished build at ``path`` and start over
-        (needed to change the options of an existing cache).
+        Throw away any cache, unfinished build or other ``.npy`` at ``path``
+        and start over (needed to change the options of an existing cache,
+        or to replace a file that is not a preload cache).
+    deep : bool
+        Also re-read every row of a complete cache and decode again the rows
+        whose checksum does not match (see :func:`verify_cache`).
     client : dask.distributed.Client, optional
         Decode on a Dask cluster instead of local threads (see
         :mod:`preload.distributed`); ``path`` must be on a file system every
@@ -512,11 +657,16 @@ def build_cache(
     Raises
     ------
     CacheError
-        A cache or unfinished build with other options is at ``path`` (and
-        ``force`` is False), or writing failed (the partial build is kept and
-        can be resumed).
+        A cache or unfinished build with other options is at ``path``, or a
+        file that is not a preload cache (and ``force`` is False), or writing
+        failed (the partial build is kept and can be resumed).
+    InsufficientDiskError
+        The disk filled up (the partial build is kept and can be resumed).
     CacheLockedError
-        Another process is building the same cache.
+        Another process is building (or loading into) the same path.
+    TargetError
+        ``path`` is a folder, or a link or folder sits at one of the names
+        the cache's own files use.
 
     Examples
     --------
@@ -538,9 +688,13 @@ def build_cache(
     if not os.path.isdir(os.path.dirname(files.data)):
         message = f"cannot build '{files.data}': the folder '{os.path.dirname(files.data)}' does not exist"
         raise TargetError(message)
+    _check_cache_path(files, force)  # before the lock file is created, and long before anything is decoded
 
     started = time.perf_counter()
     with BuildLock(files.lock), quiet_opencv() as console:
+        _check_cache_path(files, force)  # again, now that no other writer can change it
+        if force:
+            _remove(files.meta, files.index, files.data, files.damaged, *files.build_files())
         sources = manifest(source, labels=labels)
         slot_size = options.size
         if slot_size is None:  # unreadable headers become failures of the fill below (the rows are kept)
@@ -549,11 +703,10 @@ def build_cache(
         shape = (len(sources),) + options.slot_shape(slot_size)
         plan = {"format": FORMAT + "-build", "version": VERSION, "shape": list(shape),
                 "options": _options_record(options), "source": source_record}
-        if force:
-            _remove(files.meta, files.index, files.data, *files.build_files())
-        array, journal = _prepare(files, plan, snapshot)
+        with _disk_errors(files, "preparing the build"):
+            array, journal = _prepare(files, plan, snapshot, deep=deep)
         count = len(sources)
-        if array is None:  # complete and fresh: nothing to do
+        if journal is None:  # complete and fresh: nothing to do
             logger.info("nothing to do: '%s' is complete and fresh", files.data, extra={"todo": 0, "total": count})
             return open_cache(files.data, check=False)
         todo = np.flatnonzero(~journal.done)
@@ -562,111 +715,227 @@ def build_cache(
                         extra={"todo": len(todo), "total": count})
         else:
             logger.info("building: %s images", f"{count:,}", extra={"todo": count, "total": count})
-        row_bytes = int(np.prod(shape[1:]))
-        bar = tqdm(total=len(sources), initial=len(sources) - len(todo), desc="building", unit="img",
-                   file=console, disable=not show)
-
-        def on_done(rows: np.ndarray, found: list[Failure]) -> None:
-            journal.add(rows, found)
-            bar.update(len(rows))
-            if journal.due(row_bytes):
-                journal.commit(array, files.failures)
-
-        try:
-            with bar:
-                if client is None:
-                    fill_slots(Decoder(options), sources.paths, array, on_error=on_error, workers=threads,
-                               on_done=on_done, indices=todo)
-                else:
-                    from .distributed import fill_on_cluster  # dask is an optional extra
-
-                    fill_on_cluster(client, files.partial, sources.paths, options, todo, on_error=on_error,
-                                    on_done=on_done)
-            journal.commit(array, files.failures)
-        except OSError as exc:
-            with contextlib.suppress(Exception):
-                journal.commit(array, files.failures)
-            message = (f"writing the cache '{files.data}' failed: {exc.strerror or exc}; the unfinished build is "
-                       "kept: fix the cause and run the same build again to resume")
-            raise CacheError(message) from exc
-        except BaseException:
-            # A failed file (on_error="raise"), Ctrl-C, ...: keep every finished row resumable.
-            with contextlib.suppress(Exception):
-                journal.commit(array, files.failures)
-            raise
-        failures = _read_failures(files.failures)
-        _finalize(files, plan, snapshot, failures, on_error, time.perf_counter() - started)
+        if len(todo):
+            _fill(files, array, journal, sources.paths, options, todo, on_error, threads, show, console, client)
+        del array  # unmapped before the partial is compacted, truncated or renamed
+        # In index order (the log is in the order rows finished), once each (a kill can log one twice).
+        failures = sorted({f.index: f for f in _read_failures(files.failures)}.values(), key=lambda f: f.index)
+        with _disk_errors(files, "finishing the build"):
+            _finalize(files, plan, snapshot, journal, failures, on_error, time.perf_counter() - started)
     return open_cache(files.data, check=False)
 
 
-def _prepare(files: CacheFiles, plan: dict, snapshot: Snapshot) -> tuple[np.memmap | None, Journal | None]:
+def _fill(files: CacheFiles, array: np.memmap, journal: Journal, paths: list[str], options: DecodeOptions,
+          todo: np.ndarray, on_error: str, threads: int, show: bool, console, client) -> None:
+    """Decode the rows in ``todo``, committing the journal as they finish."""
+    row_bytes = int(np.prod(array.shape[1:]))
+    zero = zero_checksum(row_bytes)
+    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc="building", unit="img",
+               file=console, disable=not show)
+
+    def on_done(rows: np.ndarray, found: list[Failure]) -> None:
+        if client is not None:  # the workers decoded the rows; hash them here from the shared file
+            journal.sums[rows] = row_checksums(array, rows)
+        for failure in found:  # the fill zeroed the slot
+            journal.sums[failure.index] = zero
+        journal.add(rows, found)
+        bar.update(len(rows))
+        if journal.due(row_bytes):
+            journal.commit(array, files.failures)
+
+    try:
+        with bar:
+            if client is None:
+                decoder = _Summing(Decoder(options), array, journal.sums)
+                fill_slots(decoder, paths, array, on_error=on_error, workers=threads, on_done=on_done, indices=todo)
+            else:
+                from .distributed import fill_on_cluster  # dask is an optional extra
+
+                fill_on_cluster(client, files.partial, paths, options, todo, on_error=on_error, on_done=on_done)
+        journal.commit(array, files.failures)
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            journal.commit(array, files.failures)
+        if isinstance(exc, PreloadError):
+            raise
+        message = (f"writing the cache '{files.data}' failed: {exc.strerror or exc}; the unfinished build is "
+                   "kept: fix the cause and run the same build again to resume")
+        raise CacheError(message) from exc
+    except BaseException:
+        # A failed file (on_error="raise"), Ctrl-C, ...: keep every finished row resumable.
+        with contextlib.suppress(Exception):
+            journal.commit(array, files.failures)
+        raise
+
+
+def _check_cache_path(files: CacheFiles, force: bool) -> None:
+    """Refuse a folder at the cache path, and a ``.npy`` that is not a preload cache unless ``force``."""
+    if os.path.isdir(files.data):
+        message = f"cannot build '{files.data}': it is a folder; give the path of a .npy file"
+        raise TargetError(message)
+    for name in (files.meta, files.index, files.damaged, *files.build_files()):
+        if os.path.isdir(name) and not os.path.islink(name):
+            message = f"cannot build '{files.data}': '{name}' is a folder, but preload writes a file there"
+            raise TargetError(message)
+    foreign = os.path.lexists(files.data) and not os.path.lexists(files.meta) and not os.path.lexists(files.plan)
+    if foreign and not force:
+        message = (f"'{files.data}' exists and is not a preload cache (there is no '{files.meta}'); "
+                   "pass force=True (--force) to replace it")
+        raise CacheError(message)
+
+
+def _existing_cache(files: CacheFiles) -> CacheState | None:
+    """The complete cache at ``files``; None if there is none, or if it is a damaged or older one of ours (rebuilt)."""
+    if not os.path.lexists(files.meta):
+        return None
+    try:
+        return _load_state(files)
+    except IncompleteCacheError as exc:
+        with contextlib.suppress(CacheError):
+            meta = _read_json(files.meta)
+            if isinstance(meta, dict) and meta.get("format") == FORMAT:  # ours, of any version: build it anew
+                logger.warning("%s; building it again", exc)
+                return None
+        message = f"{exc}; pass force=True (--force) to build a new cache in its place"
+        raise IncompleteCacheError(message) from None
+
+
+def _same_settings(old_plan: dict, plan: dict) -> bool:
+    return (isinstance(old_plan.get("build_id"), str)
+            and (old_plan.get("options"), old_plan.get("shape")) == (plan["options"], plan["shape"]))
+
+
+def _prepare(files: CacheFiles, plan: dict, snapshot: Snapshot, *, deep: bool = False
+             ) -> tuple[np.memmap | None, Journal | None]:
     """The partial array and its journal, ready to fill; (None, None) if a complete cache is fresh.
 
-    Decides between: nothing to do; refresh a stale cache in place (same
-    number of files: only changed rows are cleared); resume an unfinished
-    build (clearing rows whose file changed meanwhile); start from scratch.
+    Decides between: nothing to do; refresh a stale cache (same number of
+    files: a copy of it with only the changed or damaged rows cleared);
+    resume an unfinished build or refresh; start from scratch. The complete
+    cache at ``files.data``, if any, stays untouched until the new one
+    replaces it at the commit point, so its readers never see a row change.
     """
     count = plan["shape"][0]
-    meta = _read_json(files.meta)
-    if meta is not None:
-        if meta["options"] != plan["options"]:
-            why = _describe_difference(meta["options"], plan["options"])
-            message = f"'{files.data}' was built with other options ({why}); pass force=True (--force) to rebuild it"
-            raise CacheError(message)
-        _remove(*files.build_files())  # leftovers of a build killed after its commit point
-        old, rows = Snapshot.load(files.index)
-        if len(old.table) == count and rows is None and meta["shape"] == plan["shape"]:
-            same = old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)
-            if same.all():
-                return None, None
-            # Stale, same number of files: keep unchanged rows, decode the rest.
-            journal = Journal.create(files.journal, count, _plan_hash(_start_plan(files, plan, snapshot)), same)
-            _write_failures(files.failures, [Failure(f["index"], f["path"], Reason(f["reason"]), f["detail"])
-                                             for f in meta["failed"] if same[f["index"]]])
-            _remove(files.meta, files.index)
-            os.replace(files.data, files.partial)
-            return np.load(files.partial, mmap_mode="r+"), journal
-        _remove(files.meta, files.index, files.data)  # files added or removed: rebuild
-
+    state = _existing_cache(files)
     old_plan, old_text = _read_plan(files)
-    if old_plan is not None and (old_plan.get("options"), old_plan.get("shape")) != (plan["options"], plan["shape"]):
-        if old_plan.get("options") != plan["options"]:
-            why = _describe_difference(old_plan.get("options", {}), plan["options"])
-        else:
-            why = f"shape {old_plan.get('shape')} (unfinished build) vs {plan['shape']} (now)"
-        message = (f"an unfinished build of '{files.data}' with other settings is here ({why}); run it with its "
-                   "own settings to finish it, or pass force=True (--force) to start over")
+    if state is not None and old_plan is not None and old_plan.get("build_id") == state.meta.get("build_id"):
+        _remove(*files.build_files())  # leftovers of a build killed after its commit point
+        old_plan = None
+    if state is not None and state.meta["options"] != plan["options"]:
+        why = _describe_difference(state.meta["options"], plan["options"])
+        message = f"'{files.data}' was built with other options ({why}); pass force=True (--force) to rebuild it"
         raise CacheError(message)
-    if old_plan is not None:
-        journal = Journal.open(files.journal, count, _plan_hash(old_text))
-        if not os.path.exists(files.partial) and os.path.exists(files.data):
-            # Killed after renaming the finished array into place, or just after a refresh began.
-            os.replace(files.data, files.partial)
-        if journal is not None and _npy_rows(files.partial) == count:
-            old, _ = Snapshot.load(files.plan_index)
-            if len(old.table) == count:
-                keep = old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)
-                if not keep.all():  # sources changed while the build was stopped
-                    journal = Journal.create(files.journal, count, journal.plan_hash, journal.done & keep)
-                    _write_failures(files.failures, [f for f in _read_failures(files.failures) if keep[f.index]])
-                    _start_plan(files, plan, snapshot)
-                return np.load(files.partial, mmap_mode="r+"), journal
-    # Nothing usable: start from scratch.
+    resuming = old_plan is not None and _same_settings(old_plan, plan)
+    if old_plan is not None and not resuming:
+        if state is None:
+            if old_plan.get("options") != plan["options"]:
+                why = _describe_difference(old_plan.get("options") or {}, plan["options"])
+            else:
+                why = f"shape {old_plan.get('shape')} (unfinished build) vs {plan['shape']} (now)"
+            message = (f"an unfinished build of '{files.data}' with other settings is here ({why}); run it with "
+                       "its own settings to finish it, or pass force=True (--force) to start over")
+            raise CacheError(message)
+        _remove(*files.build_files())
+    result = None
+    if resuming:
+        result = _resume(files, plan, old_plan, old_text, snapshot, state)
+    elif state is not None:
+        result = _refresh(files, plan, snapshot, state, deep)
+    if result is not None:
+        return result
+    # Nothing usable: start from scratch, beside the old cache if any (replaced at the commit point).
     _remove(*files.build_files())
+    plan["build_id"] = secrets.token_hex(8)
     array = create_npy(files.partial, tuple(plan["shape"]))
-    return array, Journal.create(files.journal, count, _plan_hash(_start_plan(files, plan, snapshot)))
+    return array, Journal.create(files, count, _plan_hash(_start_plan(files, plan, snapshot)))
+
+
+def _refresh(files: CacheFiles, plan: dict, snapshot: Snapshot, state: CacheState, deep: bool):
+    """(None, None) if the cache is fresh and whole; a copy to fill if rows changed; None to rebuild."""
+    count = plan["shape"][0]
+    if state.count != count or state.meta["shape"][1:] != plan["shape"][1:]:
+        return None  # files added or removed: rebuild
+    old, _ = Snapshot.load(files.index)
+    if len(old.table) != count:
+        return None
+    keep = old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)  # per source file
+    damaged = _damaged_rows(files, state, np.arange(state.meta["shape"][0]) if deep else _marked_rows(files, state))
+    if len(damaged):
+        sources = damaged if state.rows is None else state.rows[damaged]
+        shown = ", ".join(f"'{snapshot.table.path(int(i))}'" for i in sources[:3])
+        logger.warning("%d row(s) of '%s' do not match their checksums (%s); decoding them again",
+                       len(damaged), files.data, shown)
+        keep[sources] = False
+    if keep.all():  # a file that failed (on_error="skip"/"zero") and is unchanged would fail again
+        _remove(files.damaged)
+        return None, None
+    if state.rows is not None:
+        return None  # a compacted (on_error="skip") cache with changes: its rows moved, so build it anew
+    # Rows are rewritten in a copy (a reflink where the file system can): a
+    # process that has the old cache open keeps reading the old bytes.
+    plan["build_id"] = secrets.token_hex(8)
+    _copy_file(files.data, files.partial)
+    array = open_npy(files.partial, writable=True)
+    sums = state.checksums if state.checksums is not None else row_checksums(array)
+    text = _start_plan(files, plan, snapshot)
+    _write_failures(files.failures, [f for f in state.failed if keep[f.index]])
+    return array, Journal.create(files, count, _plan_hash(text), keep, sums)
+
+
+def _resume(files: CacheFiles, plan: dict, old_plan: dict, old_text: bytes, snapshot: Snapshot,
+            state: CacheState | None):
+    """The unfinished build's array and journal, with every row that cannot be trusted cleared; None if unusable."""
+    count = plan["shape"][0]
+    plan["build_id"] = old_plan["build_id"]
+    journal = Journal.open(files, count, _plan_hash(old_text))
+    if journal is None:
+        return None
+    if state is None and not os.path.lexists(files.partial) and os.path.isfile(files.data):
+        # Killed after renaming the finished array into place (before its metadata was written).
+        os.replace(files.data, files.partial)
+    if journal.done.all() and _read_compaction(files, plan) is not None:
+        return None, journal  # killed while compacting: _finalize carries on from its record
+    try:
+        header = inspect_npy(files.partial)
+        old, _ = Snapshot.load(files.plan_index)
+    except (OSError, ValueError, KeyError, TargetError, CacheError, zipfile.BadZipFile):
+        return None
+    whole = header.file_size == header.offset + header.data_bytes
+    if (header.shape, header.dtype, header.fortran_order, whole) != (tuple(plan["shape"]), np.uint8, False, True):
+        logger.warning("'%s' does not hold the array of the unfinished build (shape %s, dtype %s); starting over",
+                       files.partial, header.shape, header.dtype)
+        return None
+    if len(old.table) != count:
+        return None
+    keep = journal.done & old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)
+    array = open_npy(files.partial, writable=True)
+    # A set bit says the row was written by this build; the checksum proves the
+    # bytes are still the ones it wrote (another writer, a bad disk).
+    done = np.flatnonzero(keep)
+    wrong = done[row_checksums(array, done) != journal.sums[done]]
+    if len(wrong):
+        logger.warning("%d row(s) of the unfinished build '%s' do not hold what the build wrote; decoding them again",
+                       len(wrong), files.partial)
+        keep[wrong] = False
+    if (keep != journal.done).any():  # sources changed while the build was stopped, or rows were damaged
+        journal = Journal.create(files, count, journal.plan_hash, keep, journal.sums)
+        _write_failures(files.failures, [f for f in _read_failures(files.failures) if keep[f.index]])
+        snapshot.save(files.plan_index)
+    return array, journal
 
 
 def _read_plan(files: CacheFiles) -> tuple[dict | None, bytes | None]:
     """The plan of an unfinished build and its exact bytes (the journal holds their hash)."""
     try:
-        with open(files.plan, "rb") as handle:
-            text = handle.read()
-        return json.loads(text), text
+        text = read_file(files.plan)
+        plan = json.loads(text)
     except FileNotFoundError:
         return None, None
-    except (OSError, ValueError):  # cut by a kill before it was renamed into place: no usable plan
+    except (OSError, ValueError, TargetError):  # cut by a kill before it was renamed into place: no usable plan
         return None, None
+    if not isinstance(plan, dict) or not isinstance(plan.get("shape"), list) or not plan["shape"]:
+        return None, None
+    return plan, text
 
 
 def _plan_hash(text: bytes) -> bytes:
@@ -698,32 +967,82 @@ def _failure_line(failure: Failure) -> str:
     return json.dumps(record) + "\n"
 
 
-def _finalize(files: CacheFiles, plan: dict, snapshot: Snapshot, failures: list[Failure], on_error: str,
-              seconds: float) -> None:
+def _copy_file(source: str, target: str) -> None:
+    """A new file at ``target`` with the bytes of ``source``: a reflink where the file system can, else a copy."""
+    import fcntl  # POSIX only, like the lock
+
+    size = os.path.getsize(source)
+    fd_in = open_existing(source, follow=True)
+    try:
+        fd_out = create_new(target)
+        try:
+            try:
+                fcntl.ioctl(fd_out, FICLONE, fd_in)  # btrfs, XFS: shares the blocks until a row is written
+            except OSError:
+                free = shutil.disk_usage(os.path.dirname(target)).free
+                if size > free:
+                    message = (f"refreshing '{source}' writes the changed rows into a copy, which needs "
+                               f"{size:,} bytes, but its file system has {free:,} free")
+                    raise InsufficientDiskError(message) from None
+                _copy_bytes(fd_in, fd_out, size)
+            os.fsync(fd_out)
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+
+
+def _copy_bytes(fd_in: int, fd_out: int, size: int) -> None:
+    copied = 0
+    in_kernel = hasattr(os, "copy_file_range")
+    while copied < size:
+        if in_kernel:
+            try:
+                count = os.copy_file_range(fd_in, fd_out, size - copied, copied, copied)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                in_kernel = False  # another file system, an old kernel: copy through user space
+                continue
+        else:
+            data = os.pread(fd_in, min(size - copied, 16 << 20), copied)
+            count = os.pwrite(fd_out, data, copied) if data else 0
+        if count == 0:
+            message = f"the file being copied ended after {copied:,} of {size:,} bytes"
+            raise OSError(errno.EIO, message)
+        copied += count
+
+
+def _finalize(files: CacheFiles, plan: dict, snapshot: Snapshot, journal: Journal, failures: list[Failure],
+              on_error: str, seconds: float) -> None:
     """Compact (skip), move the array into place, then write the metadata: the commit point.
 
     Every step before the metadata can be repeated after a kill: compaction
-    reads the partial (kept until the end) and writes a new file.
+    moves rows towards the front in place, recording its progress; the old
+    cache's metadata is removed just before the new array replaces it.
     """
     count = plan["shape"][0]
     rows = None
+    sums = journal.sums
     if on_error == "skip" and failures:
         bad = {f.index for f in failures}
         rows = np.asarray([i for i in range(count) if i not in bad], np.int64)
-        _compact_copy(files.partial, files.compact, rows)
-        os.replace(files.compact, files.data)
-    else:
-        os.replace(files.partial, files.data)
-    snapshot.save(files.index, rows)
-    with open(files.data, "rb") as handle:
-        shape, dtype, offset, _ = read_npy_header(handle)
+        _compact_in_place(files, plan, rows)
+        sums = sums[rows]
+    _remove(files.meta)  # a cache being refreshed ends here; its readers keep the old file open
+    os.replace(files.partial, files.data)
+    fsync_folder(files.data)
+    snapshot.save(files.index, rows, sums)
+    header = inspect_npy(files.data)
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "shape": list(shape),
+        "build_id": plan["build_id"],
+        "checksum": CHECKSUM,
+        "shape": list(header.shape),
         "dtype": "uint8",
-        "data_offset": offset,
-        "data_bytes": int(np.prod(shape, dtype=np.int64)) * dtype.itemsize,
+        "data_offset": header.offset,
+        "data_bytes": header.data_bytes,
         "options": plan["options"],
         "source": plan["source"],
         "classes": snapshot.manifest.classes,
@@ -733,27 +1052,94 @@ def _finalize(files: CacheFiles, plan: dict, snapshot: Snapshot, failures: list[
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 3),
     }
-    _write_json(files.meta, meta)  # the commit point (its folder is fsynced too)
-    _remove(*files.build_files())
+    _write_json(files.meta, meta)
+    fsync_folder(files.meta)
+    _remove(files.damaged, *files.build_files())
 
 
-def _compact_copy(source_path: str, target_path: str, rows: np.ndarray) -> None:
-    """Copy the kept ``rows`` of one ``.npy`` into a new one, a block at a time."""
-    source = np.load(source_path, mmap_mode="r")
-    target = create_npy(target_path, (len(rows),) + source.shape[1:])
-    step = 256
-    for start in range(0, len(rows), step):
-        target[start : start + step] = source[rows[start : start + step]]
-        target.flush()
-        _drop_pages(target)
-    del source, target
+def _read_compaction(files: CacheFiles, plan: dict) -> dict | None:
+    try:
+        record = _read_json(files.compact)
+    except CacheError:
+        return None
+    if not isinstance(record, dict) or record.get("build_id") != plan.get("build_id"):
+        return None
+    if not isinstance(record.get("next"), int) or not isinstance(record.get("kept"), int):
+        return None
+    return record
+
+
+def _compact_in_place(files: CacheFiles, plan: dict, keep: np.ndarray) -> None:
+    """Move the kept rows of the partial to the front, in order, then cut the file: no second copy.
+
+    Rows only move towards the front, block by block, and the progress is
+    recorded in ``files.compact`` after each block is on disk. A block whose
+    destinations overlap its own sources is first saved to ``files.compact_rows``
+    (at most COMPACT_BYTES), so a kill in the middle of it loses nothing.
+    """
+    shape = tuple(plan["shape"])
+    record = _read_compaction(files, plan)
+    if record is None or record["kept"] != len(keep):
+        record = {"build_id": plan["build_id"], "kept": len(keep), "next": 0, "saved": None}
+    if inspect_npy(files.partial).shape[0] == len(keep) and record["next"] >= len(keep):
+        return  # moved and cut before a kill
+    array = open_npy(files.partial, writable=True)
+    start = record["next"]
+    if record.get("saved") is not None:  # killed while writing a saved block: write it again from the copy
+        saved = np.frombuffer(read_file(files.compact_rows), np.uint8).reshape((-1,) + shape[1:])
+        array[start : start + len(saved)] = saved
+        array.flush()
+        start += len(saved)
+        record.update(next=start, saved=None)
+        _write_json(files.compact, record)
+    block = max(1, COMPACT_BYTES // max(1, int(np.prod(shape[1:]))))
+    while start < len(keep):
+        stop = min(len(keep), start + block)
+        sources = keep[start:stop]
+        if sources[-1] == stop - 1:  # rows before the first skipped file stay where they are
+            start = stop
+            continue
+        rows = array[sources]
+        if sources[0] < stop:
+            write_bytes(files.compact_rows, rows.tobytes())
+            record.update(saved=start)
+            _write_json(files.compact, record)
+        array[start:stop] = rows
+        array.flush()
+        _drop_pages(array)
+        record.update(next=stop, saved=None)
+        _write_json(files.compact, record)
+        start = stop
+    del array
+    record.update(next=len(keep))
+    _write_json(files.compact, record)
+    shrink_npy(files.partial, len(keep))
+
 
 
 # ---------------------------------------------------------------------------- open
 
 
+@dataclass
+class CacheState:
+    """A complete cache whose files were checked against each other (see :func:`_load_state`)."""
+
+    meta: dict
+    options: DecodeOptions
+    header: NpyHeader
+    count: int  # source files
+    labels: np.ndarray | None  # per source file
+    rows: np.ndarray | None  # source file of each row, None when row i is file i
+    checksums: np.ndarray | None  # per row; None for a cache built before checksums existed
+    failed: list[Failure]
+
+
 def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
     """Open a complete cache: a read-only memmap and its labels, without reading pixels.
+
+    The ``.npy`` header, the metadata and the index are checked against each
+    other first (shape, dtype, order, layout, row and label counts); pixels
+    are checked only by :func:`verify_cache` with ``deep=True``.
 
     Parameters
     ----------
@@ -778,19 +1164,24 @@ def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
     preload.errors.IncompleteCacheError: no cache at '/nonexistent/cache.npy' (no '/nonexistent/cache.npy.json')
     """
     files = CacheFiles(path)
-    meta = _read_meta(files)
+    state = _load_state(files)
     images = np.load(files.data, mmap_mode="r")
-    options = _options_from_record(meta["options"])
-    index = read_index(files.index)  # memory-mapped: nothing per file is read here
-    labels = np.array(index["labels"]) if "labels" in index else None
-    rows = np.array(index["rows"]) if "rows" in index else None
     if check:
-        _check_fresh(files, meta)
-    if labels is not None and rows is not None:
-        labels = labels[rows]
-    failed = [Failure(f["index"], f["path"], Reason(f["reason"]), f["detail"]) for f in meta["failed"]]
-    paths = LazyPaths(files.index, rows, images.shape[0])
-    return Dataset(images, labels, meta["classes"], paths, failed, options, cache=files.data)
+        _check_fresh(files, state.meta)
+    labels = state.labels
+    if labels is not None and state.rows is not None:
+        labels = labels[state.rows]
+    paths = LazyPaths(files.index, state.rows, images.shape[0])
+    return Dataset(images, labels, state.meta["classes"], paths, state.failed, state.options, cache=files.data)
+
+
+META_FIELDS = {"format": str, "version": int, "shape": list, "dtype": str, "data_offset": int, "data_bytes": int,
+               "options": dict, "source": dict, "classes": (list, type(None)), "count": int, "failed": list,
+               "versions": dict, "created": str, "build_seconds": (int, float)}
+
+
+def _damaged(files: CacheFiles, problem: str) -> IncompleteCacheError:
+    return IncompleteCacheError(f"the cache '{files.data}' is damaged: {problem}")
 
 
 def _read_meta(files: CacheFiles) -> dict:
@@ -799,7 +1190,7 @@ def _read_meta(files: CacheFiles) -> dict:
         plan, text = _read_plan(files)
         if plan is not None:
             count = plan["shape"][0]
-            journal = Journal.open(files.journal, count, _plan_hash(text))
+            journal = Journal.open(files, count, _plan_hash(text)) if isinstance(count, int) else None
             done = int(journal.done.sum()) if journal is not None else 0
             message = (f"'{files.data}' is an unfinished build ({done:,} of {count:,} images written); "
                        "run the same build again to finish it")
@@ -810,20 +1201,156 @@ def _read_meta(files: CacheFiles) -> dict:
             raise IncompleteCacheError(message)
         message = f"no cache at '{files.data}' (no '{files.meta}')"
         raise IncompleteCacheError(message)
+    if not isinstance(meta, dict):
+        raise _damaged(files, f"'{files.meta}' holds a JSON {type(meta).__name__}, not the cache's metadata")
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         message = (f"'{files.meta}' is not a version-{VERSION} preload cache "
                    f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
         raise IncompleteCacheError(message)
+    missing = [key for key in META_FIELDS if key not in meta]
+    if missing:
+        raise _damaged(files, f"'{files.meta}' lacks the field(s) {', '.join(map(repr, missing))}")
+    for key, kinds in META_FIELDS.items():
+        if not isinstance(meta[key], kinds) or isinstance(meta[key], bool):
+            raise _damaged(files, f"'{files.meta}' has {key} = {meta[key]!r} ({type(meta[key]).__name__})")
+    shape = meta["shape"]
+    if len(shape) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise _damaged(files, f"'{files.meta}' has shape {shape!r}; a cache is 4 non-negative sizes")
+    if meta["dtype"] != "uint8":
+        raise _damaged(files, f"'{files.meta}' has dtype {meta['dtype']!r}; a cache is uint8")
+    return meta
+
+
+def _load_state(files: CacheFiles, *, paths: bool = False) -> CacheState:
+    """Read the metadata, the ``.npy`` header and the index, and check they describe one array.
+
+    ``paths=True`` also checks the index's file names and folders against
+    the number of files (reads them all; for :func:`verify_cache` and
+    :func:`cache_info`). Raises IncompleteCacheError saying what disagrees.
+    """
+    meta = _read_meta(files)
+    shape = tuple(meta["shape"])
+    options = _checked_options(meta["options"], files.meta)
     try:
-        size = os.path.getsize(files.data)
-    except OSError as exc:
+        header = inspect_npy(files.data, follow=True)
+    except FileNotFoundError as exc:
         message = f"the cache array '{files.data}' is missing: {exc.strerror}"
         raise IncompleteCacheError(message) from exc
-    if size != meta["data_offset"] + meta["data_bytes"]:
-        message = (f"'{files.data}' is {size:,} bytes but its metadata says "
-                   f"{meta['data_offset'] + meta['data_bytes']:,}: the file was truncated or replaced")
+    except (OSError, ValueError, TargetError) as exc:
+        raise _damaged(files, f"its .npy header cannot be read ({exc})") from None
+    expected = meta["data_offset"] + meta["data_bytes"]
+    if header.file_size != expected:
+        message = (f"'{files.data}' is {header.file_size:,} bytes but its metadata says "
+                   f"{expected:,}: the file was truncated or replaced")
         raise IncompleteCacheError(message)
-    return meta
+    problems = []
+    if header.shape != shape:
+        problems.append(f"the .npy header says shape {header.shape}, the metadata {shape}")
+    if header.dtype != np.uint8:
+        problems.append(f"the .npy header says dtype {header.dtype.str!r}, the metadata uint8")
+    if header.fortran_order:
+        problems.append("the .npy header says Fortran order, a cache is C order")
+    if header.offset != meta["data_offset"] or header.data_bytes != meta["data_bytes"]:
+        problems.append(f"the .npy data is {header.data_bytes:,} bytes from byte {header.offset}, the metadata "
+                        f"says {meta['data_bytes']:,} from byte {meta['data_offset']}")
+    size = shape[2:4] if options.layout == "NCHW" else shape[1:3]
+    row = options.slot_shape(size)
+    if shape[1:] != row or (options.size is not None and tuple(options.size) != tuple(size)):
+        problems.append(f"layout {options.layout}, color {options.color} and size {options.size} make rows of "
+                        f"{options.slot_shape(options.size or size)}, but the array's rows are {shape[1:]}")
+    if problems:
+        raise _damaged(files, f"'{files.data}' and '{files.meta}' disagree: {'; '.join(problems)}")
+    count = meta["count"]
+    failed = _checked_failures(files, meta["failed"], count)
+    arrays = _read_index(files)
+    # Copies of the small members a reader keeps; the index itself is only mapped.
+    labels = np.array(arrays["labels"]) if "labels" in arrays else None
+    rows = np.array(arrays["rows"]) if "rows" in arrays else None
+    checksums = arrays.get("checksums")
+    for name in INDEX_MEMBERS:
+        if name not in arrays:
+            problems.append(f"it has no '{name}'")
+    for name in ("folder_of", "file_size", "mtime_ns", "ctime_ns"):  # lengths from the headers: nothing is read
+        if name in arrays and arrays[name].shape != (count,):
+            problems.append(f"it has {len(arrays[name]):,} {name} for the {count:,} source files of the metadata")
+    if "name_starts" in arrays and arrays["name_starts"].shape != (count + 1,):
+        problems.append(f"it has {len(arrays['name_starts']) - 1:,} name offsets for the {count:,} source files "
+                        "of the metadata")
+    if paths and not problems:
+        problems += _name_problems(arrays, count)
+    if labels is not None:
+        classes = meta["classes"]
+        if labels.shape != (count,) or labels.dtype.kind not in "iu":
+            problems.append(f"it has {labels.dtype} labels of shape {labels.shape} for {count:,} source files")
+        elif classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+            problems.append(f"its labels run from {labels.min()} to {labels.max()} but there are {len(classes)} "
+                            "classes")
+    if rows is None and shape[0] != count:
+        problems.append(f"the array has {shape[0]:,} rows for {count:,} source files and no row map")
+    if rows is not None:
+        ok = rows.shape == (shape[0],) and rows.dtype.kind in "iu" and shape[0] + len(failed) == count
+        ok = ok and (len(rows) == 0 or (rows[0] >= 0 and rows[-1] < count and bool(np.all(np.diff(rows) > 0))))
+        if not ok:
+            problems.append(f"its row map ({rows.dtype}, {rows.shape}) does not fit {shape[0]:,} rows of "
+                            f"{count:,} files with {len(failed)} skipped")
+    if checksums is not None and (checksums.shape != (shape[0],) or checksums.dtype != np.uint64):
+        problems.append(f"it has {checksums.dtype} checksums of shape {checksums.shape} for {shape[0]:,} rows")
+    if problems:
+        raise _damaged(files, f"the index '{files.index}' does not match the metadata: {'; '.join(problems)}")
+    return CacheState(meta, options, header, count, labels, rows, checksums, failed)
+
+
+# Every index has these (preload.freshness.FileTable.arrays); labels, classes, rows and checksums are optional.
+INDEX_MEMBERS = ("folders", "folder_of", "names", "name_starts", "file_size", "mtime_ns", "ctime_ns", "listing",
+                 "listing_stat", "taken")
+
+
+def _read_index(files: CacheFiles) -> dict[str, np.ndarray]:
+    """The index's members, memory-mapped (:func:`preload.freshness.read_index`): nothing per file is read."""
+    try:
+        return read_index(files.index)
+    except IncompleteCacheError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, FileNotFoundError):
+            raise _damaged(files, f"its index '{files.index}' is missing") from None
+        problem = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+        raise _damaged(files, f"its index '{files.index}' cannot be read ({problem})") from None
+
+
+def _name_problems(arrays: dict[str, np.ndarray], count: int) -> list[str]:
+    """What is wrong with the index's names and folders (reads them: O(files))."""
+    problems = []
+    names = arrays["names"].view(np.ndarray)
+    starts = arrays["name_starts"].view(np.ndarray).astype(np.int64)
+    folder_of = arrays["folder_of"].view(np.ndarray)
+    folders = freshness.split_texts(arrays["folders"])
+    end = len(names) + 1 if count else 0
+    if names.dtype != np.uint8 or starts[0] != 0 or starts[-1] != end or np.any(np.diff(starts) < 1):
+        problems.append(f"its name offsets do not cut its {len(names):,} bytes of names into {count:,} names")
+    elif int(np.count_nonzero(names == 0)) != max(0, count - 1):
+        problems.append(f"its names hold {int(np.count_nonzero(names == 0)) + 1:,} names for {count:,} files")
+    if count and (folder_of.dtype.kind not in "iu" or folder_of.min() < 0 or folder_of.max() >= len(folders)):
+        problems.append(f"its folder numbers run from {folder_of.min()} to {folder_of.max()} but it lists "
+                        f"{len(folders)} folders")
+    listed = len(freshness.split_texts(arrays["listing"]))
+    if arrays["listing_stat"].size != 3 * listed or arrays["taken"].shape != (2,):
+        problems.append(f"its stamps of the {listed} folders listed ({arrays['listing_stat'].shape}) or of the "
+                        f"record ({arrays['taken'].shape}) have the wrong shape")
+    return problems
+
+
+def _checked_failures(files: CacheFiles, records: list, count: int) -> list[Failure]:
+    failures = []
+    for record in records:
+        try:
+            index = record["index"]
+            if not isinstance(index, int) or not 0 <= index < count:
+                raise ValueError(f"index {index!r} is not one of the {count} source files")
+            failures.append(Failure(index, str(record["path"]), Reason(record["reason"]), str(record["detail"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            problem = f"'{files.meta}' lists a failed file it cannot describe: {record!r} ({exc})"
+            raise _damaged(files, problem) from None
+    return sorted(failures, key=lambda failure: failure.index)
 
 
 def _check_fresh(files: CacheFiles, meta: dict) -> freshness.Verdict:
@@ -839,21 +1366,34 @@ def _check_fresh(files: CacheFiles, meta: dict) -> freshness.Verdict:
     return verdict
 
 
+
 # ---------------------------------------------------------------------- inspection
 
 
 def cache_info(path: str | os.PathLike) -> dict:
-    """What is at ``path``: status, shape, options, classes, failures, bytes (for ``preload info``)."""
+    """What is at ``path``: status, shape, options, classes, failures, bytes (for ``preload info``).
+
+    ``status`` is "complete", "partial", "missing" or "damaged" (then
+    ``problem`` says what disagrees: a truncated array, a header that does not
+    match the metadata, an unreadable index, ...).
+    """
     files = CacheFiles(path)
-    meta = _read_json(files.meta)
-    if meta is None:
+    if not os.path.lexists(files.meta):
         plan, text = _read_plan(files)
         if plan is None:
+            if os.path.lexists(files.data):
+                return {"path": files.data, "status": "damaged",
+                        "problem": f"'{files.data}' has no metadata file '{files.meta}': it is not a complete cache"}
             return {"path": files.data, "status": "missing"}
         count = plan["shape"][0]
-        journal = Journal.open(files.journal, count, _plan_hash(text))
-        return {"path": files.data, "status": "partial", "shape": plan["shape"], "options": plan["options"],
+        journal = Journal.open(files, count, _plan_hash(text)) if isinstance(count, int) else None
+        return {"path": files.data, "status": "partial", "shape": plan["shape"], "options": plan.get("options"),
                 "done": int(journal.done.sum()) if journal is not None else 0, "count": count}
+    try:
+        state = _load_state(files, paths=True)
+    except IncompleteCacheError as exc:
+        return {"path": files.data, "status": "damaged", "problem": str(exc)}
+    meta = state.meta
     return {
         "path": files.data,
         "status": "complete",
@@ -866,26 +1406,107 @@ def cache_info(path: str | os.PathLike) -> dict:
         "failed": meta["failed"],
         "options": meta["options"],
         "source": meta["source"],
+        "checksums": state.checksums is not None,
         "versions": meta["versions"],
         "created": meta["created"],
         "build_seconds": meta["build_seconds"],
     }
 
 
-def verify_cache(path: str | os.PathLike) -> dict:
-    """``{"status": "fresh"|"stale"|"partial"|"missing"|"damaged", "problem": str|None, ...}``."""
+def verify_cache(path: str | os.PathLike, *, deep: bool = False) -> dict:
+    """Check a cache: ``{"status": "fresh"|"stale"|"partial"|"missing"|"damaged", "problem": str|None, ...}``.
+
+    The metadata, the ``.npy`` header and the index must agree, and the
+    source files must be unchanged (``stale`` lists ``added``, ``removed``,
+    ``changed``).
+
+    Parameters
+    ----------
+    deep : bool
+        Also re-read every row and compare its xxh3 checksum with the one the
+        build stored (about as fast as the disk reads: see docs/caches.md,
+        Integrity). Rows that differ make the status "damaged" and are
+        listed in ``damaged_rows`` (``row``, ``path``); the next
+        :func:`build_cache` decodes exactly those rows again. ``deep_check``
+        holds the rows and bytes read and the seconds it took.
+
+    Examples
+    --------
+    >>> verify_cache("/nonexistent/cache.npy")["status"]
+    'missing'
+    """
     files = CacheFiles(path)
     result = {"path": files.data}
     try:
+        state = _load_state(files, paths=True)
         open_cache(files.data, check=False)
-        verdict = _check_fresh(files, _read_meta(files))
+        verdict = _check_fresh(files, state.meta)
     except StaleCacheError as exc:
         result.update(status="stale", problem=str(exc), added=exc.added, removed=exc.removed, changed=exc.changed)
     except CacheError as exc:
         status = {"partial": "partial", "missing": "missing"}.get(cache_info(files.data)["status"], "damaged")
         result.update(status=status, problem=str(exc))
+        return result
     else:
         # Fresh, but these were modified within the timestamp granularity of the build: a rewrite in
         # that same tick would not show, so the next build decodes them again.
         result.update(status="fresh", problem=None, unverifiable=verdict.unverifiable)
+    if deep:
+        _deep_check(files, result)
     return result
+
+
+def _deep_check(files: CacheFiles, result: dict) -> None:
+    state = _load_state(files)
+    started = time.perf_counter()
+    if state.checksums is None:
+        result["deep_check"] = {"rows": 0, "bytes": 0, "seconds": 0.0,
+                                "note": "this cache has no checksums (built before preload stored them)"}
+        return
+    count = state.meta["shape"][0]
+    damaged = _damaged_rows(files, state, np.arange(count))
+    seconds = time.perf_counter() - started
+    result["deep_check"] = {"rows": count, "bytes": state.header.data_bytes, "seconds": round(seconds, 4)}
+    if not len(damaged):
+        return
+    snapshot, _ = Snapshot.load(files.index)
+    sources = damaged if state.rows is None else state.rows[damaged]
+    result["damaged_rows"] = [{"row": int(row), "path": snapshot.table.path(int(file))}
+                              for row, file in zip(damaged, sources, strict=True)]
+    shown = ", ".join(f"row {d['row']} ('{d['path']}')" for d in result["damaged_rows"][:5])
+    more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+    problem = (f"{len(damaged)} of {count:,} rows of '{files.data}' do not match their checksums: {shown}{more}; "
+               "run the same build again to decode them again")
+    if result["status"] == "stale":
+        problem += f" (the cache is also stale: {result['problem']})"
+    result.update(status="damaged", problem=problem)
+    # Remembered for the next build, which re-checks and re-decodes only these rows.
+    with contextlib.suppress(OSError, TargetError):
+        record = {"build_id": state.meta.get("build_id"), "rows": [int(r) for r in damaged]}
+        write_bytes(files.damaged, json.dumps(record).encode("utf-8"))
+
+
+def _marked_rows(files: CacheFiles, state: CacheState) -> np.ndarray:
+    """Rows a deep verify of this very build found damaged (``files.damaged``), else none."""
+    try:
+        record = _read_json(files.damaged)
+    except CacheError:
+        return np.zeros(0, np.int64)
+    if not isinstance(record, dict) or record.get("build_id") != state.meta.get("build_id"):
+        return np.zeros(0, np.int64)
+    rows = [r for r in record.get("rows", []) if isinstance(r, int) and 0 <= r < state.meta["shape"][0]]
+    return np.asarray(rows, np.int64)
+
+
+def _damaged_rows(files: CacheFiles, state: CacheState, rows: np.ndarray) -> np.ndarray:
+    """Those of ``rows`` whose bytes no longer match the checksum the build stored."""
+    if state.checksums is None or not len(rows):
+        return np.zeros(0, np.int64)
+    images = np.load(files.data, mmap_mode="r")
+    bad = []
+    step = max(1, DEEP_BLOCK_BYTES // max(1, state.header.data_bytes // max(1, len(images))))
+    for start in range(0, len(rows), step):
+        block = rows[start : start + step]
+        bad.append(block[row_checksums(images, block) != state.checksums[block]])
+        _drop_pages(images)
+    return np.concatenate(bad) if bad else np.zeros(0, np.int64)

@@ -36,7 +36,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._version import __version__
+from ._version import DISTRIBUTION, __version__, install_hint
+from .atomic import open_existing
 from .cache import CacheFiles, build_cache, cache_info, verify_cache
 from .errors import (
     ImageDecodeError,
@@ -47,6 +48,7 @@ from .errors import (
     SizeMismatchError,
     SourceError,
     StaleCacheError,
+    TargetError,
 )
 from .loader import load
 from .measure import STRATEGIES, PeakSampler
@@ -62,6 +64,7 @@ EPILOG = """examples:
   preload build /shared/train /shared/cache/train.npy --size 256 --scheduler tcp://scheduler:8786   # on Dask
   preload info cache/train.npy --json
   preload verify cache/train.npy               # exit 0 fresh, 1 stale, 3 not a complete cache
+  preload verify cache/train.npy --deep        # also re-read every row against its checksum
 
 arrays are NHWC (image, height, width, channel) unless --layout nchw, as with
 preload.load: it is what OpenCV, Keras/TensorFlow and most image code use;
@@ -434,11 +437,11 @@ def _add_report_parser(commands) -> None:
 
 
 def package_version() -> str:
-    """The installed distribution's version (``preload-images``), else the source tree's ``_version``."""
+    """The installed distribution's version (``_version.DISTRIBUTION``), else the source tree's ``__version__``."""
     from importlib import metadata
 
     try:
-        return metadata.version("preload-images")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return __version__
 
@@ -483,7 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     build = command("build", "build (or resume, or refresh) an on-disk cache")
     build.add_argument("source", help="folder of class folders, flat folder, or CSV file")
     build.add_argument("cache", help="the cache's .npy path")
-    build.add_argument("--force", action="store_true", help="discard what is at CACHE and start over")
+    build.add_argument("--force", action="store_true",
+                       help="discard what is at CACHE (a cache, an unfinished build, any other .npy) and start over "
+                            "(default: off)")
+    build.add_argument("--deep", action="store_true",
+                       help="re-read every row of a complete cache and decode again those whose checksum differs "
+                            "(default: off; rows a verify --deep found damaged are redone anyway)")
     build.add_argument("--scheduler", metavar="ADDRESS", default=None,
                        help="decode on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://host:8786; needs "
                             "the dask extra); SOURCE and CACHE must be at the same paths on every worker, and "
@@ -496,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = command(name, text)
         sub.add_argument("cache", help="the cache's .npy path")
         sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if name == "verify":
+            sub.add_argument("--deep", action="store_true",
+                             help="also re-read every row and compare it with its checksum; names damaged rows "
+                                  "(default: off)")
 
     _add_report_parser(commands)
     return parser
@@ -667,7 +679,8 @@ def _build(args) -> int:
         stack.callback(logger.setLevel, logger.level)
         logger.setLevel(logging.INFO)
         sampler = stack.enter_context(PeakSampler())
-        ds = build_cache(source, args.cache, force=args.force, client=client, **_decode_kwargs(args))
+        ds = build_cache(source, args.cache, force=args.force, deep=args.deep, client=client,
+                         **_decode_kwargs(args))
     say(f"cache    {os.path.abspath(args.cache)}")
     if plan.todo == 0:
         say("nothing to do: the cache is complete and fresh")
@@ -682,9 +695,9 @@ def _build(args) -> int:
 def _no_stray_lock(cache: str):
     """A first build that fails before writing anything (full disk, ...) leaves no ``.lock`` behind.
 
-    The lock file normally stays (see :class:`preload.cache.BuildLock`); only
-    one this command created, next to no other file of the cache, and that
-    nobody holds, is removed.
+    Its holder removes the lock file (see :class:`preload.target.PathLock`);
+    this also removes one this command created if the build failed before
+    taking it, next to no other file of the cache, and that nobody holds.
     """
     files = CacheFiles(cache)
     existed = os.path.exists(files.lock)
@@ -707,7 +720,7 @@ def _dask_client(address: str, stack: contextlib.ExitStack):
     try:
         from distributed import Client
     except ImportError:
-        message = "--scheduler needs Dask, which is not installed: pip install 'preload[dask]'"
+        message = f"--scheduler needs Dask, which is not installed: {install_hint('dask')}"
         raise OptionError(message) from None
     from .errors import ClusterError
 
@@ -736,9 +749,9 @@ def _lock_holder(cache: str) -> str | None:
         import fcntl
     except ImportError:  # not POSIX: builds there cannot be detected
         return None
-    try:
-        handle = open(cache + ".lock", encoding="utf-8")  # noqa: SIM115 - closed below
-    except OSError:
+    try:  # never through a link, never blocking on a FIFO planted there
+        handle = open(open_existing(cache + ".lock"), encoding="utf-8")  # noqa: SIM115 - closed below
+    except (OSError, TargetError):
         return None
     with handle:
         try:
@@ -761,6 +774,8 @@ def _info(args) -> int:
         say(f"a build of '{info['path']}' is starting: {holder} holds it")
     elif info["status"] == "missing":
         say(f"no cache at '{info['path']}'")
+    elif info["status"] == "damaged":
+        say(f"damaged: {cli_words(info['problem'])}")
     elif info["status"] == "partial":
         written = (f"{info['done']:,} of {info['count']:,} images written (shape {tuple(info['shape'])})")
         if holder:
@@ -787,7 +802,7 @@ def _info(args) -> int:
 
 def _verify(args) -> int:
     check_cache_path(args.cache)
-    result = verify_cache(args.cache)
+    result = verify_cache(args.cache, deep=args.deep)
     if result["status"] in ("partial", "missing"):
         holder = _lock_holder(args.cache)
         if holder:
@@ -798,6 +813,13 @@ def _verify(args) -> int:
         say(json.dumps(result, indent=1))
     else:
         say(f"{result['status']}: {cli_words(result['problem'] or result['path'])}")
+        for damaged in result.get("damaged_rows", [])[5:]:  # the problem names the first five
+            say(f"damaged row {damaged['row']}: '{damaged['path']}'")
+        check = result.get("deep_check")
+        if check:
+            speed = check["bytes"] / check["seconds"] / 1e9 if check["seconds"] else float("inf")
+            say(check.get("note") or f"checked  {check['rows']:,} rows, {check['bytes'] / 1e6:.1f} MB in "
+                                     f"{check['seconds']:.2f} s ({speed:.1f} GB/s)")
         if result.get("unverifiable"):
             some = result["unverifiable"]
             shown = ", ".join(f"'{p}'" for p in some[:3]) + (" ..." if len(some) > 3 else "")

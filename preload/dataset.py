@@ -17,11 +17,13 @@ an :class:`ImageFiles` batch is decoded by the fill engine
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .augment import Augment
+from .batching import BatchEngine, resolve_order
 from .decode import Decoder
 from .errors import Failure, OptionError
 from .fill import fill_slots
@@ -111,8 +113,16 @@ class ArrayAccess:
         batch_size: int,
         *,
         shuffle=None,
+        seed: int | None = None,
         drop_last: bool = False,
         out=None,
+        augment: Augment | None = None,
+        normalize=None,
+        transform: Callable | None = None,
+        batch_transform: Callable | None = None,
+        dtype=None,
+        prefetch: int = 0,
+        workers: int | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Yield ``(images, labels)`` batches (``labels`` is None without labels).
 
@@ -122,14 +132,40 @@ class ArrayAccess:
             Images per batch; the last batch is smaller unless ``drop_last``.
         shuffle : None, False, True, int or numpy.random.Generator
             None/False: in order. An int seed or a Generator: a permutation
-            that is the same for the same seed. True: a fresh random one.
+            that is the same for the same seed (``shuffle=epoch`` gives every
+            epoch its own). True: a fresh random one.
+        seed : int, optional
+            Root of the augmentations' random streams, together with an int
+            ``shuffle``: batch ``i`` draws from its own stream derived from
+            ``(seed, shuffle, i)``, so the same values give bit-identical
+            batches for any ``workers`` and ``prefetch``. Without either,
+            fresh randomness.
         drop_last : bool
             Leave out a last, smaller batch.
         out : None, True or numpy.ndarray
-            None: every batch is a new array. True: one buffer is allocated and
-            reused for every batch. An array of shape ``(batch_size, ...)``
-            and the images' dtype: that buffer is reused. With a reused buffer
-            a batch is only valid until the next one is read.
+            Without the options below: None, every batch is a new array; True,
+            one buffer is allocated and reused for every batch; an array of
+            shape ``(batch_size, ...)`` and the images' dtype: that buffer is
+            reused. With them, buffers are always reused (``prefetch + 1``
+            sets) and ``out`` must be None or True. A reused buffer holds a
+            batch until the next one is asked for.
+        augment : preload.Augment, optional
+            Random geometry and intensity per image, warped straight from
+            the array into the batch buffer.
+        normalize : preload.Stats or preload.Normalize, optional
+            Convert to float (``dtype``, default float32) and normalise.
+        transform : callable, optional
+            Per image, uint8 in and out, same shape (e.g. an Albumentations
+            ``Compose``), run in the worker threads after ``augment``.
+        batch_transform : callable, optional
+            Per finished batch (after ``normalize``); same shape and dtype out.
+        dtype : "uint8", "float32" or "float64", optional
+            The batches' dtype; default float32 with ``normalize``, else uint8.
+        prefetch : int
+            Batches prepared ahead in background threads while one is in use.
+        workers : int, optional
+            Threads preparing batches (default: every usable core); each batch
+            is split between them.
 
         Notes
         -----
@@ -137,28 +173,40 @@ class ArrayAccess:
         file order, each row copied once into its slot. With ``shuffle``,
         while a batch is in use the rows of the next one that are not in the
         page cache are already requested from the disk (:func:`prefetch_rows`).
+        The preparation engine is :mod:`preload.batching`; the array is never
+        copied: memory is the array (or its page cache) plus ``prefetch + 1``
+        batch buffers.
 
         Examples
         --------
         >>> ds = Dataset(np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1), np.arange(5), None, list("abcde"))
         >>> [labels.tolist() for _, labels in ds.batches(2, shuffle=0)]
         [[2, 4], [3, 0], [1]]
+        >>> from preload.augment import Normalize
+        >>> [images.ravel().tolist() for images, _ in ds.batches(2, normalize=Normalize(rescale=0.5), prefetch=1)]
+        [[0.0, 0.5], [1.0, 1.5], [2.0]]
         """
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             message = f"batch_size={batch_size!r} is not accepted; use a positive int"
             raise OptionError(message)
         count = len(self)
-        if shuffle is None or shuffle is False:
-            order = None
-        elif shuffle is True:
-            order = np.random.default_rng().permutation(count)
-        elif isinstance(shuffle, np.random.Generator):
-            order = shuffle.permutation(count)
-        elif isinstance(shuffle, numbers.Integral):
-            order = np.random.default_rng(int(shuffle)).permutation(count)
-        else:
-            message = f"shuffle={shuffle!r} is not accepted; use None, True, an int seed or a numpy Generator"
-            raise OptionError(message)
+        order, entropy = resolve_order(shuffle, count, seed)
+        engine = {
+            "augment": augment,
+            "normalize": normalize,
+            "transform": transform,
+            "batch_transform": batch_transform,
+            "dtype": dtype,
+            "workers": workers,
+        }
+        if prefetch or any(value is not None for value in engine.values()):
+            if out is not None and out is not True:
+                message = "out= takes only None or True with augment=, normalize=, transform=, dtype=, prefetch="
+                raise OptionError(message)
+            yield from BatchEngine(
+                self, batch_size, order=order, entropy=entropy, drop_last=drop_last, prefetch=prefetch, **engine
+            )
+            return
         buffer = self._batch_buffer(batch_size, out)
         stop = count - count % batch_size if drop_last else count
         for start in range(0, stop, batch_size):
@@ -345,8 +393,63 @@ class ImageFiles(ArrayAccess):
         self.__dict__.update(state)
         self._decoder = Decoder(self.options)
 
+    @property
+    def images(self) -> LazyImages:
+        """The images alone, decoded on access: ``files.images[i]``, ``[slice]``, ``[index array]``.
+
+        For iterators that take one array-like per field, e.g. batchup's
+        ``ArrayDataSource([files.images, files.labels])``, where ``files[i]``
+        would give ``(image, label)`` pairs.
+        """
+        return LazyImages(self)
+
     def __repr__(self) -> str:
         return f"<preload.ImageFiles {len(self)} files -> {self.image_shape} uint8, decoded on access>"
 
 
-__all__ = ["ArrayAccess", "Dataset", "ImageFiles", "resolve_index"]
+class LazyImages:
+    """The images of an :class:`ImageFiles` without labels, as an array-like that decodes on access.
+
+    ``len``, ``shape``, ``dtype``, ``ndim``, and indexing by an int, a slice
+    or a 1-D index array (as :class:`ImageFiles`) returning uint8 arrays.
+
+    Examples
+    --------
+    >>> import os, tempfile, cv2
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = cv2.imwrite(os.path.join(folder, "a.png"), np.zeros((9, 9, 3), np.uint8))
+    >>> files = ImageFiles([os.path.join(folder, "a.png")] * 3, size=4, labels=[0, 1, 1])
+    >>> images = files.images
+    >>> len(images), images.shape, images[[2, 0]].shape, images[1:].dtype.name
+    (3, (3, 4, 4, 3), (2, 4, 4, 3), 'uint8')
+    """
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, files: ImageFiles):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.files),) + tuple(self.files.image_shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        index = resolve_index(key, len(self.files), "ImageFiles.images")
+        if isinstance(index, int):
+            return self.files._one(index)
+        if isinstance(index, slice):
+            return self.files._slice(index)
+        return self.files._rows(index)
+
+    def __repr__(self) -> str:
+        return f"<preload.ImageFiles.images {self.shape} uint8, decoded on access>"
+
+
+__all__ = ["ArrayAccess", "Dataset", "ImageFiles", "LazyImages", "resolve_index"]

@@ -8,8 +8,9 @@ whatever goes wrong with one file leaves :meth:`Decoder.decode_into` as an
 
 The path of one image, and why each step is where it is:
 
-1. The whole file is read in one call and its header parsed
-   (:mod:`preload.headers`): bombs, truncation and unknown data are caught
+1. The header is read and parsed first (:mod:`preload.headers`), then the
+   rest of the file in one call (:func:`read_file`): special files, bombs,
+   variants OpenCV decodes wrongly, truncation and unknown data are caught
    before OpenCV allocates anything.
 2. JPEGs are decoded by libjpeg-turbo through simplejpeg (the same pixels
    as ``cv2.imdecode``, about 10-35% less CPU), in strict mode: where
@@ -35,6 +36,7 @@ The path of one image, and why each step is where it is:
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -46,8 +48,10 @@ import numpy as np
 import simplejpeg
 
 from .errors import ImageDecodeError, Reason, open_error
-from .headers import ImageInfo, parse
-from .options import DecodeOptions
+from .headers import ImageInfo, check_end, open_regular, read_header
+from .options import DEFAULT_MAX_PIXELS, DecodeOptions
+
+_OPENCV_LIMIT = "more pixels than OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS) allows"
 
 # ----------------------------------------------------------------------- geometry
 
@@ -257,32 +261,95 @@ def _without_junk(data: bytes, junk) -> bytes:
     return b"".join(parts)
 
 
-def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
-    """Rotate/flip stored pixels as EXIF ``orientation`` says (as OpenCV's JPEG reader does)."""
-    if orientation == 2:
-        return cv2.flip(image, 1)
-    if orientation == 3:
-        return cv2.rotate(image, cv2.ROTATE_180)
-    if orientation == 4:
-        return cv2.flip(image, 0)
-    if orientation == 5:
-        return cv2.transpose(image)
-    if orientation == 6:
-        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
-    if orientation == 7:
-        return cv2.flip(cv2.transpose(image), -1)
-    if orientation == 8:
-        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
-    return image
+# Room a file may take beyond its pixels (metadata, thumbnails, the video of a
+# motion photo), and the most bytes any accepted format spends per pixel (raw
+# 16-bit RGBA): a bigger file than max_pixels can explain is refused unread.
+_SLACK_BYTES = 256 << 20
+_BYTES_PER_PIXEL = 8
 
 
-def read_file(path: str) -> bytes:
-    """The whole file in one read (one allocation, no copy into NumPy later)."""
+def read_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytearray | bytes, ImageInfo]:
+    """The whole file and its parsed header, checked before the bulk of it is read.
+
+    In order: the open descriptor must be a regular file (a FIFO, socket or
+    device is refused before a byte is read, so none can hang or stream
+    forever); its size must fit ``max_pixels`` (see ``_BYTES_PER_PIXEL``); the
+    header (a few KB, :func:`preload.headers.read_header`) must name a format
+    and size preload can check, at most ``max_pixels`` pixels, and no variant
+    OpenCV would decode wrongly. Only then is the rest read, into one buffer.
+
+    Raises
+    ------
+    ImageDecodeError
+        With the reason of the first check that fails.
+    """
+    handle, size = open_regular(path)
+    with handle:
+        limit = max_pixels * _BYTES_PER_PIXEL + _SLACK_BYTES
+        if size > limit:
+            detail = (f"the file is {size:,} bytes, more than any image of max_pixels={max_pixels:,} "
+                      f"pixels needs ({limit:,} bytes); it was not read")
+            raise ImageDecodeError(path, Reason.TOO_LARGE, detail)
+        head, info = read_header(handle, path, size)
+        check_header(path, info, max_pixels)
+        if len(head) >= size:
+            return head, info
+        data = bytearray(size)
+        data[: len(head)] = head
+        view, done = memoryview(data), len(head)
+        try:
+            handle.seek(done)  # the header came through pread, which leaves the offset at 0
+            while done < size:
+                got = handle.readinto(view[done:])
+                if not got:
+                    break
+                done += got
+        except OSError as exc:
+            raise open_error(path, exc) from exc
+    del view  # a bytearray with a live view cannot be resized or sliced safely
+    if done < size:  # the file shrank after fstat: check_end and the decoder judge what is left
+        data = data[:done]
+    check_end(data, info, path)  # the header parse read everything else it needed through pread
+    return data, info
+
+
+def check_header(path: str, info: ImageInfo, max_pixels: int) -> None:
+    """Refuse what the header says OpenCV must not be handed (see :func:`read_file`)."""
+    if info.unsupported:
+        raise ImageDecodeError(path, Reason.UNSUPPORTED, info.unsupported)
+    if info.format == "other":
+        try:
+            readable = cv2.haveImageReader(path)  # looks at the signature only
+        except (cv2.error, UnicodeError):
+            readable = False
+        if readable:
+            detail = "a format preload cannot read the size of before decoding (so max_pixels cannot be checked)"
+            raise ImageDecodeError(path, Reason.UNSUPPORTED, detail)
+        raise ImageDecodeError(path, Reason.NOT_AN_IMAGE, "not an image, or a format OpenCV cannot decode")
+    pixels = (info.height or 0) * (info.width or 0)
+    if pixels == 0:
+        raise ImageDecodeError(path, Reason.CORRUPT, f"the header gives a size of {info.width}x{info.height}")
+    if pixels > max_pixels:
+        detail = (
+            f"the header announces {info.width}x{info.height} = {pixels:,} pixels, "
+            f"more than max_pixels={max_pixels:,}"
+        )
+        raise ImageDecodeError(path, Reason.TOO_LARGE, detail)
+
+
+def _opencv_refused_size(text: str, info: ImageInfo) -> bool:
+    """Whether a failed decode is OpenCV's own pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS).
+
+    OpenCV reads that variable once, at its first decode, so the limit in
+    force may be the default 2**30 or whatever the environment said then.
+    """
+    if "CV_IO_MAX_IMAGE_PIXELS" in text or "validateInputImageSize" in text:
+        return True
     try:
-        with open(path, "rb", buffering=0) as handle:
-            return handle.read()
-    except OSError as exc:
-        raise open_error(path, exc) from exc
+        limit = min(1 << 30, int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30)))
+    except ValueError:
+        limit = 1 << 30
+    return (info.height or 0) * (info.width or 0) > limit
 
 
 class Decoder:
@@ -327,26 +394,35 @@ class Decoder:
     ) -> tuple[np.ndarray, str, ImageInfo, int]:
         """The image, its channel order, its header and the JPEG scale-down it was decoded at.
 
-        A JPEG that needs no resize is decoded straight into ``slot`` when one
-        is given and its layout allows it; the image returned is then a view
-        of the slot.
+        The image is turned as the header's EXIF orientation says when
+        ``exif`` is on, exactly once whichever decoder ran (see
+        :meth:`_decode_opencv` and :meth:`_decode_jpeg`). A JPEG that needs no
+        resize and no turn is decoded straight into ``slot`` when one is given
+        and its layout allows it; the image returned is then a view of the slot.
         """
-        data = read_file(path)
-        info = parse(data, path, complete=True)
-        self._check_pixels(path, info)
+        data, info = read_file(path, self.options.max_pixels)
         options = self.options
         factor = 1
         if info.format == "jpeg":
             oriented = info.oriented_size(options.exif)
             if options.reduce and size is not None and oriented is not None:
                 factor = reduction_for(*oriented, size, options.resize)
-            if _turbo_decodes(info):
-                image = self._decode_jpeg(data, path, info, factor, size, slot)
-                if image is not None:
-                    return image, options.color, info, factor
-            return self._decode_opencv(data, path, info, factor), options.color, info, factor
-        image, order = _to_8bit(self._decode_opencv(data, path, info, 1), path)
-        return image, order, info, 1
+            image, why = self._decode_jpeg(data, path, info, factor, size, slot) if _turbo_decodes(info) else (None, "")
+            if image is None:
+                image = self._decode_opencv(data, path, info, factor, why)
+            order = options.color
+        else:
+            image, order = self._decode_opencv(data, path, info, 1), None
+        expected = info.oriented_size(options.exif)
+        expected = (-(-expected[0] // factor), -(-expected[1] // factor))
+        if image.shape[:2] != expected:
+            kind = info.format.upper()
+            detail = (f"the {kind} decoder returned {image.shape[0]}x{image.shape[1]} pixels but the header "
+                      f"says {expected[0]}x{expected[1]}")
+            raise ImageDecodeError(path, Reason.CORRUPT, detail)
+        if order is None:
+            image, order = _to_8bit(image, path)
+        return image, order, info, factor
 
     def _decode_opencv(self, data: bytes, path: str, info: ImageInfo, factor: int, why: str = "") -> np.ndarray:
         """Decode with ``cv2.imdecode``: every format but the common JPEGs (see :func:`_turbo_decodes`).
@@ -355,7 +431,9 @@ class Decoder:
         in the error if OpenCV cannot decode the file either.
         """
         options = self.options
-        flags = 0 if options.exif else cv2.IMREAD_IGNORE_ORIENTATION
+        # Orientation is applied below from the header's reading of it, the same
+        # for every format, so exif=True and False differ exactly when the file says so.
+        flags = cv2.IMREAD_IGNORE_ORIENTATION
         if info.format == "jpeg":
             flags |= _COLOR_FLAG[options.color] | _REDUCED_FLAG[factor]
         else:
@@ -366,15 +444,20 @@ class Decoder:
         try:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         except cv2.error as exc:
-            detail = f"the {kind} decoder failed: {why or opencv_reason(exc)}"
+            if _opencv_refused_size(str(exc), info):
+                raise ImageDecodeError(path, Reason.TOO_LARGE, _OPENCV_LIMIT) from None
+            detail = f"the {kind} decoder failed: {opencv_reason(exc)}" + (f" (simplejpeg: {why})" if why else "")
             raise ImageDecodeError(path, Reason.CORRUPT, detail) from None
         if image is None or image.size == 0:
-            if info.format == "other":
-                raise ImageDecodeError(path, Reason.NOT_AN_IMAGE, "not an image, or a format OpenCV cannot decode")
-            detail = f"corrupt {kind} data ({why or 'the decoder gave up'})"
+            if _opencv_refused_size("", info):
+                raise ImageDecodeError(path, Reason.TOO_LARGE, _OPENCV_LIMIT)
+            detail = f"corrupt {kind} data (the decoder gave up" + (f"; simplejpeg: {why})" if why else ")")
             raise ImageDecodeError(path, Reason.CORRUPT, detail)
-        if info.format == "tiff" and not options.exif and info.orientation != 1:
-            image = _undo_orientation(image, info.orientation)  # OpenCV's TIFF reader always applies it
+        if info.format == "tiff":
+            if not options.exif and info.orientation != 1:
+                image = _undo_orientation(image, info.orientation)  # OpenCV's TIFF reader always applies it
+        elif options.exif and info.orientation != 1:
+            image = _apply_orientation(image, info.orientation)
         return image
 
     def _decode_jpeg(
@@ -385,7 +468,7 @@ class Decoder:
         factor: int,
         size: tuple[int, int] | None,
         slot: np.ndarray | None,
-    ) -> np.ndarray | None:
+    ) -> tuple[np.ndarray | None, str]:
         """Decode a JPEG with libjpeg-turbo through simplejpeg, refusing damaged data.
 
         libjpeg "recovers" from damaged entropy-coded data (bytes zeroed or
@@ -396,7 +479,9 @@ class Decoder:
         ``damaged``); stray bytes between header segments, which leave the
         pixels intact, are cut out and the image decoded strictly again;
         other header quirks and what simplejpeg cannot do go to OpenCV
-        (returns None: the caller decodes with OpenCV).
+        (returns None and simplejpeg's complaint: the caller decodes with
+        OpenCV). The image is turned as the EXIF orientation says (with
+        ``exif``), so it never goes straight into the slot when it must turn.
         """
         options = self.options
         height, width = info.height, info.width
@@ -407,6 +492,12 @@ class Decoder:
         if slot is not None and factor == 1 and orientation == 1 and size == (height, width):
             if options.layout == "NHWC" and slot.flags.c_contiguous and slot.shape == (height, width, options.channels):
                 buffer = slot
+        if buffer is None and slot is not None and factor == 1:
+            # Headed for a resize into the slot: decode into this thread's reused
+            # buffer. Where glibc's adaptive mmap threshold is off (Dask starts its
+            # workers with MALLOC_TRIM_THRESHOLD_ set), a fresh array per image is
+            # a fresh mmap whose pages fault in again for every image.
+            buffer = self._scratch((height, width, options.channels), "decoded")
         colorspace = _TURBO_COLOR[options.color]
         least = (height, width) if factor > 1 else (0, 0)
         stripped = False
@@ -423,26 +514,13 @@ class Decoder:
                     detail = f"damaged JPEG data: libjpeg reports {message!r} (its pixels would be partly made up)"
                     raise ImageDecodeError(path, Reason.DAMAGED, detail) from None
                 if verdict == "opencv" or stripped:
-                    return None
+                    return None, message
                 data, stripped = _without_junk(data, info.jpeg.junk), True
         if options.color == "gray":
             image = image.reshape(image.shape[:2])
         if orientation != 1:
             image = _apply_orientation(image, orientation)
-        return image
-
-    def _check_pixels(self, path: str, info: ImageInfo) -> None:
-        if info.height is None or info.width is None:
-            return
-        pixels = info.height * info.width
-        if pixels == 0:
-            raise ImageDecodeError(path, Reason.CORRUPT, f"the header gives a size of {info.width}x{info.height}")
-        if pixels > self.options.max_pixels:
-            detail = (
-                f"the header announces {info.width}x{info.height} = {pixels:,} pixels, "
-                f"more than max_pixels={self.options.max_pixels:,}"
-            )
-            raise ImageDecodeError(path, Reason.TOO_LARGE, detail)
+        return image, ""
 
     # -- writing into a slot --------------------------------------------------
 
@@ -622,6 +700,15 @@ def _fill_margins(slot: np.ndarray, geometry: Geometry, options: DecodeOptions) 
         plane = slot[c] if options.layout == "NCHW" else slot[:, :, c]
         for rows, cols in bands:
             plane[rows, cols] = value
+
+
+def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn the stored pixels upright as EXIF ``orientation`` (2..8) says."""
+    if orientation == 6:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 8:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return _undo_orientation(image, orientation)  # the other turns are their own inverse
 
 
 def _undo_orientation(image: np.ndarray, orientation: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Build a cache on a Dask cluster: workers decode in place, this process keeps the books.
 
-Install with ``pip install 'preload[dask]'``. Importing this module does not
-import Dask (only :func:`fill_on_cluster` does); :class:`ClusterError` lives
+Install with ``pip install "preload-images[dask]"`` (``pip install ".[dask]"`` in a
+clone). Importing this module does not import Dask (only :func:`fill_on_cluster` does); :class:`ClusterError` lives
 in :mod:`preload.errors` (``preload.ClusterError``, also importable from here)
 so it can be caught without the extra.
 

@@ -9,6 +9,8 @@ derive from :class:`ValueError` and the resource problems from
 from __future__ import annotations
 
 import enum
+import errno
+import os
 from dataclasses import dataclass
 
 
@@ -93,6 +95,7 @@ class Reason(str, enum.Enum):
     TOO_LARGE = "too-large"  # header announces more pixels than max_pixels
     CORRUPT = "corrupt"  # recognised format, but the decoder failed
     DAMAGED = "damaged"  # the decoder reported damaged image data it would have papered over
+    UNSUPPORTED = "unsupported"  # a variant OpenCV would decode wrongly, or one preload cannot bound
     WRONG_SIZE = "wrong-size"  # size=None and this image's size differs from the others'
 
     def __str__(self) -> str:
@@ -116,7 +119,7 @@ class ImageDecodeError(PreloadError):
         self.path = path
         self.reason = Reason(reason)
         self.detail = detail
-        message = f"cannot load '{path}': {detail} [{self.reason}]"
+        message = f"cannot load '{display(path)}': {detail} [{self.reason}]"
         super().__init__(message)
 
 
@@ -133,7 +136,28 @@ class Failure:
     detail: str
 
     def __str__(self) -> str:
-        return f"'{self.path}': {self.detail} [{self.reason}]"
+        return f"'{display(self.path)}': {self.detail} [{self.reason}]"
+
+
+def display(path) -> str:
+    """``path`` as text any UTF-8 stream can print: undecodable bytes become ``\\xNN``.
+
+    File names are bytes on POSIX; Python keeps the bytes that are not UTF-8 as
+    lone surrogates, which a strict UTF-8 stdout refuses to print.
+
+    Examples
+    --------
+    >>> display(os.fsdecode(b"caf\\xe9.jpg"))
+    'caf\\\\xe9.jpg'
+    """
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that did not come from bytes
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def open_error(path: str, exc: OSError) -> ImageDecodeError:
@@ -144,4 +168,6 @@ def open_error(path: str, exc: OSError) -> ImageDecodeError:
         return ImageDecodeError(path, Reason.UNREADABLE, "it is a directory, not a file")
     if isinstance(exc, PermissionError):
         return ImageDecodeError(path, Reason.UNREADABLE, "permission denied")
+    if exc.errno == errno.ELOOP:
+        return ImageDecodeError(path, Reason.UNREADABLE, "a symlink loop (too many levels of symbolic links)")
     return ImageDecodeError(path, Reason.UNREADABLE, f"read error: {exc.strerror or exc}")

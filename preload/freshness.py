@@ -100,7 +100,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import atomic_write, open_existing
 from .errors import IncompleteCacheError, OptionError, SourceError
 from .options import progress_wanted
 from .sources import Manifest, _scan, _walk
@@ -297,7 +297,8 @@ def read_index(path: str) -> dict[str, np.ndarray]:
         The file is missing, not a zip, truncated or holds a damaged member.
     """
     try:
-        with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+        # A regular file only: a FIFO planted at the name must not hang a reader.
+        with open(open_existing(path, follow=True), "rb") as handle, zipfile.ZipFile(handle) as archive:
             members = {}
             for info in archive.infolist():
                 if not info.filename.endswith(".npy"):
@@ -305,7 +306,8 @@ def read_index(path: str) -> dict[str, np.ndarray]:
                 members[info.filename[:-4]] = _member(path, handle, archive, info)
         return members
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        message = f"the cache index '{path}' is damaged or missing ({exc}); build the cache again with force=True"
+        message = (f"the cache index '{path}' is damaged or missing ({exc}); build the cache again "
+                   "(a build replaces a damaged cache of its own)")
         raise IncompleteCacheError(message) from exc
 
 
@@ -620,9 +622,12 @@ def check(table: FileTable, source: dict, *, threads: int | None = None, progres
     verdict.threads = engine.threads or threads_for(engine.latency or 0.0)
     present = size >= 0
     differs = (size != table.size) | (mtime != table.mtime_ns) | (ctime != table.ctime_ns)
+    # A file that could not be stat-ed when the build recorded it (a dangling link, skipped or zeroed by
+    # on_error) and still cannot be is unchanged; it is gone only if it was there at the build.
+    gone = ~present & (table.size >= 0)
     known = set(verdict.removed)
     verdict.changed += [table.path(i) for i in np.flatnonzero(differs & present).tolist()]
-    verdict.removed += [p for p in (table.path(i) for i in np.flatnonzero(~present).tolist()) if p not in known]
+    verdict.removed += [p for p in (table.path(i) for i in np.flatnonzero(gone).tolist()) if p not in known]
     verdict.unverifiable = [table.path(i) for i in np.flatnonzero(table.unverifiable() & ~differs).tolist()]
     verdict.seconds = time.perf_counter() - started
     return verdict

@@ -28,7 +28,7 @@ from .fill import common_size, compact, fill_slots
 from .options import DEFAULT_MAX_PIXELS, DecodeOptions, check_on_error, progress_wanted, resolve_workers
 from .quiet import quiet_opencv
 from .sources import manifest
-from .target import allocate
+from .target import allocate, check_out_path
 
 logger = logging.getLogger("preload")
 
@@ -143,6 +143,7 @@ def load(
     )
     on_error = check_on_error(on_error)
     threads = resolve_workers(workers)
+    check_out_path(out)  # a folder at out= is refused before any header is read
     files = manifest(source, labels=labels)
     total = len(files)
     decoder = Decoder(options)

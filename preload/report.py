@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 
 import psutil
 
+from ._version import install_hint
 from .errors import OptionError, PreloadError
 from .measure import (
     SAMPLE_SEED,
@@ -53,7 +54,7 @@ from .sources import manifest
 
 REPORT_VERSION = 1
 DEFAULT_SAMPLES = 400  # built-in sample images made when no SOURCE and no --limit are given
-PLOT_HINT = "pip install 'preload[plot]' (or: pip install matplotlib)"
+PLOT_HINT = f"{install_hint('plot')}, or just: pip install matplotlib"
 
 
 # ------------------------------------------------------------------ the whole report

@@ -15,6 +15,7 @@ import os
 import cv2
 import numpy as np
 
+from ._version import install_hint
 from .errors import OptionError, PreloadError
 
 # Photos in scikit-image's wheel (no download needed); gray ones become gray JPEGs.
@@ -26,7 +27,7 @@ def photos() -> dict[str, np.ndarray]:
     try:
         from skimage import data
     except ImportError:
-        message = "sample data needs scikit-image: pip install 'preload[demo]' (or: pip install scikit-image)"
+        message = f"sample data needs scikit-image: {install_hint('demo')}, or just: pip install scikit-image"
         raise PreloadError(message) from None
     found = {}
     for name in PHOTOS:

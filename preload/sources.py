@@ -29,15 +29,18 @@ folders. Paths given explicitly (list, CSV) are taken as they are.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import SourceError
+from .errors import SourceError, display
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -88,14 +91,14 @@ class Manifest:
         """List a flat folder or a folder of class sub-folders (see module docs)."""
         root_text = os.fspath(root)
         if not os.path.isdir(root_text):
-            message = f"source folder '{root_text}' does not exist or is not a folder"
+            message = f"source folder '{display(root_text)}' does not exist or is not a folder"
             raise SourceError(message)
         walked = [root_text]
-        files, dirs = _scan(root_text)
+        files, dirs = _scan(root_text)  # raises SourceError when the folder cannot be listed
         if dirs and files:
             message = (
-                f"'{root_text}' holds both image files (e.g. '{files[0]}') and sub-folders "
-                f"(e.g. '{dirs[0]}'); put every image in a class sub-folder, or use a flat folder"
+                f"'{display(root_text)}' holds both image files (e.g. '{display(files[0])}') and sub-folders "
+                f"(e.g. '{display(dirs[0])}'); put every image in a class sub-folder, or use a flat folder"
             )
             raise SourceError(message)
         if not dirs:
@@ -110,7 +113,7 @@ class Manifest:
             manifest = cls(paths, np.asarray(labels, dtype=np.int64), list(dirs), tuple(walked))
         if not manifest.paths:
             allowed = ", ".join(sorted(IMAGE_EXTENSIONS))
-            message = f"no images found in '{root_text}' (looked for {allowed}, any case)"
+            message = f"no images found in '{display(root_text)}' (looked for {allowed}, any case)"
             raise SourceError(message)
         return manifest
 
@@ -119,9 +122,14 @@ class Manifest:
         cls, paths: Sequence[str | os.PathLike], labels: Sequence | np.ndarray | None = None
     ) -> Manifest:
         """Take an explicit list of files, with optional int or string labels."""
-        texts = [os.fspath(p) for p in paths]
+        # bytes names become str the way Python spells undecodable bytes (surrogateescape)
+        texts = [os.fsdecode(p) for p in paths]
         if not texts:
             raise SourceError("the list of paths is empty")
+        for i, text in enumerate(texts):
+            if "\x00" in text:  # no file name can hold one; open() would raise a bare ValueError
+                message = f"path {i} of the list ({display(text)!r}) holds a NUL character"
+                raise SourceError(message)
         if labels is None:
             return cls(texts)
         label_array, classes = _encode_labels(list(labels), "labels", numeric_text=False)
@@ -141,46 +149,48 @@ class Manifest:
         nothing else is wrong, and the file is taken as unlabelled.
         """
         csv_text = os.fspath(csv_path)
+        shown = display(csv_text)
+        reader = csv.reader(io.StringIO(_csv_text(csv_text), newline=""))
+        rows = []
         try:
-            with open(csv_text, newline="", encoding="utf-8-sig") as handle:
-                reader = csv.reader(handle)
-                # reader.line_num is the physical line a row ends on, which is
-                # what a user sees in an editor even with quoted newlines.
-                rows = [(reader.line_num, row) for row in reader]
-        except OSError as exc:
-            message = f"cannot read CSV '{csv_text}': {exc.strerror or exc}"
-            raise SourceError(message) from exc
+            # reader.line_num is the physical line a row ends on, which is
+            # what a user sees in an editor even with quoted newlines.
+            rows.extend((reader.line_num, row) for row in reader)
+        except csv.Error as exc:  # a field over csv's 128 KB limit, an unclosed quote
+            message = f"CSV '{shown}' line {reader.line_num}: {exc}"
+            raise SourceError(message) from None
         if not rows:
-            message = f"CSV '{csv_text}' is empty; it needs a header row with a '{path_column}' column"
+            message = f"CSV '{shown}' is empty; it needs a header row with a '{path_column}' column"
             raise SourceError(message)
         header = [name.strip() for name in rows[0][1]]
         if path_column not in header:
-            message = f"CSV '{csv_text}' has no '{path_column}' column (columns: {', '.join(header)})"
+            message = f"CSV '{shown}' has no '{path_column}' column (columns: {', '.join(header)})"
             raise SourceError(message)
         path_at = header.index(path_column)
         label_at = header.index(label_column) if label_column in header else None
         base = os.path.dirname(csv_text)
-        paths, raw_labels = [], []
+        paths, raw_labels, label_lines = [], [], []
         for line, row in rows[1:]:
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
-                message = f"CSV '{csv_text}' line {line} has {len(row)} fields, the header has {len(header)}"
+                message = f"CSV '{shown}' line {line} has {len(row)} fields, the header has {len(header)}"
                 raise SourceError(message)
             cell = row[path_at].strip()
             if not cell:
-                message = f"CSV '{csv_text}' line {line} has an empty '{path_column}'"
+                message = f"CSV '{shown}' line {line} has an empty '{path_column}'"
                 raise SourceError(message)
             paths.append(os.path.join(base, cell))
             if label_at is not None:
                 raw_labels.append(row[label_at].strip())
+                label_lines.append(f"line {line}")
         if not paths:
-            message = f"CSV '{csv_text}' has a header but no rows"
+            message = f"CSV '{shown}' has a header but no rows"
             raise SourceError(message)
         if label_at is None:
             return cls(paths, listing=(csv_text,))
-        what = f"CSV '{csv_text}' column '{label_column}'"
-        label_array, classes = _encode_labels(raw_labels, what, numeric_text=True)
+        what = f"CSV '{shown}' column '{label_column}'"
+        label_array, classes = _encode_labels(raw_labels, what, numeric_text=True, where=label_lines)
         return cls(paths, label_array, classes, (csv_text,))
 
 
@@ -220,16 +230,37 @@ def _is_image_name(name: str) -> bool:
 
 
 def _scan(folder: str) -> tuple[list[str], list[str]]:
-    """Sorted visible image-file names and sub-folder names directly in ``folder``."""
+    """Sorted visible image names and sub-folder names directly in ``folder``.
+
+    Every entry with an image name that is not a folder is listed, whatever it
+    is: a dangling symlink becomes a ``missing`` failure and a FIFO an
+    ``unreadable`` one when it is loaded, instead of vanishing from the rows.
+    An entry whose type cannot be found out (a symlink loop) is listed when
+    it has an image name; otherwise it might be a class folder, and guessing
+    would shift every label after it, so it is an error.
+    """
     files, dirs = [], []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                dirs.append(entry.name)
-            elif _is_image_name(entry.name) and entry.is_file():
-                files.append(entry.name)
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                except OSError as exc:
+                    if _is_image_name(entry.name):
+                        files.append(entry.name)
+                        continue
+                    path = display(os.path.join(folder, entry.name))
+                    message = f"cannot tell whether '{path}' is a folder: {exc.strerror or exc}"
+                    raise SourceError(message) from exc
+                if is_dir:
+                    dirs.append(entry.name)
+                elif _is_image_name(entry.name):
+                    files.append(entry.name)
+    except OSError as exc:
+        message = f"cannot list '{display(folder)}': {exc.strerror or exc}"
+        raise SourceError(message) from exc
     files.sort()
     dirs.sort()
     return files, dirs
@@ -244,16 +275,17 @@ def _walk(folder: str, seen: frozenset = frozenset(), walked: list[str] | None =
     up the tree is an error instead of an endless walk; ``walked`` collects
     every folder visited.
     """
-    info = os.stat(folder)
+    try:
+        info = os.stat(folder)
+    except OSError as exc:
+        message = f"cannot list '{display(folder)}': {exc.strerror or exc}"
+        raise SourceError(message) from exc
     here = (info.st_dev, info.st_ino)
     if here in seen:
-        message = f"'{folder}' leads back to a folder above it (a symlink loop); remove the link or list files"
+        message = (f"'{display(folder)}' leads back to a folder above it (a symlink loop); "
+                   "remove the link or list files")
         raise SourceError(message)
-    try:
-        files, dirs = _scan(folder)
-    except OSError as exc:
-        message = f"cannot list '{folder}': {exc.strerror or exc}"
-        raise SourceError(message) from exc
+    files, dirs = _scan(folder)
     if walked is not None:
         walked.append(folder)
     prefix = os.path.join(folder, "")  # one join per folder, not per file
@@ -263,14 +295,30 @@ def _walk(folder: str, seen: frozenset = frozenset(), walked: list[str] | None =
     return found
 
 
-def _encode_labels(values: list, what: str, *, numeric_text: bool) -> tuple[np.ndarray, list[str] | None]:
+MAX_LABEL = 2**31 - 1  # integer labels are class indices: they fit int32 (torch, Keras) and stay non-negative
+
+
+def _encode_labels(
+    values: list, what: str, *, numeric_text: bool, where: list[str] | None = None
+) -> tuple[np.ndarray, list[str] | None]:
     """Integers stay integers (no classes); strings become indices into sorted classes.
 
     ``numeric_text``: text that spells an integer counts as one (CSV cells are
     always text); in a Python list a string is a class name, whatever it spells.
+    Integers must lie in 0..MAX_LABEL; ``where[i]`` names value ``i`` in the message.
     """
     if all(_is_int(v, numeric_text) for v in values):
-        return np.asarray([int(v) for v in values], dtype=np.int64), None
+        numbers = []
+        for i, value in enumerate(values):
+            number = _label_number(value)
+            if number is None:
+                at = where[i] if where else f"item {i}"
+                shown = str(value) if len(str(value)) <= 24 else str(value)[:20] + "..."
+                message = (f"{what} {at} holds the integer label {shown}; integer labels are class "
+                           f"indices from 0 to {MAX_LABEL} (use class names for anything else)")
+                raise SourceError(message)
+            numbers.append(number)
+        return np.asarray(numbers, dtype=np.int64), None
     if all(isinstance(v, str) for v in values):
         if any(v == "" for v in values):
             message = f"{what} has an empty label; every image needs one"
@@ -281,6 +329,60 @@ def _encode_labels(values: list, what: str, *, numeric_text: bool) -> tuple[np.n
     kinds = sorted({type(v).__name__ for v in values})
     message = f"{what} must be all integers or all strings; got {', '.join(kinds)}"
     raise SourceError(message)
+
+
+def _label_number(value) -> int | None:
+    """The integer label, or None when it is outside 0..MAX_LABEL."""
+    text = value.strip().lstrip("+") if isinstance(value, str) else None
+    if text is not None and len(text.lstrip("0")) > len(str(MAX_LABEL)):
+        return None  # int() of a 200 KB digit string is slow, then refused by Python's digit limit
+    number = int(text if text is not None else value)
+    return number if 0 <= number <= MAX_LABEL else None
+
+
+def _csv_text(path: str) -> str:
+    """The CSV file decoded as UTF-8 (a UTF-8 BOM at the start is dropped).
+
+    Refused with the line named: bytes that are not UTF-8, and a byte-order
+    mark anywhere else (files joined with ``cat``, or UTF-16 files).
+    """
+    shown = display(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        message = f"cannot read CSV '{shown}': {exc.strerror or exc}"
+        raise SourceError(message) from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would block, a device never end
+            message = f"cannot read CSV '{shown}': it is not a regular file"
+            raise SourceError(message)
+        os.set_blocking(fd, True)
+        try:
+            raw = handle.read()
+        except OSError as exc:
+            message = f"cannot read CSV '{shown}': {exc.strerror or exc}"
+            raise SourceError(message) from exc
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                      (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if raw.startswith(bom):
+            message = f"CSV '{shown}' line 1 starts with a {name} byte-order mark; save the file as UTF-8"
+            raise SourceError(message)
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        message = (f"CSV '{shown}' line {line} is not UTF-8 (byte {raw[exc.start]:#04x}); "
+                   "save the file as UTF-8")
+        raise SourceError(message) from None
+    mark = text.find("\ufeff")
+    if mark >= 0:
+        line = text.count("\n", 0, mark) + 1
+        message = (f"CSV '{shown}' line {line} holds a byte-order mark (U+FEFF), as from joining "
+                   "files; remove it")
+        raise SourceError(message)
+    return text
 
 
 def _is_int(value, numeric_text: bool) -> bool:

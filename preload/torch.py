@@ -1,28 +1,39 @@
-"""PyTorch adapter: a cache or a loaded dataset as a ``torch.utils.data.Dataset``.
+"""PyTorch adapters: :func:`loader` (batches as tensors from the batch engine) and :class:`TorchDataset`.
 
-Needs the ``torch`` extra (``pip install 'preload[torch]'``); the rest of
-preload never imports torch.
+Needs the ``torch`` extra (``pip install "preload-images[torch]"``, or
+``pip install ".[torch]"`` in a clone); the rest of preload never imports torch.
 
-With ``DataLoader(num_workers > 0)`` each worker process needs the data. A
-cache is passed by its path: the adapter drops its memory map when it is
-pickled and every worker opens the ``.npy`` again (milliseconds, no pixels
-read), so nothing large travels to the workers and their memory does not
-grow with the cache; the pages they read are the shared page cache. A
-dataset loaded into RAM has no file to reopen: with the ``fork`` start method
-(Linux's default) workers share its pages copy-on-write, with ``spawn`` every
-worker receives a pickled copy -- build a cache for that case.
+:func:`loader` is the fast path: batches are prepared in background threads
+(:mod:`preload.batching`: augment, normalise, prefetch) and yielded as
+tensors that share the reused batch buffers, pinned when CUDA is present.
+
+:class:`TorchDataset` is for ``DataLoader(num_workers > 0)``, where each
+worker process needs the data. A cache is passed by its path: the adapter
+drops its memory map when it is pickled and every worker opens the ``.npy``
+again (milliseconds, no pixels read), so nothing large travels to the
+workers; the pages they read are the shared page cache. A dataset loaded
+into RAM has no file to reopen: with ``fork`` workers share its pages
+copy-on-write; with ``forkserver`` (Python 3.14's default on Linux) and
+``spawn``, where workers receive the dataset by pickling, its images move
+into shared memory the first time (:mod:`preload.shared`) and each worker
+maps the same pages instead of unpickling a copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable
+from multiprocessing import context
 
 import numpy as np
 import torch
 import torch.utils.data
 
+from . import shared
+from .augment import Augment
+from .batching import BatchEngine
 from .cache import open_cache
 from .dataset import Dataset as PreloadDataset
 from .errors import OptionError
@@ -90,9 +101,135 @@ class TorchDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state.pop("_handle", None)  # this process's hold on the shared pages; sent below when wanted
         if self.cache is not None:
             state["_data"] = None  # workers reopen the memmap instead of receiving pixels
+        elif (
+            context.get_spawning_popen() is not None
+            and shared.available()
+            and not isinstance(self._data.images, np.memmap)  # a file mapping is not RAM to share
+        ):
+            # A worker being started (forkserver, spawn): send a handle to shared pages, not the pixels.
+            handle = self._shared()
+            state["_data"] = dataclasses.replace(self._data, images=np.empty((0,), np.uint8))
+            state["_shared"] = handle
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        handle = state.pop("_shared", None)
+        self.__dict__.update(state)
+        if handle is not None:
+            self._data = dataclasses.replace(self._data, images=handle.array)
+            self._handle = handle
+
+    def _shared(self) -> shared.SharedHandle:
+        """The images in shared memory, moved there once: the dataset then holds the shared copy."""
+        handle = self.__dict__.get("_handle")
+        if handle is None or handle.array is not self._data.images:
+            handle = shared.share(self._data.images)
+            # The caller's Dataset now points at the shared pages (same values), so the private
+            # array can be freed and the parent does not hold the images twice.
+            self._data.images = handle.array
+            self._handle = handle
+        return handle
+
+
+class Loader:
+    """Batches of a preload dataset as torch tensors, prepared in background threads (see :func:`loader`)."""
+
+    def __init__(self, data, batch_size: int, *, shuffle: bool, seed: int | None, pin_memory: bool | None,
+                 **options):
+        if isinstance(data, (str, os.PathLike)):
+            data = open_cache(os.fspath(data))
+        self.data = data
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (1 << 63))
+        elif not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            message = f"seed={seed!r} is not accepted; use None or an int >= 0"
+            raise OptionError(message)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.options = options
+        self._engine(0)  # checks every option now, not at the first batch
+
+    def _engine(self, epoch: int) -> BatchEngine:
+        entropy = (self.seed, epoch)
+        order = np.random.default_rng(list(entropy)).permutation(len(self.data)) if self.shuffle else None
+        allocate = _pinned if self.pin_memory else None
+        return BatchEngine(self.data, self.batch_size, order=order, entropy=entropy, allocate=allocate,
+                           **self.options)
+
+    def __len__(self) -> int:
+        return len(self._engine(self.epoch))
+
+    def __iter__(self):
+        """One epoch; the next iteration is the next epoch (a new order and new augmentations)."""
+        engine = self._engine(self.epoch)
+        self.epoch += 1
+        for images, labels in engine:
+            tensor = torch.from_numpy(images)
+            yield tensor if labels is None else (tensor, torch.from_numpy(np.asarray(labels)))
+
+
+def loader(
+    data,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int | None = None,
+    augment: Augment | None = None,
+    normalize=None,
+    transform: Callable | None = None,
+    batch_transform: Callable | None = None,
+    dtype=None,
+    drop_last: bool = False,
+    prefetch: int = 2,
+    workers: int | None = None,
+    pin_memory: bool | None = None,
+) -> Loader:
+    """An iterable of ``(images, labels)`` tensors (``images`` alone without labels), one epoch per iteration.
+
+    Built on :meth:`preload.Dataset.batches`'s engine: threads read,
+    augment and normalise the next ``prefetch`` batches while the current
+    one trains. Each ``images`` tensor shares its memory with a reused batch
+    buffer (no copy): it holds the batch until the next one is asked for --
+    move it to the GPU or clone it before then if you keep it.
+
+    Parameters
+    ----------
+    data : str, os.PathLike, preload.Dataset or preload.ImageFiles
+        A cache's ``.npy`` path, or a dataset.
+    batch_size : int
+    shuffle : bool
+        A new order every epoch, drawn from ``seed`` and the epoch number.
+    seed : int, optional
+        The same seed gives the same batches, epoch by epoch, for any
+        ``workers`` and ``prefetch``. None: random, fixed at creation.
+    augment, normalize, transform, batch_transform, dtype, drop_last, prefetch, workers
+        As for :meth:`preload.Dataset.batches`.
+    pin_memory : bool, optional
+        Allocate the batch buffers in page-locked memory (fast, asynchronous
+        ``.to("cuda", non_blocking=True)``). Default: when CUDA is available.
+
+    Examples
+    --------
+    >>> import numpy as np, preload
+    >>> ds = preload.Dataset(np.zeros((5, 3, 4, 4), np.uint8), np.arange(5), None, ["x"] * 5)
+    >>> [(tuple(x.shape), x.dtype) for x, _ in loader(ds, 2, normalize=preload.Normalize(rescale=1 / 255))]
+    [((2, 3, 4, 4), torch.float32), ((2, 3, 4, 4), torch.float32), ((1, 3, 4, 4), torch.float32)]
+    """
+    return Loader(
+        data, batch_size, shuffle=shuffle, seed=seed, pin_memory=pin_memory, augment=augment, normalize=normalize,
+        transform=transform, batch_transform=batch_transform, dtype=dtype, drop_last=drop_last, prefetch=prefetch,
+        workers=workers,
+    )
+
+
+def _pinned(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True).numpy()
 
 
 def __getattr__(name: str):
@@ -105,4 +242,4 @@ def __getattr__(name: str):
     raise AttributeError(message)
 
 
-__all__ = ["TorchDataset"]
+__all__ = ["Loader", "TorchDataset", "loader"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import preload
-from conftest import journal_done, smooth_image, write
+from conftest import journal_done, settle, smooth_image, write
 from preload import cache, decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def test_build_then_open_matches_load(tmp_path, source):
         assert ds.layout == "NCHW"
     assert isinstance(opened.images, np.memmap) and not opened.images.flags.writeable
     assert np.array_equal(np.load(out, mmap_mode="r"), expected.images)  # readable without preload
-    assert sorted(os.listdir(tmp_path)) == ["c.npy", "c.npy.index.npz", "c.npy.json", "c.npy.lock", "src"]
+    assert sorted(os.listdir(tmp_path)) == ["c.npy", "c.npy.index.npz", "c.npy.json", "src"]
 
 
 def test_metadata_records_options_versions_and_files(tmp_path, source):
@@ -194,10 +194,10 @@ def test_killed_after_renaming_into_place_finishes(tmp_path, source, monkeypatch
     out = tmp_path / "c.npy"
     real_save = cache.Snapshot.save
 
-    def die_at_index(self, path, rows=None):
+    def die_at_index(self, path, *args, **kwargs):
         if path.endswith(".index.npz"):  # runs right after the array was renamed to c.npy
             raise SystemExit("killed")
-        return real_save(self, path, rows)
+        return real_save(self, path, *args, **kwargs)
 
     monkeypatch.setattr(cache.Snapshot, "save", die_at_index)
     with pytest.raises(SystemExit):
@@ -399,6 +399,19 @@ def test_skip_compacts_and_zero_keeps_rows(tmp_path, source):
     zeroed = build(source, tmp_path / "zero.npy", on_error="zero")
     assert len(zeroed) == 60 and not zeroed.images[23].any()
     assert [f.index for f in preload.open_cache(tmp_path / "zero.npy").failed] == [23]
+
+
+def test_failed_files_are_listed_in_index_order(tmp_path, source):
+    """A refresh logs the new failure after the kept ones; the cache still lists them by index."""
+    out = tmp_path / "c.npy"
+    (source / "ant" / "10.png").write_bytes(b"")
+    settle()  # else the refresh would decode 10 again too (unverifiable), in order
+    build(source, out, on_error="zero")
+    (source / "ant" / "03.png").write_bytes(b"")  # a change: the refresh decodes it (and fails) after keeping 10
+    ds = build(source, out, on_error="zero")
+    assert [f.index for f in ds.failed] == [3, 10]
+    assert [f["index"] for f in json.loads((tmp_path / "c.npy.json").read_text())["failed"]] == [3, 10]
+    assert [f.index for f in preload.open_cache(out).failed] == [3, 10]
 
 
 def test_raise_leaves_the_good_rows_resumable(tmp_path, source, monkeypatch):

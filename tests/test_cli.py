@@ -209,7 +209,7 @@ def test_load_out_writes_a_cache_that_keeps_labels_classes_and_paths(classes_roo
     assert cached.labels.tolist() == [0, 0, 1]
     assert list(cached.paths) == [os.path.abspath(p) for p in expected.paths]
     assert np.array_equal(cached.images, expected.images)
-    cache_files = ["x.npy", "x.npy.index.npz", "x.npy.json", "x.npy.lock"]
+    cache_files = ["x.npy", "x.npy.index.npz", "x.npy.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", *cache_files]
 
 

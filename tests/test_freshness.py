@@ -187,6 +187,34 @@ def test_changed_labels_of_a_path_list_are_rebuilt(tmp_path, source):
     assert preload.open_cache(out).labels.tolist() == [0] * 11 + [1]
 
 
+@pytest.mark.parametrize("on_error", ["skip", "zero"])
+def test_a_file_that_could_not_be_stat_ed_then_or_now_is_unchanged(tmp_path, rng, monkeypatch, capsys, on_error):
+    root = tmp_path / "src"
+    (root / "cat").mkdir(parents=True)
+    write(root / "cat" / "a.png", smooth_image(rng, 20, 24))
+    os.symlink("/nonexistent", root / "cat" / "c.jpg")  # listed, but stat (which follows it) fails
+    settle()
+    out = tmp_path / "c.npy"
+    ds = build(root, out, on_error=on_error)
+    assert len(ds) == (1 if on_error == "skip" else 2) and [f.index for f in ds.failed] == [1]
+    result = preload.verify_cache(out)
+    assert (result["status"], result["unverifiable"]) == ("fresh", [])
+    assert cli.main(["verify", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("fresh: ")
+    calls = count_decodes(monkeypatch)
+    again = build(root, out, on_error=on_error)
+    assert calls == [] and [f.index for f in again.failed] == [1]
+
+    # The link resolving later is a change.
+    write(tmp_path / "real.jpg", smooth_image(rng, 20, 24))
+    os.remove(root / "cat" / "c.jpg")
+    os.symlink(tmp_path / "real.jpg", root / "cat" / "c.jpg")
+    result = preload.verify_cache(out)
+    assert result["status"] == "stale" and result["changed"] == [str(root / "cat" / "c.jpg")]
+    fixed = build(root, out, on_error=on_error)
+    assert len(fixed) == 2 and fixed.failed == [] and str(root / "cat" / "c.jpg") in calls
+
+
 # ------------------------------------------------------------------- folders first
 
 
@@ -309,5 +337,7 @@ def test_a_damaged_index_is_an_incomplete_cache(tmp_path, source):
     with zipfile.ZipFile(index) as archive:
         assert "ctime_ns.npy" in archive.namelist()
     index.write_bytes(index.read_bytes()[:200])
-    with pytest.raises(preload.IncompleteCacheError, match=r"index .*c.npy.index.npz' is damaged"):
+    with pytest.raises(preload.IncompleteCacheError, match=r"index .*c.npy.index.npz' cannot be read \(BadZipFile"):
         preload.open_cache(out, check=False)
+    with pytest.raises(preload.IncompleteCacheError, match=r"index .*c.npy.index.npz' is damaged"):
+        freshness.read_index(str(index))

@@ -45,9 +45,9 @@ def test_probe_reads_past_large_app_segments(tmp_path, rng):
     assert (info.height, info.width) == (16, 24)
 
 
-def test_unknown_signature_is_left_to_opencv():
-    info = headers.parse(b"GIF89a" + bytes(16), "x.gif", complete=True)
-    assert (info.format, info.height) == ("other", None)
+def test_unknown_signature_has_no_size():
+    info = headers.parse(b"\x00\x01junk" + bytes(16), "x.bin", complete=True)
+    assert (info.format, info.height, info.unsupported) == ("other", None, None)
 
 
 def test_pnm_size_with_comments():
@@ -72,3 +72,20 @@ def test_png_cut_inside_its_header():
     with pytest.raises(preload.ImageDecodeError, match="ends inside its header") as caught:
         headers.parse(b"\x89PNG\r\n\x1a\n\x00\x00", "x.png", complete=True)
     assert caught.value.reason == preload.Reason.TRUNCATED
+
+
+def test_exif_orientation_stored_as_long_is_read(rng):
+    ifd = struct.pack(">H", 1) + struct.pack(">HHII", 0x0112, 4, 1, 6) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd
+    jpeg = cv2.imencode(".jpg", smooth_image(rng, 10, 20))[1].tobytes()
+    data = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+    assert headers.parse(data, "x", complete=True).orientation == 6
+
+
+def test_a_tiff_directory_at_the_end_of_the_file_is_read_by_offset(tmp_path, rng):
+    path = tmp_path / "big.tif"
+    assert cv2.imwrite(str(path), smooth_image(rng, 300, 400))  # libtiff writes the directory after the strips
+    data = path.read_bytes()
+    assert struct.unpack_from("<I", data, 4)[0] > headers.HEADER_BYTES
+    info = headers.probe(str(path))
+    assert (info.format, info.height, info.width) == ("tiff", 300, 400)

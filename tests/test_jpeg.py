@@ -143,13 +143,23 @@ def test_unknown_jfif_version_goes_to_opencv_with_the_same_pixels(tmp_path, rng)
     assert np.array_equal(preload.load([str(path)], progress=False).images[0], reference(clean))
 
 
-def test_junk_records_what_libjpeg_skips():
+@pytest.mark.parametrize("complete", [True, False])
+def test_junk_records_what_libjpeg_skips(complete):
     body = b"\xff\xdb\x00\x04\x00\x00" + b"\xc0\xff\xff\x00\x11\xff\xff\xc4\x00\x02"
+    # complete=False: only 7 bytes are at hand, the rest comes through read_at (the pread path)
+    src = headers._Source(body if complete else body[:7], complete, lambda at, n: body[at : at + n], len(body))
     junk = []
-    at = headers._skip_junk(body, 6, junk)
-    # c0 (1) + ff00 (2) + 11 (1) = 4 bytes counted; the fill FFs before FFC4 are not
-    assert at == 12 and body[at : at + 2] == b"\xff\xc4"
+    at, marker = headers._next_marker(src, 6, "x.jpg", junk)
+    # c0 (1) + ffff00 (2) + 11 (1) = 4 bytes counted; the fill FFs before FFC4 are not
+    assert (at, marker) == (12, 0xC4) and body[at : at + 2] == b"\xff\xc4"
     assert junk == [(6, 11, 4, 0xC4)]
+
+
+def test_fill_bytes_before_a_marker_are_not_junk():
+    body = b"\xff\xdb\x00\x02\xff\xff\xff\xc4\x00\x02"
+    junk = []
+    assert headers._next_marker(headers._Source(body, True, None, None), 4, "x.jpg", junk) == (6, 0xC4)
+    assert junk == []
 
 
 # ---------------------------------------------------------------- what decodes where
@@ -188,8 +198,21 @@ def test_nchw_and_rotated_images_are_not_decoded_into_the_slot(tmp_path, rng, mo
     path = write(tmp_path / "a.jpg", smooth_image(rng, 48, 64))
     calls = spy_on_simplejpeg(monkeypatch)
     ds = preload.load([path], layout="NCHW", progress=False)
-    assert calls[0]["buffer"] is None
+    assert calls[0]["buffer"] is not None and not np.shares_memory(calls[0]["buffer"], ds.images)
     assert np.array_equal(ds.images[0], reference(open(path, "rb").read()).transpose(2, 0, 1))
+
+
+def test_a_jpeg_headed_for_a_resize_is_decoded_into_one_reused_buffer(tmp_path, rng, monkeypatch):
+    # A fresh array per image would be a fresh mmap whose pages fault in again every time.
+    paths = [write(tmp_path / f"{k}.jpg", smooth_image(rng, 48, 64)) for k in range(3)]
+    calls = spy_on_simplejpeg(monkeypatch)
+    ds = preload.load(paths, size=(24, 32), workers=1, progress=False)
+    buffers = [call["buffer"] for call in calls]
+    assert len(buffers) == 3 and all(buffer is not None for buffer in buffers)
+    assert len({buffer.__array_interface__["data"][0] for buffer in buffers}) == 1
+    for path, image in zip(paths, ds.images, strict=True):
+        expected = cv2.resize(reference(open(path, "rb").read()), (32, 24), interpolation=cv2.INTER_AREA)
+        assert np.abs(image.astype(int) - expected).max() <= 2
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])
@@ -197,7 +220,8 @@ def test_reduced_decode_gives_opencvs_reduced_pixels(tmp_path, rng, factor):
     data = detailed_jpeg(rng, 300, 412)  # not multiples of 8: the scaled sizes round up
     decoder = decode.Decoder(decode.DecodeOptions.create(size=(300 // factor // 2, 412 // factor // 2)))
     info = headers.parse(data, "a.jpg", complete=True)
-    image = decoder._decode_jpeg(data, "a.jpg", info, factor, None, None)
+    image, complaint = decoder._decode_jpeg(data, "a.jpg", info, factor, None, None)
+    assert complaint == ""
     flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
     expected = cv2.imdecode(np.frombuffer(data, np.uint8), flag)[:, :, ::-1]
     assert image.shape == (-(-300 // factor), -(-412 // factor), 3)
@@ -240,6 +264,52 @@ def test_orientation_is_applied_like_opencv(tmp_path, rng, exif):
     ds = preload.load([str(path)], exif=exif, progress=False)
     assert ds.images.shape[1:3] == ((64, 40) if exif else (40, 64))
     assert np.array_equal(ds.images[0], reference(data, flags))
+
+
+def test_junk_past_the_first_read_is_found_by_pread_and_cut_out(tmp_path, rng):
+    """Stray bytes beyond the first 64 KB: the header parse reads them by byte range, decode cuts them."""
+    clean = detailed_jpeg(rng, 64, 96)
+    filler = b"".join(b"\xff\xe2" + struct.pack(">H", 60_002) + bytes(60_000) for _ in range(2))
+    data = insert_before(clean[:2] + filler + clean[2:], b"\xff\xdb", b"\x12\x34\x56")
+    at = data.index(b"\x12\x34\x56\xff\xdb")
+    assert at > headers.HEADER_BYTES
+    path = tmp_path / "far.jpg"
+    path.write_bytes(data)
+    whole, info = decode.read_file(str(path))
+    assert info.jpeg.junk == ((at, at + 3, 3, 0xDB),)
+    assert headers.parse(data, "far.jpg", complete=True).jpeg == info.jpeg  # whole bytes and pread agree
+    assert bytes(whole) == data
+    assert np.array_equal(preload.load([str(path)], progress=False).images[0], reference(clean))
+
+
+def with_unknown_jfif_version(data: bytes) -> bytes:
+    assert data[6:11] == b"JFIF\x00"
+    return data[:11] + b"\x03" + data[12:]  # libjpeg warns, simplejpeg's strict mode refuses: OpenCV decodes
+
+
+@pytest.mark.parametrize("route", ["simplejpeg", "opencv"])
+@pytest.mark.parametrize("exif", [True, False])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_is_applied_once_on_every_jpeg_route(tmp_path, rng, monkeypatch, route, exif, orientation):
+    from conftest import with_exif_orientation
+
+    clean = detailed_jpeg(rng, 40, 64)
+    data = with_exif_orientation(clean if route == "simplejpeg" else with_unknown_jfif_version(clean), orientation)
+    path = tmp_path / "r.jpg"
+    path.write_bytes(data)
+    # OpenCV's own reader turns JPEGs as their EXIF says: the reference, independent of preload's turning
+    expected = reference(data, cv2.IMREAD_COLOR_RGB | (0 if exif else cv2.IMREAD_IGNORE_ORIENTATION))
+    assert expected.shape[:2] == ((64, 40) if exif and orientation >= 5 else (40, 64))
+    out = np.zeros((1, *expected.shape), np.uint8)
+    calls = spy_on_simplejpeg(monkeypatch)
+    ds = preload.load([str(path)], exif=exif, out=out, progress=False, workers=1)
+    assert ds.failed == []
+    assert np.array_equal(out[0], expected)
+    straight = [call["buffer"] is not None and np.shares_memory(call["buffer"], out) for call in calls]
+    if route == "opencv":
+        assert len(calls) == 1  # tried, refused (the header quirk), then OpenCV
+    else:  # into the slot only when nothing must turn
+        assert straight == [not exif or orientation == 1]
 
 
 # ------------------------------------------------------------------ the fresh RAM array

@@ -1,9 +1,7 @@
-"""Keras on a preload cache: ``model.fit`` on the memmap, and the README's ``keras.utils.PyDataset`` adapter.
+"""Keras on a preload cache: ``model.fit`` on the memmap, and ``preload.keras.Batches`` (a ``PyDataset``).
 
 Keras is optional and not installed in CI: without it, or without a backend
-for it (JAX, PyTorch or TensorFlow), these tests skip. The adapter is the
-README's "Keras" example, run from the README itself so the documented code
-is the tested code.
+for it (JAX, PyTorch or TensorFlow), these tests skip.
 
 Each backend runs in a fresh interpreter (this file run as a script): Keras
 reads its backend once, at import, and JAX's threads would make every
@@ -16,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +24,6 @@ import pytest
 
 import preload
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 BACKENDS = [name for name in ("jax", "torch", "tensorflow") if importlib.util.find_spec(name) is not None]
 SIZE = 16
 PER_CLASS = 6
@@ -62,7 +58,7 @@ def test_keras_trains_on_a_cache(cache, backend):
     if done.returncode == 3:  # keras itself or this backend does not import here
         pytest.skip(done.stdout.strip())
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split() == ["fit_on_memmap", "readme_pydataset", "readme_pydataset_in_order"]
+    assert done.stdout.split() == ["fit_on_memmap", "batches", "batches_in_order", "batches_augmented"]
 
 
 # ------------------------------------------------------------------ run in the child, one backend
@@ -82,19 +78,6 @@ def _model(keras):
     return model
 
 
-def _readme_example() -> dict:
-    """Run the Python block of the README's "Keras" section that defines ``CacheBatches``; return its names."""
-    text = README.read_text(encoding="utf-8")
-    section = re.search(r"^## Keras\n(.*?)(?=^## |\Z)", text, re.M | re.S)
-    assert section is not None, "README.md has no '## Keras' section"
-    blocks = re.findall(r"```python\n(.*?)```", section.group(1), re.S)
-    blocks = [code for code in blocks if "class CacheBatches(" in code]
-    assert len(blocks) == 1, "the README's Keras section has no python block defining CacheBatches"
-    namespace: dict = {}
-    exec(compile(blocks[0], f"{README}:Keras", "exec"), namespace)
-    return namespace
-
-
 def check_fit_on_memmap(keras, cache: Path) -> None:
     ds = preload.open_cache(cache)
     assert isinstance(ds.images, np.memmap)
@@ -104,40 +87,59 @@ def check_fit_on_memmap(keras, cache: Path) -> None:
     assert math.isfinite(history.history["loss"][0])
 
 
-def check_readme_pydataset(keras, cache: Path) -> None:
-    CacheBatches = _readme_example()["CacheBatches"]
-    batches = CacheBatches(cache, batch_size=5, seed=3)
+def check_batches(keras, cache: Path) -> None:
+    from preload.keras import Batches
+
+    batches = Batches(cache, 5, seed=3)
     assert isinstance(batches, keras.utils.PyDataset)
     assert len(batches) == 3  # 12 images: 5 + 5 + 2
 
     ds = preload.open_cache(cache)
+    orders = []
     for _epoch in range(2):
-        seen = []
+        labels_seen = []
         for index in range(len(batches)):
             images, labels = batches[index]
-            rows = np.sort(batches.order[index * 5 : (index + 1) * 5])
-            assert images.shape == (len(rows), SIZE, SIZE, 3)
-            # The epoch's rows for this batch, in file order.
-            assert np.array_equal(images, ds.images[rows])
-            assert np.array_equal(labels, ds.labels[rows])
-            seen.extend(rows.tolist())
-        assert sorted(seen) == list(range(len(ds)))  # every image once per epoch
-        first = batches.order.copy()
+            assert images.dtype == np.uint8 and images.shape == (len(labels), SIZE, SIZE, 3)
+            for image, label in zip(images, labels, strict=True):
+                row = next(i for i in range(len(ds)) if np.array_equal(ds.images[i], image))
+                assert ds.labels[row] == label
+                labels_seen.append(row)
+        assert sorted(labels_seen) == list(range(len(ds)))  # every image once per epoch
+        orders.append(labels_seen)
         batches.on_epoch_end()
-        assert not np.array_equal(first, batches.order)  # a new permutation each epoch
+    assert orders[0] != orders[1]  # a new permutation each epoch
+    again = Batches(cache, 5, seed=3)
+    assert np.array_equal(again[0][0], Batches(cache, 5, seed=3)[0][0])
 
-    history = _model(keras).fit(CacheBatches(cache, batch_size=4), epochs=2, verbose=0)
+    history = _model(keras).fit(Batches(cache, 4), epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2
     assert all(math.isfinite(loss) for loss in history.history["loss"])
 
 
-def check_readme_pydataset_in_order(keras, cache: Path) -> None:
-    CacheBatches = _readme_example()["CacheBatches"]
-    batches = CacheBatches(cache, batch_size=8, shuffle=False)
-    images, labels = batches[1]
+def check_batches_in_order(keras, cache: Path) -> None:
+    from preload.keras import Batches
+
+    images, labels = Batches(cache, 8, shuffle=False)[1]
     ds = preload.open_cache(cache)
     assert np.array_equal(images, ds.images[8:])
     assert labels.tolist() == ds.labels[8:].tolist()
+
+
+def check_batches_augmented(keras, cache: Path) -> None:
+    from preload.keras import Batches
+
+    ds = preload.open_cache(cache)
+    aug = preload.Augment(rotation=20, shift=0.1, flip="horizontal")
+    stats = preload.stats(ds)
+    first = Batches(ds, 5, seed=1, augment=aug, normalize=stats)
+    second = Batches(ds, 5, seed=1, augment=aug, normalize=stats, workers=1)
+    for index in range(len(first)):
+        images, _ = first[index]
+        assert images.dtype == np.float32
+        assert np.array_equal(images, second[index][0])  # bit-identical, whatever thread prepared it
+    history = _model(keras).fit(Batches(ds, 4, seed=0, augment=aug, normalize=stats), epochs=1, verbose=0)
+    assert math.isfinite(history.history["loss"][0])
 
 
 def _main(cache: Path) -> int:
@@ -146,7 +148,7 @@ def _main(cache: Path) -> int:
     except ImportError as exc:
         print(f"keras with the {os.environ.get('KERAS_BACKEND')} backend does not import: {exc}")
         return 3
-    for check in (check_fit_on_memmap, check_readme_pydataset, check_readme_pydataset_in_order):
+    for check in (check_fit_on_memmap, check_batches, check_batches_in_order, check_batches_augmented):
         check(keras, cache)
         print(check.__name__.removeprefix("check_"), flush=True)
     return 0

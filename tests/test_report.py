@@ -180,9 +180,10 @@ def test_without_matplotlib_json_and_markdown_say_how_to_get_the_plot(report, tm
     assert not (tmp_path / "memory.png").exists()
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["plot"] is None
-    assert data["plot_note"] == "the plot needs matplotlib: pip install 'preload[plot]' (or: pip install matplotlib)"
+    assert data["plot_note"] == ('the plot needs matplotlib: pip install "preload-images[plot]" '
+                                 '(from a clone of preload: pip install ".[plot]"), or just: pip install matplotlib')
     text = (tmp_path / "report.md").read_text()
-    assert "No plot: it needs matplotlib. pip install 'preload[plot]'" in text
+    assert 'No plot: it needs matplotlib. pip install "preload-images[plot]"' in text
     assert "memory.png" not in text
 
 

@@ -361,12 +361,12 @@ def test_csv_paths_resolve_against_its_folder_and_string_labels_map(tmp_path):
 
 
 def test_csv_integer_labels_are_kept(tmp_path):
-    csv_path = write_csv(tmp_path / "d.csv", ["path,label", "a.png,7", "b.png, 0 ", "c.png,-2", "d.png,+3"])
+    csv_path = write_csv(tmp_path / "d.csv", ["path,label", "a.png,7", "b.png, 0 ", "c.png,2147483647", "d.png,+3"])
 
     m = Manifest.from_csv(csv_path)
 
     assert m.labels.dtype == np.int64
-    assert m.labels.tolist() == [7, 0, -2, 3]
+    assert m.labels.tolist() == [7, 0, 2**31 - 1, 3]
     assert m.classes is None
 
 
@@ -588,3 +588,100 @@ def test_symlink_loop_is_a_source_error(tmp_path):
     os.symlink(root / "cat", root / "cat" / "up")
     with pytest.raises(SourceError, match=r"symlink loop"):
         Manifest.from_folder(root)
+
+
+# ------------------------------------------------------------ hostile folders (issue 11)
+
+
+def test_a_looping_symlink_with_an_image_name_is_a_named_failure(tmp_path):
+    root = tmp_path / "data"
+    write_image(root / "a.png")
+    os.symlink(root / "b.jpg", root / "b.jpg")  # points at itself: ELOOP on every stat
+    ds = preload.load(root, size=8, on_error="skip", progress=False)
+    assert relative(ds.paths, root) == ["a.png"]
+    (failure,) = ds.failed
+    assert (os.path.basename(failure.path), failure.reason) == ("b.jpg", preload.Reason.UNREADABLE)
+    assert "symlink loop" in failure.detail
+
+
+def test_a_looping_symlink_that_could_be_a_class_folder_is_a_source_error(tmp_path):
+    root = tmp_path / "data"
+    write_image(root / "cat" / "a.png")
+    os.symlink(root / "dog", root / "dog")
+    with pytest.raises(SourceError, match=rf"cannot tell whether '{esc(root / 'dog')}' is a folder: Too many levels"):
+        Manifest.from_folder(root)
+
+
+def test_a_dangling_symlink_with_an_image_name_is_a_missing_failure(tmp_path):
+    root = tmp_path / "data"
+    write_image(root / "cat" / "a.png")
+    os.symlink(tmp_path / "gone.png", root / "cat" / "b.png")
+    ds = preload.load(root, size=8, on_error="zero", progress=False)
+    assert relative(ds.paths, root) == ["cat/a.png", "cat/b.png"]
+    assert [(f.index, f.reason) for f in ds.failed] == [(1, preload.Reason.MISSING)]
+    assert not ds.images[1].any()
+
+
+def test_an_unreadable_root_folder_is_a_source_error(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_image(root / "a.png")
+
+    def refuse(path):  # tests run as root, which chmod 000 does not stop
+        raise PermissionError(13, "Permission denied", os.fspath(path))
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(SourceError, match=rf"cannot list '{esc(root)}': Permission denied"):
+        Manifest.from_folder(root)
+
+
+# --------------------------------------------------------------- hostile CSVs
+
+
+@pytest.mark.parametrize(
+    "cell, line",
+    [("99999999999999999999", 3), ("-1", 3), ("2147483648", 3), ("9" * 5000, 3)],
+    ids=["overflows-int64", "negative", "above-int32", "5000-digits"],
+)
+def test_csv_integer_labels_out_of_range_name_the_line(tmp_path, cell, line):
+    csv_path = write_csv(tmp_path / "d.csv", ["path,label", "a.png,1", f"b.png,{cell}"])
+    with pytest.raises(SourceError, match=rf"column 'label' line {line} holds the integer label .*to 2147483647"):
+        Manifest.from_csv(csv_path)
+
+
+@pytest.mark.parametrize("labels", [[0, -1], [0, 2**40], [np.int64(-5), 1]], ids=["negative", "huge", "numpy"])
+def test_list_integer_labels_out_of_range_name_the_item(labels):
+    with pytest.raises(SourceError, match=r"labels item 1 holds the integer label|labels item 0 holds"):
+        Manifest.from_paths(["a.png", "b.png"], labels=labels)
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [(b"path,label\na.png,cat\nb\xff.png,dog\n", r"line 3 is not UTF-8 \(byte 0xff\)"),
+     (b"path,label\na.png,cat\nb.png," + b"x" * 200_000 + b"\n", r"line 3: field larger than field limit"),
+     ("path,label\na.png,cat\n".encode("utf-16"), r"line 1 starts with a UTF-16 byte-order mark"),
+     (b"path,label\na.png,cat\n\xef\xbb\xbfpath,label\nb.png,dog\n", r"line 3 holds a byte-order mark")],
+    ids=["not-utf8", "200kb-field", "utf16-bom", "bom-inside"],
+)
+def test_hostile_csv_bytes_are_a_source_error_naming_the_line(tmp_path, raw, words):
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_bytes(raw)
+    with pytest.raises(SourceError, match=rf"CSV '{esc(csv_path)}' {words}"):
+        preload.load(str(csv_path), size=8, progress=False)
+
+
+def test_a_csv_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "d.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match="it is not a regular file"):
+        Manifest.from_csv(fifo)
+
+
+def test_bytes_paths_become_str_paths(tmp_path):
+    path = write_image(tmp_path / "a.png")
+    ds = preload.load([os.fsencode(path)], progress=False)
+    assert ds.paths == [path]
+
+
+def test_a_path_with_a_nul_character_is_a_source_error():
+    with pytest.raises(SourceError, match=r"path 1 of the list \('b\\x00.png'\) holds a NUL character"):
+        Manifest.from_paths(["a.png", "b\x00.png"])

@@ -28,14 +28,16 @@ LAYERS: list[set[str]] = [
     {"headers"},  # format, size, orientation from a file's first bytes
     {"quiet"},  # the OpenCV/stderr silencer
     {"decode"},  # one file -> one slot
+    {"atomic"},  # write-temp-fsync-rename; files created without following links
     {"target"},  # allocate the output; the out= check
-    {"atomic"},  # write-temp-fsync-rename
     {"freshness"},  # is a cache still true to its sources: the stat record, its rules, the stat engine
+    {"shared"},  # arrays in shared memory, passed to spawned processes by file descriptor
     {"fill"},  # the threaded fill engine and the one per-row loop
     {"rows"},  # reading rows from a memmap
+    {"augment"},  # batch transforms on uint8, normalisation, stats
+    {"batching"},  # the batch engine: background preparation into reused buffers
     {"dataset"},  # the result object: array-like access, batches; ImageFiles
     {"loader"},  # the load verb
-    {"augment"},  # batch transforms
     {"measure", "memory"},  # RSS sampling and the fresh-process harness (memory.py before its rename)
     {"report"},  # the naive-vs-preload memory report
     # Below cache, not above it: build_cache(client=) hands its fill to the cluster
