@@ -617,6 +617,10 @@ def _demo(args) -> int:
 
     if args.dir is not None:
         check_output_folder(args.dir, "--dir")
+        if os.path.isdir(args.dir) and os.listdir(args.dir):
+            # make_samples writes fixed names, and the demo loads the whole folder:
+            # in a used folder it would overwrite the user's files and load them too.
+            raise PathProblem(f"--dir '{args.dir}' is not empty; give a new or empty folder for the sample photos")
     with contextlib.ExitStack() as stack:  # a temporary folder goes away afterwards; --dir stays
         folder = args.dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="preload-demo-"))
         started = time.perf_counter()

@@ -462,6 +462,19 @@ def test_ctrl_c_returns_130(classes_root, capsys, monkeypatch):
 # ------------------------------------------------------------------ demo
 
 
+def test_demo_refuses_a_folder_that_holds_files(tmp_path, capsys):
+    mine = tmp_path / "astronaut" / "000000.jpg"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's own file")
+
+    rc = main(["demo", "--count", "3", "--dir", str(tmp_path), "--no-progress"])
+
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err == f"preload: error: --dir '{tmp_path}' is not empty; give a new or empty folder for the sample photos\n"
+    assert mine.read_bytes() == b"the user's own file"
+
+
 def test_demo_makes_and_loads_samples(tmp_path, capsys):
     pytest.importorskip("skimage")
 

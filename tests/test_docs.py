@@ -2,7 +2,8 @@
 
 A page's blocks run in order in one namespace, in a fresh folder that holds
 ``data/train`` (two class folders of JPEGs), ``data/train.csv`` and, unless the
-page builds it itself, ``cache/train.npy``. A block whose fence reads
+page builds it itself, ``cache/train.npy`` (a page that builds it makes its folder, as
+a reader would have to). A block whose fence reads
 ```` ```python skip-if-missing=NAME ```` runs only where module NAME imports. The
 cluster page runs in a child interpreter, since the workers of its
 ``LocalCluster`` import ``__main__``.
@@ -50,7 +51,6 @@ def make_dataset(folder: Path) -> None:
             assert cv2.imwrite(str(path), image)
             rows.append(f"train/{name}/{k}.jpg,{label}")
     (folder / "data" / "train.csv").write_text("\n".join(rows) + "\n")
-    (folder / "cache").mkdir()
 
 
 def test_every_page_has_been_found():
@@ -66,6 +66,7 @@ def test_the_python_blocks_of_the_page_run(page, tmp_path, monkeypatch):
     make_dataset(tmp_path)
     code = "\n".join(blocks)
     if "build_cache(" not in code:
+        (tmp_path / "cache").mkdir()
         preload.build_cache(str(tmp_path / "data" / "train"), str(tmp_path / "cache" / "train.npy"), size=32,
                             progress=False)
     monkeypatch.chdir(tmp_path)
