@@ -582,6 +582,8 @@ def _report_failures(ds, args) -> None:
         say(f"         all {len(failed)} listed in {target}")
     elif len(failed) > FAILURES_SHOWN:
         say(f"         ... and {len(failed) - FAILURES_SHOWN} more (--failed-list FILE lists them all)")
+    if len(ds) == 0:  # --on-error skip dropped every file: an empty array is not a success
+        raise PathProblem(f"no image could be loaded: all {len(failed)} file(s) failed", EXIT_FAILED)
 
 
 def _warn_about_source(source, ds) -> None:

@@ -502,3 +502,18 @@ def test_demo_count_zero_is_a_usage_error(tmp_path, capsys):
     assert_one_line_error(captured.err, "argument --count: 0 is not accepted; give a positive number",
                           "(see: preload demo --help)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_build_where_every_file_failed_is_a_failure_not_an_empty_success(tmp_path, capsys):
+    folder = tmp_path / "data" / "x"
+    folder.mkdir(parents=True)
+    (folder / "1.jpg").write_bytes(b"not a jpeg")
+    (folder / "2.jpg").write_bytes(b"")
+
+    rc = main(["build", str(tmp_path / "data"), str(tmp_path / "c.npy"), "--size", "8", "--on-error", "skip",
+               "--no-progress"])
+
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert captured.err == "preload: error: no image could be loaded: all 2 file(s) failed\n"
+    assert "failed   2 file(s) not loaded:" in captured.out
