@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from preload import cache, freshness
+from preload import cache, decode, freshness
 
 SEED = 1234
 
@@ -99,3 +99,16 @@ def journal_done(path: Path) -> int:
     except FileNotFoundError:
         return 0
     return int(np.unpackbits(np.frombuffer(raw[cache.JOURNAL_HEADER :], np.uint8)).sum())
+
+
+def count_decodes(monkeypatch) -> list[str]:
+    """The paths ``Decoder.decode_into`` is called with from now on, in call order (the decode is still done)."""
+    calls = []
+    real = decode.Decoder.decode_into
+
+    def counting(self, path, slot):
+        calls.append(path)
+        return real(self, path, slot)
+
+    monkeypatch.setattr(decode.Decoder, "decode_into", counting)
+    return calls

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import preload
-from conftest import journal_done, settle, smooth_image, write
+from conftest import count_decodes, journal_done, settle, smooth_image, write
 from preload import cache, decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,18 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def build(source, out, **options):
     options = {"size": 16, "layout": "NCHW", "progress": False, **options}
     return preload.build_cache(source, out, **options)
-
-
-def count_decodes(monkeypatch) -> list[str]:
-    calls = []
-    real = decode.Decoder.decode_into
-
-    def counting(self, path, slot):
-        calls.append(path)
-        return real(self, path, slot)
-
-    monkeypatch.setattr(decode.Decoder, "decode_into", counting)
-    return calls
 
 
 def build_stopped_after(source, out, monkeypatch, decodes: int) -> None:

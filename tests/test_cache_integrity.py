@@ -18,7 +18,7 @@ import xxhash
 from numpy.lib import format as npy_format
 
 import preload
-from conftest import settle, smooth_image, write
+from conftest import count_decodes, settle, smooth_image, write
 from preload import atomic, cache, decode, headers, target
 from preload.cli import main
 
@@ -45,18 +45,6 @@ def build(source, out, **options):
 def expected_images(source, **options):
     options = {"size": 16, "layout": "NCHW", "progress": False, **options}
     return preload.load(source, **options).images
-
-
-def count_decodes(monkeypatch) -> list[str]:
-    calls = []
-    real = decode.Decoder.decode_into
-
-    def counting(self, path, slot):
-        calls.append(path)
-        return real(self, path, slot)
-
-    monkeypatch.setattr(decode.Decoder, "decode_into", counting)
-    return calls
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

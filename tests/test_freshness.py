@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import preload
-from conftest import settle, smooth_image, write
-from preload import cache, cli, decode, freshness
+from conftest import count_decodes, settle, smooth_image, write
+from preload import cache, cli, freshness
 from preload.sources import Manifest
 
 
@@ -29,13 +29,6 @@ def source(tmp_path, rng):
 
 def build(source, out, **options):
     return preload.build_cache(source, out, **{"size": 8, "progress": False, **options})
-
-
-def count_decodes(monkeypatch) -> list[str]:
-    calls = []
-    real = decode.Decoder.decode_into
-    monkeypatch.setattr(decode.Decoder, "decode_into", lambda self, p, s: calls.append(p) or real(self, p, s))
-    return calls
 
 
 def rewrite_keeping_stamps(path, data: bytes) -> None:
