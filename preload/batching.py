@@ -19,7 +19,9 @@ order, so the batch needed next gets every thread first.
 Randomness does not depend on threads: batch ``i`` draws all its transforms
 from its own generator, seeded by ``SeedSequence(entropy, spawn_key=(i,))``,
 before any part of it starts, so the same seed gives bit-identical batches
-for any ``workers`` and ``prefetch``.
+for any ``workers`` and ``prefetch``. That covers ``augment=``; a
+``transform=`` callable (Albumentations, torchvision) draws from its own
+library's random state, in whatever order the threads call it.
 """
 
 from __future__ import annotations

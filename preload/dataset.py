@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .augment import Augment
+from .augment import Augment, layout_of
 from .batching import BatchEngine, resolve_order
 from .decode import Decoder
 from .errors import Failure, OptionError
@@ -138,8 +138,9 @@ class ArrayAccess:
             Root of the augmentations' random streams, together with an int
             ``shuffle``: batch ``i`` draws from its own stream derived from
             ``(seed, shuffle, i)``, so the same values give bit-identical
-            batches for any ``workers`` and ``prefetch``. Without either,
-            fresh randomness.
+            batches for any ``workers`` and ``prefetch`` (``augment=``'s
+            draws; a ``transform=`` callable uses its own library's random
+            state). Without either, fresh randomness.
         drop_last : bool
             Leave out a last, smaller batch.
         out : None, True or numpy.ndarray
@@ -284,7 +285,7 @@ class Dataset(ArrayAccess):
         """"NCHW" or "NHWC" (from the options; without them, NHWC unless the channel axis is first)."""
         if self.options is not None:
             return self.options.layout
-        return "NCHW" if self.images.shape[1] in (1, 3) and self.images.shape[-1] not in (1, 3) else "NHWC"
+        return layout_of(self.images.shape)
 
     def _one(self, index: int) -> np.ndarray:
         return self.images[index]

@@ -132,7 +132,9 @@ def _define_batches() -> type:
     class Batches(_Batches, keras.utils.PyDataset):
         __doc__ = _Batches.__doc__
 
+    # Found by name when pickled (use_multiprocessing under spawn/forkserver), through __getattr__.
     Batches.__module__ = __name__
+    Batches.__qualname__ = "Batches"
     return Batches
 
 

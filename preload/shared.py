@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import weakref
 from multiprocessing import context, reduction
 
 import numpy as np
@@ -66,7 +67,12 @@ def share(array: np.ndarray) -> SharedHandle:
         raise
     shared = np.frombuffer(mapping, dtype=array.dtype, count=array.size).reshape(array.shape)
     np.copyto(shared, array)
-    return SharedHandle(fd, shared)
+    handle = SharedHandle(fd, shared)
+    # The mapping keeps its own reference to the memory, so the descriptor is only
+    # needed to hand the pages to new processes: close it with the handle, or every
+    # share would keep its pages for the life of the process.
+    weakref.finalize(handle, os.close, fd)
+    return handle
 
 
 def _attach(dup, shape, dtype) -> SharedHandle:

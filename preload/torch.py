@@ -124,13 +124,16 @@ class TorchDataset(torch.utils.data.Dataset):
 
     def _shared(self) -> shared.SharedHandle:
         """The images in shared memory, moved there once: the dataset then holds the shared copy."""
-        handle = self.__dict__.get("_handle")
+        # Kept on the Dataset, not on this adapter: a second TorchDataset over the same
+        # data (a new DataLoader per epoch or per split) reuses the shared copy.
+        handle = getattr(self._data, "_shared_handle", None)
         if handle is None or handle.array is not self._data.images:
             handle = shared.share(self._data.images)
             # The caller's Dataset now points at the shared pages (same values), so the private
             # array can be freed and the parent does not hold the images twice.
             self._data.images = handle.array
-            self._handle = handle
+            self._data._shared_handle = handle
+        self._handle = handle
         return handle
 
 
@@ -211,8 +214,10 @@ def loader(
     augment, normalize, transform, batch_transform, dtype, drop_last, prefetch, workers
         As for :meth:`preload.Dataset.batches`.
     pin_memory : bool, optional
-        Allocate the batch buffers in page-locked memory (fast, asynchronous
-        ``.to("cuda", non_blocking=True)``). Default: when CUDA is available.
+        Allocate the batch buffers in page-locked memory (faster
+        ``.to("cuda")``). Default: when CUDA is available. The buffers are
+        reused for later batches, so finish the copy before asking for the
+        next batch: with ``non_blocking=True``, synchronise first.
 
     Examples
     --------
