@@ -869,8 +869,10 @@ def _refresh(files: CacheFiles, plan: dict, snapshot: Snapshot, state: CacheStat
     if keep.all():  # a file that failed (on_error="skip"/"zero") and is unchanged would fail again
         _remove(files.damaged)
         return None, None
-    if state.rows is not None:
-        return None  # a compacted (on_error="skip") cache with changes: its rows moved, so build it anew
+    if state.rows is not None or not keep.any():
+        # A compacted (on_error="skip") cache with changes: its rows moved. Or nothing to keep
+        # (every file changed): copying the old rows only to overwrite them all is wasted I/O.
+        return None
     # Rows are rewritten in a copy (a reflink where the file system can): a
     # process that has the old cache open keeps reading the old bytes.
     plan["build_id"] = secrets.token_hex(8)

@@ -489,7 +489,8 @@ class Decoder:
             height, width = -(-height // factor), -(-width // factor)
         orientation = info.orientation if options.exif else 1
         buffer = None
-        if slot is not None and factor == 1 and orientation == 1 and size == (height, width):
+        if (slot is not None and factor == 1 and orientation == 1 and size == (height, width)
+                and plan_geometry(height, width, size, options.resize).src_size == (height, width)):
             if options.layout == "NHWC" and slot.flags.c_contiguous and slot.shape == (height, width, options.channels):
                 buffer = slot
         if buffer is None and slot is not None and factor == 1:

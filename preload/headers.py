@@ -50,6 +50,7 @@ from .errors import ImageDecodeError, Reason, open_error
 
 HEADER_BYTES = 1 << 16  # enough for the headers of nearly every file; more is read only when needed
 _MAX_JPEG_HEADER = 64 << 20  # libjpeg skips junk between markers; give up after this much
+_MAX_JPEG_SEGMENTS = 1 << 16  # real headers have a few dozen
 _MAX_CHUNKS = 1000  # PNG/WebP chunks walked in search of EXIF before giving up on it
 
 
@@ -252,7 +253,12 @@ def _jpeg(src: _Source, path: str) -> ImageInfo:
     frame = None
     orientation = None
     junk: list[tuple[int, int, int, int]] = []
+    segments = 0
     while True:
+        segments += 1
+        if segments > _MAX_JPEG_SEGMENTS or pos > _MAX_JPEG_HEADER:
+            # A crafted file of tiny segments would otherwise cost a read per segment for gigabytes.
+            raise _corrupt(path, f"corrupt JPEG header (no scan within {segments - 1} segments, byte {pos})")
         pos, marker = _next_marker(src, pos, path, junk)
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
             pos += 2

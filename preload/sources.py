@@ -334,8 +334,13 @@ def _encode_labels(
 def _label_number(value) -> int | None:
     """The integer label, or None when it is outside 0..MAX_LABEL."""
     text = value.strip().lstrip("+") if isinstance(value, str) else None
-    if text is not None and len(text.lstrip("0")) > len(str(MAX_LABEL)):
-        return None  # int() of a 200 KB digit string is slow, then refused by Python's digit limit
+    if text is not None:
+        if text.startswith("-"):
+            return None  # negative: refused without parsing a digit string of any length
+        # Leading zeros count towards Python's 4300-digit limit of int(): drop them first.
+        text = text.lstrip("0") or "0"
+        if len(text) > len(str(MAX_LABEL)):
+            return None  # int() of a 200 KB digit string is slow, then refused by Python's digit limit
     number = int(text if text is not None else value)
     return number if 0 <= number <= MAX_LABEL else None
 

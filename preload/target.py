@@ -357,16 +357,18 @@ class Target:
         if self.kind == "array":
             self.array[rows:] = 0
             return self.array[:rows]
-        try:
-            total = self.array.shape[0]
-            self.array.flush()
-            del self.array  # unmap before truncating: touching a cut mapping is SIGBUS
-            if rows != total:
-                shrink_npy(self.temp_path, rows)
-            os.replace(self.temp_path, self.path)
-            return open_npy(self.path, writable=True)
-        finally:
-            self.lock.release()
+        total = self.array.shape[0]
+        self.array.flush()
+        del self.array  # unmap before truncating: touching a cut mapping is SIGBUS
+        if rows != total:
+            shrink_npy(self.temp_path, rows)
+        os.replace(self.temp_path, self.path)
+        images = open_npy(self.path, writable=True)
+        # Only now: on a failure (or Ctrl-C during the flush) the caller's discard()
+        # removes the partial file while still holding the lock, so it cannot remove
+        # the partial of a writer that took the lock in between.
+        self.lock.release()
+        return images
 
     def discard(self) -> None:
         """Remove a ``.npy`` that will never be complete (load failed)."""

@@ -458,3 +458,25 @@ def test_a_name_that_is_not_utf8_prints_under_a_strict_utf8_stdout(tmp_path, rng
                           timeout=120)
     assert done.returncode != 0
     assert b"bad-\\xff.png" in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_a_jpeg_header_of_endless_tiny_segments_is_refused_quickly(tmp_path):
+    # 70,000 empty comment segments before a frame header: a read per segment for ever otherwise.
+    data = b"\xff\xd8" + b"\xff\xfe\x00\x02" * 70_000 + b"\xff\xc0\x00\x0b\x08\x00\x08\x00\x08\x01\x01\x11\x00"
+    path = tmp_path / "segments.jpg"
+    path.write_bytes(data + b"\xff\xd9")
+    ds = preload.load([str(path)], size=8, on_error="skip", progress=False)
+    assert [(str(f.reason), f.detail) for f in ds.failed] == [
+        ("corrupt", "corrupt JPEG header (no scan within 65536 segments, byte 262146)")
+    ]
+
+
+def test_a_csv_label_with_thousands_of_leading_zeros_is_read_not_a_crash(tmp_path):
+    image = tmp_path / "a.png"
+    assert cv2.imwrite(str(image), np.zeros((4, 4, 3), np.uint8))
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\na.png," + "0" * 5000 + "5\n")
+    assert preload.Manifest.from_csv(str(csv)).labels.tolist() == [5]
+    csv.write_text("path,label\na.png,-" + "0" * 5000 + "5\n")
+    with pytest.raises(preload.SourceError, match="line 2"):
+        preload.Manifest.from_csv(str(csv))

@@ -341,3 +341,13 @@ def test_a_fresh_ram_array_is_not_advised_into_huge_pages():
     assert "hg" not in _vm_flags(middle)
     array[-1] = 5
     assert int(array[-1].sum()) == 5 * 3 * 256 * 256 and not array[0].any()
+
+
+@pytest.mark.parametrize("resize", ["shorter", "cover", "fit", "stretch"])
+def test_a_jpeg_of_the_slots_size_is_resized_like_a_png_in_every_mode(tmp_path, rng, resize):
+    # Straight into the slot only when the plan is the identity: under "shorter" a 200x300 image
+    # in a 200x300 slot is scaled 1.5x and centre-cropped, whatever its format.
+    jpeg = write(tmp_path / "a.jpg", smooth_image(rng, 200, 300))
+    png = write(tmp_path / "a.png", cv2.imread(jpeg))
+    out = {path: preload.load([path], size=(200, 300), resize=resize, progress=False).images[0] for path in (jpeg, png)}
+    assert np.array_equal(out[jpeg], out[png])
