@@ -1453,6 +1453,14 @@ def verify_cache(path: str | os.PathLike, *, deep: bool = False) -> dict:
         # Fresh, but these were modified within the timestamp granularity of the build: a rewrite in
         # that same tick would not show, so the next build decodes them again.
         result.update(status="fresh", problem=None, unverifiable=verdict.unverifiable)
+        marked = _marked_rows(files, state)
+        if len(marked) and not deep:  # a deep check below looks at every row itself
+            # An earlier deep verify of this very build found these rows damaged, and no
+            # build has mended them yet: the cache is not fresh until one does.
+            shown = ", ".join(str(int(row)) for row in marked[:5]) + (" ..." if len(marked) > 5 else "")
+            problem = (f"{len(marked)} row(s) of '{files.data}' were found damaged by a deep verify (rows {shown}); "
+                       "build the cache again to decode them anew")
+            result.update(status="damaged", problem=problem)
     if deep:
         _deep_check(files, result)
     return result

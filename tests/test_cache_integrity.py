@@ -273,6 +273,11 @@ def test_deep_verify_names_damaged_rows_and_build_redecodes_only_them(tmp_path, 
     assert f"row 5 ('{paths[5]}')" in result["problem"] and f"row 42 ('{paths[42]}')" in result["problem"]
     code, text, _ = cli(capsys, "verify", out, "--deep")
     assert code == 3 and text.startswith("damaged: 2 of 60 rows") and paths[42] in text
+    # Once found, the damage is remembered: a plain verify no longer says fresh until a build mends it.
+    plain = preload.verify_cache(out)
+    assert plain["status"] == "damaged" and "(rows 5, 42)" in plain["problem"]
+    code, _, _ = cli(capsys, "verify", out)
+    assert code == 3
 
     calls = count_decodes(monkeypatch)
     ds = build(source, out)
