@@ -319,6 +319,9 @@ def check_header(path: str, info: ImageInfo, max_pixels: int) -> None:
         raise ImageDecodeError(path, Reason.UNSUPPORTED, info.unsupported)
     if info.format == "other":
         try:
+            # OpenCV 5.1 crashes the process (SIGSEGV) on a name holding surrogate
+            # escapes (bytes that are not UTF-8), so such a name is never handed to it.
+            path.encode("utf-8")
             readable = cv2.haveImageReader(path)  # looks at the signature only
         except (cv2.error, UnicodeError):
             readable = False

@@ -480,3 +480,27 @@ def test_a_csv_label_with_thousands_of_leading_zeros_is_read_not_a_crash(tmp_pat
     csv.write_text("path,label\na.png,-" + "0" * 5000 + "5\n")
     with pytest.raises(preload.SourceError, match="line 2"):
         preload.Manifest.from_csv(str(csv))
+
+
+@pytest.mark.parametrize("on_error", ["skip", "zero", "raise"])
+def test_a_non_image_whose_name_is_not_utf8_is_a_named_failure_not_a_crash(tmp_path, on_error):
+    # OpenCV's signature probe segfaults on such a name; the load runs in a child so
+    # that a crash is a failed assertion here, not a dead test worker.
+    folder = os.fsencode(tmp_path)
+    with open(os.path.join(folder, b"bad\xff\xfe.png"), "wb") as handle:
+        handle.write(b"junk, not an image at all")
+    cv2.imwrite(str(tmp_path / "good.png"), np.full((6, 6, 3), 9, np.uint8))
+    code = (
+        "import sys, preload\n"
+        f"try:\n    ds = preload.load(sys.argv[1], size=(4, 4), on_error={on_error!r}, progress=False)\n"
+        "except preload.ImageDecodeError as error:\n    print('raised', error.reason.value); raise SystemExit(0)\n"
+        "print(len(ds), [f.reason.value for f in ds.failed], ascii(ds.failed[0].path))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    if on_error == "raise":
+        assert done.stdout == "raised not-an-image\n"
+    else:
+        expected_len = 1 if on_error == "skip" else 2
+        assert done.stdout.startswith(f"{expected_len} ['not-an-image'] "), done.stdout
+        assert "bad\\udcff\\udcfe.png" in done.stdout
