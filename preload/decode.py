@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from .errors import ImageDecodeError, Reason, open_error
+from .errors import ImageDecodeError, InsufficientMemoryError, Reason, open_error
 from .headers import ImageInfo, check_end, open_regular, read_header
 from .options import DEFAULT_MAX_PIXELS, DecodeOptions
 
@@ -447,6 +447,7 @@ class Decoder:
         try:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         except cv2.error as exc:
+            _raise_if_out_of_memory(path, exc)
             if _opencv_refused_size(str(exc), info):
                 raise ImageDecodeError(path, Reason.TOO_LARGE, _OPENCV_LIMIT) from None
             detail = f"the {kind} decoder failed: {opencv_reason(exc)}" + (f" (simplejpeg: {why})" if why else "")
@@ -648,8 +649,30 @@ def _opencv_failures(path: str) -> Iterator[None]:
     try:
         yield
     except cv2.error as exc:
+        _raise_if_out_of_memory(path, exc)
         detail = f"OpenCV failed: {opencv_reason(exc)}"
         raise ImageDecodeError(path, Reason.CORRUPT, detail) from None
+    except InsufficientMemoryError:
+        raise
+    except MemoryError:
+        _raise_if_out_of_memory(path, None)
+
+
+def _raise_if_out_of_memory(path: str, exc: cv2.error | None) -> None:
+    """Raise :class:`InsufficientMemoryError` when a decode ran out of memory.
+
+    Running out of memory is the machine's state, not the file's fault: it
+    must stop the load (a cache build stays resumable) rather than become a
+    per-file failure that ``on_error="skip"`` would drop and a cache would
+    then remember as permanent. ``exc`` is OpenCV's error, or None for
+    Python's own ``MemoryError``.
+    """
+    if exc is not None and exc.code != cv2.Error.StsNoMem:
+        return
+    why = f": {opencv_reason(exc)}" if exc is not None else ""
+    message = (f"ran out of memory while decoding '{path}'{why}; free memory, raise the process's limit "
+               "or use fewer workers, then run again (a cache build resumes where it stopped)")
+    raise InsufficientMemoryError(message) from None
 
 
 def _linear_warp(src: np.ndarray, dst: np.ndarray) -> None:

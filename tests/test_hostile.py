@@ -504,3 +504,40 @@ def test_a_non_image_whose_name_is_not_utf8_is_a_named_failure_not_a_crash(tmp_p
         expected_len = 1 if on_error == "skip" else 2
         assert done.stdout.startswith(f"{expected_len} ['not-an-image'] "), done.stdout
         assert "bad\\udcff\\udcfe.png" in done.stdout
+
+
+def test_running_out_of_memory_mid_decode_stops_the_build_and_is_not_remembered_as_the_files_fault(tmp_path):
+    # A valid 6000x6000 PNG (108 MB decoded, a small file) under an address-space
+    # limit that the up-front check passes (the array is tiny) but the decode does not.
+    folder = tmp_path / "src" / "a"
+    folder.mkdir(parents=True)
+    image = np.zeros((6000, 6000, 3), np.uint8)
+    image[::7] = 200
+    assert cv2.imwrite(str(folder / "big.png"), image)
+    cv2.imwrite(str(folder / "small.png"), np.full((8, 8, 3), 5, np.uint8))
+    cache = tmp_path / "c.npy"
+    code = (
+        "import resource, sys, psutil, preload\n"
+        "room = psutil.Process().memory_info().vms + 60_000_000\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (room, room))\n"
+        "for on_error in ('skip', 'zero', 'raise'):\n"
+        "    try:\n"
+        "        preload.build_cache(sys.argv[1], sys.argv[2], size=(4, 4), on_error=on_error, workers=1,"
+        " progress=False)\n"
+        "    except preload.InsufficientMemoryError as error:\n"
+        "        print(on_error, 'stopped:', error)\n"
+        "    else:\n"
+        "        print(on_error, 'finished')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "src"), str(cache)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == ["skip", "zero", "raise"], done.stdout
+    assert all(f"stopped: ran out of memory while decoding '{folder / 'big.png'}'" in line for line in lines), lines
+    # With room again the same build completes, the big file decoded: nothing was recorded against it.
+    ds = preload.build_cache(tmp_path / "src", cache, size=(4, 4), on_error="skip", progress=False)
+    assert ds.failed == [] and len(ds) == 2
+    row = [str(p).endswith("big.png") for p in ds.paths].index(True)
+    alone = preload.load([str(folder / "big.png")], size=(4, 4), progress=False).images[0]
+    assert alone.min() > 0 and np.array_equal(ds.images[row], alone)
