@@ -76,6 +76,9 @@ def choice(name: str, value, allowed) -> str:
     raise OptionError(message)
 
 
+MAX_SIDE = 2**31 - 1  # OpenCV's images are indexed by int
+
+
 def normalize_size(size) -> tuple[int, int] | None:
     """``int`` -> square, ``(height, width)`` -> itself, ``None`` -> keep each image's size.
 
@@ -95,6 +98,9 @@ def normalize_size(size) -> tuple[int, int] | None:
         raise OptionError(message)
     if min(pair) < 1:
         message = f"size={size!r} is not accepted; height and width must be at least 1"
+        raise OptionError(message)
+    if max(pair) > MAX_SIDE:
+        message = f"size={size!r} is not accepted; OpenCV handles at most {MAX_SIDE:,} pixels a side"
         raise OptionError(message)
     return pair
 

@@ -35,6 +35,7 @@ import ast
 import contextlib
 import datetime
 import errno
+import math
 import mmap
 import os
 import resource
@@ -153,7 +154,7 @@ class NpyHeader:
 
     @property
     def data_bytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def inspect_npy(path: str, *, follow: bool = False) -> NpyHeader:
@@ -213,7 +214,7 @@ def create_npy(path: str, shape: tuple[int, ...]) -> np.memmap:
         The file cannot be created for another reason.
     """
     header = {"descr": npy_format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": tuple(shape)}
-    nbytes = int(np.prod(shape, dtype=np.int64))
+    nbytes = math.prod(shape)
     try:
         fd = create_new(path)
         with open(fd, "r+b") as handle:
@@ -401,7 +402,7 @@ def allocate(out, shape: tuple[int, ...]) -> Target:
     >>> allocate(None, (2, 4, 4, 3)).array.shape
     (2, 4, 4, 3)
     """
-    nbytes = int(np.prod(shape, dtype=np.int64))
+    nbytes = math.prod(shape)
     if out is None:
         room, limit = memory_room()
         need = f"the array needs {_gb(nbytes)} (N*C*H*W = {' x '.join(map(str, shape))})"
@@ -449,10 +450,14 @@ def fresh_array(shape: tuple[int, ...]) -> np.ndarray:
     >>> fresh_array((2, 3)).shape, fresh_array((0, 4)).size
     ((2, 3), 0)
     """
-    nbytes = int(np.prod(shape, dtype=np.int64))
+    nbytes = math.prod(shape)
     if nbytes == 0 or not hasattr(mmap, "MAP_ANONYMOUS"):  # Windows: no such advice to avoid
         return np.empty(shape, np.uint8)
-    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, OverflowError) as exc:  # ENOMEM under RLIMIT_AS or strict overcommit
+        message = f"cannot allocate the array of {_gb(nbytes)} (shape {tuple(shape)}): {exc}"
+        raise InsufficientMemoryError(message) from None
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         memory.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(memory, np.uint8).reshape(shape)
@@ -570,4 +575,4 @@ def shrink_npy(path: str, rows: int) -> None:
             raise TargetError(message)
         handle.seek(header_start + length_field)
         handle.write(padded.encode("latin1"))
-        handle.truncate(data_start + rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+        handle.truncate(data_start + rows * math.prod(shape[1:]) * dtype.itemsize)

@@ -300,3 +300,24 @@ def test_ram_check_takes_exactly_the_available_bytes_and_refuses_one_byte_less(t
     assert isinstance(caught.value, preload.InsufficientMemoryError)
     monkeypatch.setattr(target.psutil, "virtual_memory", lambda: SimpleNamespace(available=needed))
     assert preload.load(paths, size=(6, 5), layout="NCHW", progress=False).images.shape == (3, 3, 6, 5)
+
+
+@pytest.mark.parametrize("size", [2**31, (8, 2**40), 99_999_999_999])
+def test_a_side_larger_than_opencv_handles_is_an_option_error(size):
+    with pytest.raises(preload.OptionError, match=r"size=.* is not accepted; OpenCV handles at most 2,147,483,647"):
+        preload.load(["never-read.png"], size=size)
+
+
+def test_byte_counts_past_int64_are_refused_by_the_memory_and_disk_checks_not_wrapped(tmp_path):
+    # 16 x 3 x (2**31-1)**2 bytes is past 2**63: a wrapped int64 count once let the
+    # checks see a small or negative array; Python integers never wrap.
+    paths = [write(tmp_path / f"{i}.png", np.full((4, 4, 3), i, np.uint8)) for i in range(16)]
+    side = 2**31 - 1
+    need = f"{16 * side * side * 3:,} bytes"
+    assert 16 * side * side * 3 > 2**63
+    with pytest.raises(preload.InsufficientMemoryError, match=rf"the array needs [\d.]+ GB \({need}\)"):
+        preload.load(paths, size=side, progress=False)
+    out = tmp_path / "o.npy"
+    with pytest.raises(preload.InsufficientDiskError, match=rf"out='{out}' needs [\d.]+ GB \({need}\)"):
+        preload.load(paths, size=side, out=out, progress=False)
+    assert sorted(os.listdir(tmp_path)) == sorted(f"{i}.png" for i in range(16))  # no partial left behind
