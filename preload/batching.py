@@ -12,9 +12,22 @@ A batch goes through these steps, all in worker threads:
 4. a per-batch ``batch_transform`` runs on the finished batch.
 
 ``prefetch=k`` keeps the next ``k`` batches in preparation while one is in
-use, so there are ``k + 1`` sets of buffers and the array itself is never
-copied. Each batch is split into ``workers`` parts that threads take in
-order, so the batch needed next gets every thread first.
+use, and the array itself is never copied. Each batch is split into
+``workers`` parts that threads take in order, so the batch needed next gets
+every thread first.
+
+Buffers are reused, but never under a batch the caller still holds. The
+engine keeps a ring of ``k + 2`` buffer sets (the batch in use, the one
+before it, which a ``for`` loop releases when it rebinds its variable, and
+the ``k`` in preparation); before a set is refilled, its reference count
+tells whether anything outside the engine still points at it (the batch,
+a view of it, a tensor made from it). If so, the caller keeps those
+buffers and the ring gets a new set. So ``list(ds.batches(...))`` holds
+every batch intact, and a loop that lets each batch go allocates nothing
+after the first ``k + 2``. NumPy's own ``ndarray.resize`` uses the same
+test (``refcheck``) to refuse to move memory that is still referenced.
+``reuse="always"`` (``out=True`` in :meth:`preload.Dataset.batches`)
+skips it: ``k + 1`` sets, each batch valid until the next is asked for.
 
 Randomness does not depend on threads: batch ``i`` draws all its transforms
 from its own generator, seeded by ``SeedSequence(entropy, spawn_key=(i,))``,
@@ -27,6 +40,7 @@ library's random state, in whatever order the threads call it.
 from __future__ import annotations
 
 import numbers
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -39,6 +53,7 @@ from .errors import OptionError
 from .options import resolve_workers
 
 DTYPES = {"uint8": np.uint8, "float32": np.float32, "float64": np.float64}
+REUSE = ("released", "always")
 
 
 def resolve_order(shuffle, count: int, seed=None) -> tuple[np.ndarray | None, tuple[int, ...]]:
@@ -138,6 +153,18 @@ class _Slot:
         self.u8: np.ndarray | None = None
         self.out: np.ndarray | None = None
         self.staging: np.ndarray | None = None
+        self.own_references = 0
+
+    def _references(self) -> int:
+        return sys.getrefcount(self.out)
+
+    def allocated(self) -> None:
+        """Note the references the engine itself holds to the output buffer, before any batch leaves it."""
+        self.own_references = self._references()
+
+    def held(self) -> bool:
+        """Whether something outside the engine (a batch, a view of it, a tensor) still points at the buffer."""
+        return self.out is not None and self._references() > self.own_references
 
 
 class _Batch:
@@ -168,6 +195,10 @@ class BatchEngine:
     ``data`` is an :class:`~preload.dataset.ArrayAccess` (a Dataset,
     ImageFiles): ``len``, ``labels``, ``image_shape``, ``_rows(rows, out)``,
     and ``images`` when it is an array the warps can read directly.
+
+    ``reuse``: ``"released"`` (default) refills a buffer set only when no
+    batch handed out from it is still referenced; ``"always"`` refills it
+    regardless, so a batch is valid only until the next one is asked for.
     """
 
     def __init__(
@@ -187,10 +218,15 @@ class BatchEngine:
         workers: int | None = None,
         layout: str | None = None,
         allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
+        reuse: str = "released",
     ):
         self.data = data
         self.allocate = allocate or (lambda shape, dtype: np.empty(shape, dtype))
         self.batch_size = _count("batch_size", batch_size, low=1)
+        if reuse not in REUSE:
+            message = f"reuse={reuse!r} is not accepted; use one of {', '.join(map(repr, REUSE))}"
+            raise OptionError(message)
+        self.reuse = reuse
         if augment is not None and not isinstance(augment, Augment):
             message = f"augment={augment!r} is not accepted; use None or a preload.Augment"
             raise OptionError(message)
@@ -212,7 +248,8 @@ class BatchEngine:
         self.entropy = entropy
         count = len(data)
         self.stop = count - count % self.batch_size if drop_last else count
-        self.slots = [_Slot() for _ in range(self.prefetch + 1)]
+        ring = self.prefetch + (2 if reuse == "released" else 1)
+        self.slots = [_Slot() for _ in range(ring)]
         self._per_image = None if transform is None else _per_image(transform)
 
     def __len__(self) -> int:
@@ -262,9 +299,12 @@ class BatchEngine:
         if self.augment is not None:
             transforms = self.augment.draw(batch_rng(self.entropy, index), len(rows), self.size)
         parts = max(1, min(self.workers, len(rows))) if pool is not None else 1
-        slot = self.slots[index % len(self.slots)] if slot is None else slot
+        if slot is None:
+            slot = self._ring_slot(index)
+            self._ensure_buffers(slot, self.batch_size)
+        else:
+            self._ensure_buffers(slot, len(rows))
         batch = _Batch(index, rows, labels, slot, transforms, parts)
-        self._ensure_buffers(slot, len(rows) if slot not in self.slots else self.batch_size)
         if self.source is not None and self.order is not None:
             # While earlier batches are prepared, the disk already fetches this one's rows (when cold).
             self.data._prefetch(rows)
@@ -276,6 +316,15 @@ class BatchEngine:
                 batch.futures.append(pool.submit(self._run_part, batch, first, last))
         return batch
 
+    def _ring_slot(self, index: int) -> _Slot:
+        """The buffer set for batch ``index``: the ring's, unless a batch from it is still held."""
+        position = index % len(self.slots)
+        slot = self.slots[position]
+        if self.reuse == "released" and slot.held():
+            # The caller keeps the old buffers with the batch; they are freed when it lets go.
+            slot = self.slots[position] = _Slot()
+        return slot
+
     def _ensure_buffers(self, slot: _Slot, count: int) -> None:
         shape = (count,) + self.image_shape
         if slot.u8 is None:
@@ -286,6 +335,7 @@ class BatchEngine:
                 slot.out = self.allocate(shape, self.dtype)
             if self.augment is not None and self.source is None:
                 slot.staging = np.empty(shape, np.uint8)
+            slot.allocated()
 
     def _run_part(self, batch: _Batch, first: int, last: int) -> None:
         try:
@@ -300,13 +350,18 @@ class BatchEngine:
             return
         try:
             if not batch.errors and self.batch_transform is not None:
-                images = batch.slot.out[: len(batch.rows)]
-                result = _checked("batch_transform", self.batch_transform(images), images)
-                if result is not images:
-                    np.copyto(images, result)
+                self._batch_transform(batch)
         except BaseException as exc:  # noqa: BLE001
             batch.errors.append(exc)
         batch.done.set()
+
+    def _batch_transform(self, batch: _Batch) -> None:
+        # A function of its own: its views of the buffer are gone before the batch is marked done,
+        # so they never count as the caller's when the ring decides whether to reuse the buffer.
+        images = batch.slot.out[: len(batch.rows)]
+        result = _checked("batch_transform", self.batch_transform(images), images)
+        if result is not images:
+            np.copyto(images, result)
 
     def _prepare(self, batch: _Batch, first: int, last: int) -> None:
         slot = batch.slot

@@ -144,12 +144,18 @@ class ArrayAccess:
         drop_last : bool
             Leave out a last, smaller batch.
         out : None, True or numpy.ndarray
-            Without the options below: None, every batch is a new array; True,
-            one buffer is allocated and reused for every batch; an array of
-            shape ``(batch_size, ...)`` and the images' dtype: that buffer is
-            reused. With them, buffers are always reused (``prefetch + 1``
-            sets) and ``out`` must be None or True. A reused buffer holds a
-            batch until the next one is asked for.
+            None: every batch stays intact as long as you hold it (keep it,
+            ``list()`` the batches). Without the options below it is a new
+            array (or a view of the array, in order). With them, batches are
+            prepared into a ring of ``prefetch + 2`` reused buffer sets, and a
+            set that a batch you still hold (or a view of it, a tensor made
+            from it) lives in is left to you and replaced: memory is
+            ``prefetch + 2`` batches plus the batches you keep.
+            True: buffers are reused regardless, and each batch holds only
+            until the next one is asked for (one buffer; ``prefetch + 1`` sets
+            with the options below). An array of shape ``(batch_size, ...)``
+            and dtype uint8, without the options below: that buffer, reused
+            the same way.
         augment : preload.Augment, optional
             Random geometry and intensity per image, warped straight from
             the array into the batch buffer.
@@ -175,8 +181,9 @@ class ArrayAccess:
         while a batch is in use the rows of the next one that are not in the
         page cache are already requested from the disk (:func:`prefetch_rows`).
         The preparation engine is :mod:`preload.batching`; the array is never
-        copied: memory is the array (or its page cache) plus ``prefetch + 1``
-        batch buffers.
+        copied: memory is the array (or its page cache) plus ``prefetch + 2``
+        batch buffers (``prefetch + 1`` with ``out=True``) and the batches
+        you keep.
 
         Examples
         --------
@@ -204,8 +211,10 @@ class ArrayAccess:
             if out is not None and out is not True:
                 message = "out= takes only None or True with augment=, normalize=, transform=, dtype=, prefetch="
                 raise OptionError(message)
+            reuse = "always" if out is True else "released"
             yield from BatchEngine(
-                self, batch_size, order=order, entropy=entropy, drop_last=drop_last, prefetch=prefetch, **engine
+                self, batch_size, order=order, entropy=entropy, drop_last=drop_last, prefetch=prefetch, reuse=reuse,
+                **engine
             )
             return
         buffer = self._batch_buffer(batch_size, out)

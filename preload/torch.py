@@ -198,8 +198,9 @@ def loader(
     Built on :meth:`preload.Dataset.batches`'s engine: threads read,
     augment and normalise the next ``prefetch`` batches while the current
     one trains. Each ``images`` tensor shares its memory with a reused batch
-    buffer (no copy): it holds the batch until the next one is asked for --
-    move it to the GPU or clone it before then if you keep it.
+    buffer (no copy), and a buffer is refilled only when no tensor or array
+    of its last batch is left: keeping a batch (``list(loader)``) keeps it
+    intact, and a loop that lets each go reuses ``prefetch + 2`` buffers.
 
     Parameters
     ----------
@@ -215,9 +216,10 @@ def loader(
         As for :meth:`preload.Dataset.batches`.
     pin_memory : bool, optional
         Allocate the batch buffers in page-locked memory (faster
-        ``.to("cuda")``). Default: when CUDA is available. The buffers are
-        reused for later batches, so finish the copy before asking for the
-        next batch: with ``non_blocking=True``, synchronise first.
+        ``.to("cuda")``). Default: when CUDA is available. A buffer is
+        refilled once its tensor is gone, and the engine cannot see a copy
+        still in flight: with ``non_blocking=True``, keep the CPU tensor
+        until the copy is synchronised.
 
     Examples
     --------

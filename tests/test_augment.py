@@ -379,5 +379,5 @@ def test_the_engine_takes_its_output_buffers_from_allocate(rng):
     engine = BatchEngine(ds, 4, order=order, entropy=entropy, dtype="float32", prefetch=1, workers=1,
                          allocate=allocate)
     batches = [images.copy() for images, _ in engine]
-    assert made == [((4, 16, 16, 3), "float32")] * 2  # one per buffer set, reused afterwards
+    assert made == [((4, 16, 16, 3), "float32")] * 3  # one per buffer set of the ring (prefetch + 2), then reused
     assert np.array_equal(np.concatenate(batches), ds.images.astype(np.float32))

@@ -71,3 +71,90 @@ def test_batchup_over_files_images_yields_every_image_once(files):
             assert loaded.labels[row] == label
             seen.append(row)
     assert sorted(seen) == list(range(12))
+
+
+# --- buffers: reused, never under a batch the caller holds ------------------------------------
+
+
+def _labelled(rng, count=30, size=8):
+    images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    return preload.Dataset(images, np.arange(count), None, ["x"] * count)
+
+
+def _data_pointer(array) -> int:
+    return array.__array_interface__["data"][0]
+
+
+ENGINE_OPTIONS = [
+    {"workers": 2},
+    {"workers": 1, "prefetch": 2},
+    {"workers": 2, "prefetch": 1, "dtype": "float32"},
+    {"prefetch": 1, "normalize": preload.Normalize(rescale=2.0)},
+    {"prefetch": 3, "transform": lambda image: 255 - image, "batch_transform": lambda batch: batch[::-1]},
+]
+
+
+@pytest.mark.parametrize("options", ENGINE_OPTIONS)
+def test_kept_batches_stay_intact(rng, options):
+    # Before the fix every batch of list(...) pointed into the same prefetch + 1 buffers: overwritten.
+    ds = _labelled(rng)
+    want = [(b.copy(), y.copy()) for b, y in ds.batches(4, shuffle=5, **options)]
+    kept = list(ds.batches(4, shuffle=5, **options))
+    assert len(kept) == 8
+    assert all(np.array_equal(b, w) and np.array_equal(y, v) for (b, y), (w, v) in zip(kept, want, strict=True))
+    views = [b[1:3] for b, _ in ds.batches(4, shuffle=5, **options)]  # a view holds its batch too
+    assert all(np.array_equal(v, w[1:3]) for v, (w, _) in zip(views, want, strict=True))
+
+
+def test_a_batch_held_across_iterations_keeps_its_values(rng):
+    ds = _labelled(rng)
+    held = None
+    for step, (images, labels) in enumerate(ds.batches(4, prefetch=2, workers=2)):
+        if step == 1:
+            held, expected = images, ds.images[labels].copy()
+    assert np.array_equal(held, expected)
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_released_batches_reuse_a_ring_of_prefetch_plus_two_buffers(rng, prefetch):
+    ds = _labelled(rng, count=80)
+    pointers = {_data_pointer(images) for images, _ in ds.batches(4, shuffle=1, prefetch=prefetch, workers=2,
+                                                                   normalize=preload.Normalize(rescale=0.5))}
+    assert len(pointers) == prefetch + 2  # 20 batches, no new buffer after the first prefetch + 2
+    augmented = {_data_pointer(images) for images, _ in ds.batches(4, prefetch=prefetch, seed=0,
+                                                                    augment=preload.Augment(flip="both"))}
+    assert len(augmented) == prefetch + 2
+
+
+def test_image_files_batches_reuse_the_ring_too(files):
+    pointers = {_data_pointer(images) for images, _ in files.batches(2, prefetch=1, workers=2,
+                                                                      augment=preload.Augment(rotation=5), seed=1)}
+    assert len(pointers) == 3
+
+
+def test_out_true_reuses_prefetch_plus_one_buffers_valid_until_the_next_batch(rng):
+    ds = _labelled(rng, count=12)
+    pointers = []
+    for images, labels in ds.batches(4, out=True, prefetch=1, workers=2):
+        assert np.array_equal(images, ds.images[labels])  # intact while it is the current batch
+        pointers.append(_data_pointer(images))
+    assert len(set(pointers)) == 2 and pointers[0] == pointers[2]
+    kept = list(ds.batches(4, out=True, prefetch=1))
+    assert np.shares_memory(kept[0][0], kept[2][0])  # the documented price of out=True
+
+
+@pytest.mark.parametrize("count", [64, 512])
+def test_peak_memory_of_an_epoch_is_the_ring_whatever_the_length(rng, count):
+    tracemalloc = pytest.importorskip("tracemalloc")
+    ds = _labelled(rng, count=count, size=32)
+    batch_bytes = 16 * 32 * 32 * 3 * (1 + 4)  # the uint8 and the float32 buffer of one batch
+    prefetch = 2
+    tracemalloc.start()
+    try:
+        for images, _ in ds.batches(16, shuffle=1, prefetch=prefetch, workers=2, augment=preload.Augment(rotation=5),
+                                    normalize=preload.Normalize(rescale=1 / 255)):
+            assert images.dtype == np.float32
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (prefetch + 2) * batch_bytes <= peak <= (prefetch + 2) * batch_bytes + (1 << 20)

@@ -32,7 +32,7 @@ def test_loader_yields_tensors_sharing_the_batch_buffers():
         assert images.dtype == torch.uint8 and labels.dtype == torch.int64
         pointers.add(images.data_ptr())
         batches.append((images.clone(), labels.clone()))
-    assert len(pointers) == 2  # prefetch=1: two buffers, reused in turn
+    assert len(pointers) == 3  # prefetch=1: a ring of three buffers (prefetch + 2), reused in turn
     assert torch.equal(torch.cat([b for b, _ in batches]), torch.from_numpy(ds.images))
     assert torch.cat([y for _, y in batches]).tolist() == list(range(10))
 
@@ -56,6 +56,13 @@ def test_loader_rejects_bad_options():
         preload_torch.loader(_dataset(), 4, prefetch=-2)
     with pytest.raises(preload.OptionError, match="seed='a'"):
         preload_torch.loader(_dataset(), 4, seed="a")
+
+
+def test_kept_tensors_stay_intact():
+    ds = _dataset()
+    kept = list(preload_torch.loader(ds, 4, shuffle=False, prefetch=1, workers=2))  # no clone()
+    assert torch.equal(torch.cat([images for images, _ in kept]), torch.from_numpy(ds.images))
+    assert torch.cat([labels for _, labels in kept]).tolist() == list(range(10))
 
 
 def private_bytes(address: int) -> int:
