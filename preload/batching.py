@@ -50,7 +50,7 @@ import numpy as np
 
 from .augment import Augment, Normalize, Transform, image_size, layout_of
 from .errors import OptionError
-from .options import resolve_workers
+from .options import check_bool, resolve_workers
 
 DTYPES = {"uint8": np.uint8, "float32": np.float32, "float64": np.float64}
 REUSE = ("released", "always")
@@ -94,6 +94,31 @@ def resolve_order(shuffle, count: int, seed=None) -> tuple[np.ndarray | None, tu
     if not entropy:
         entropy = (int(np.random.SeedSequence().entropy),)
     return order, entropy
+
+
+def resolve_seed(seed) -> int:
+    """``seed=`` checked: an int >= 0 (None is the caller's to resolve).
+
+    Examples
+    --------
+    >>> resolve_seed(7)
+    7
+    """
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, (bool, np.bool_)) or seed < 0:
+        message = f"seed={seed!r} is not accepted; use None or an int >= 0"
+        raise OptionError(message)
+    return int(seed)
+
+
+def batch_count(count: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in an epoch of ``count`` images.
+
+    Examples
+    --------
+    >>> batch_count(10, 4, False), batch_count(10, 4, True), batch_count(0, 4, False)
+    (3, 2, 0)
+    """
+    return count // batch_size if drop_last else -(-count // batch_size)
 
 
 def batch_rng(entropy: tuple[int, ...], index: int) -> np.random.Generator:
@@ -253,7 +278,7 @@ class BatchEngine:
         self._per_image = None if transform is None else _per_image(transform)
 
     def __len__(self) -> int:
-        return -(-self.stop // self.batch_size)
+        return batch_count(self.stop, self.batch_size, drop_last=False)
 
     def rows(self, index: int) -> np.ndarray:
         start = index * self.batch_size
@@ -392,4 +417,57 @@ class BatchEngine:
                 self.normalize.convert(u8, out, layout=self.layout)
 
 
-__all__ = ["BatchEngine", "batch_rng", "resolve_dtype", "resolve_order"]
+class Epochs:
+    """An adapter's batches, epoch by epoch, from one seed (:func:`preload.torch.loader`, ``preload.keras.Batches``).
+
+    Epoch ``e`` is shuffled by ``default_rng([seed, e])`` and draws its
+    augmentations from the streams of ``(seed, e)``: the same seed gives the
+    same run, epoch by epoch, for any ``workers`` and ``prefetch``. Every
+    option is checked here, not at the first batch.
+
+    Parameters
+    ----------
+    data : preload.Dataset or preload.ImageFiles
+    batch_size : int
+    shuffle : bool
+        A new order every epoch.
+    seed : int or None
+        None: a random one, fixed from then on.
+    drop_last : bool
+    **options
+        The rest of :class:`BatchEngine`'s options.
+
+    Examples
+    --------
+    >>> from preload.dataset import Dataset
+    >>> epochs = Epochs(Dataset(np.zeros((5, 2, 2, 1), np.uint8), None, None, ["x"] * 5), 2, shuffle=True, seed=1)
+    >>> len(epochs), [len(images) for images, _ in epochs.engine(0)]
+    (3, [2, 2, 1])
+    """
+
+    def __init__(self, data, batch_size: int, *, shuffle: bool, seed: int | None, drop_last: bool = False,
+                 **options):
+        self.data = data
+        self.batch_size = _count("batch_size", batch_size, low=1)
+        self.shuffle = check_bool("shuffle", shuffle)
+        self.seed = int(np.random.SeedSequence().entropy % (1 << 63)) if seed is None else resolve_seed(seed)
+        self.drop_last = check_bool("drop_last", drop_last)
+        self.options = options
+        self._engine(0, None)
+
+    def __len__(self) -> int:
+        """Batches per epoch, counted without building an engine."""
+        return batch_count(len(self.data), self.batch_size, self.drop_last)
+
+    def engine(self, epoch: int) -> BatchEngine:
+        """The engine of epoch ``epoch``: its order, its random streams."""
+        entropy = (self.seed, epoch)
+        order = np.random.default_rng(list(entropy)).permutation(len(self.data)) if self.shuffle else None
+        return self._engine(epoch, order)
+
+    def _engine(self, epoch: int, order: np.ndarray | None) -> BatchEngine:
+        return BatchEngine(self.data, self.batch_size, order=order, entropy=(self.seed, epoch),
+                           drop_last=self.drop_last, **self.options)
+
+
+__all__ = ["BatchEngine", "Epochs", "batch_count", "batch_rng", "resolve_dtype", "resolve_order", "resolve_seed"]

@@ -158,3 +158,44 @@ def test_peak_memory_of_an_epoch_is_the_ring_whatever_the_length(rng, count):
     finally:
         tracemalloc.stop()
     assert (prefetch + 2) * batch_bytes <= peak <= (prefetch + 2) * batch_bytes + (1 << 20)
+
+
+# --- the adapters' epochs ---------------------------------------------------------------------
+
+
+class _FakePyDataset:
+    """What preload.keras.Batches needs of keras.utils.PyDataset, for running it without Keras."""
+
+    def __init__(self, workers=1, use_multiprocessing=False, max_queue_size=10):
+        self.workers = workers
+
+
+def test_torch_and_keras_adapters_make_the_same_epochs(rng):
+    torch = pytest.importorskip("torch")
+    import preload.keras
+    import preload.torch
+
+    class Batches(preload.keras._Batches, _FakePyDataset):
+        pass
+
+    ds = _labelled(rng, count=10)
+    aug = preload.Augment(rotation=20, flip="horizontal")
+    loader = preload.torch.loader(ds, 4, seed=5, augment=aug, prefetch=1, workers=2)
+    keras_batches = Batches(ds, 4, seed=5, augment=aug, drop_last=False)
+    assert len(loader) == len(keras_batches) == keras_batches.num_batches == 3
+    orders = []
+    for _ in range(2):
+        order = []
+        for index, (images, labels) in enumerate(loader):
+            theirs, their_labels = keras_batches[index]
+            assert torch.equal(images, torch.from_numpy(theirs)) and labels.tolist() == their_labels.tolist()
+            order += labels.tolist()
+        keras_batches.on_epoch_end()
+        orders.append(order)
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1]) == list(range(10))
+    with pytest.raises(preload.OptionError, match="shuffle=Generator"):
+        Batches(ds, 4, shuffle=np.random.default_rng(0))
+    with pytest.raises(preload.OptionError, match="seed=-2"):
+        Batches(ds, 4, seed=-2)
+    with pytest.raises(IndexError, match="batch index 3 is out of range for 3 batches"):
+        keras_batches[3]
