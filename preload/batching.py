@@ -59,9 +59,10 @@ REUSE = ("released", "always")
 def resolve_order(shuffle, count: int, seed=None) -> tuple[np.ndarray | None, tuple[int, ...]]:
     """``(order, entropy)``: the permutation (None: in order) and the random streams' root.
 
-    ``shuffle``: None/False in order, True a fresh permutation, an int a
-    seeded one, a Generator one drawn from it. The streams' entropy is
-    ``seed`` and the shuffle's int (either may be missing); a Generator
+    ``shuffle``: None/False in order; True a permutation drawn from ``seed``
+    (a fresh one without it); an int a seeded one; a numpy Generator or
+    RandomState one drawn from it. The streams' entropy is ``seed`` and the
+    shuffle's int (either may be missing); a Generator or RandomState
     contributes one draw after the permutation; with neither an int nor a
     seed it is fresh, so ``shuffle=epoch`` alone gives every epoch its own
     reproducible order and augmentations.
@@ -74,22 +75,28 @@ def resolve_order(shuffle, count: int, seed=None) -> tuple[np.ndarray | None, tu
     >>> resolve_order(None, 4, seed=7)
     (None, (7,))
     """
-    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0):
-        message = f"seed={seed!r} is not accepted; use None or an int >= 0"
-        raise OptionError(message)
-    entropy: tuple[int, ...] = () if seed is None else (int(seed),)
-    if shuffle is None or shuffle is False:
+    if seed is not None:
+        seed = resolve_seed(seed)
+    entropy: tuple[int, ...] = () if seed is None else (seed,)
+    if shuffle is None or (isinstance(shuffle, (bool, np.bool_)) and not shuffle):
         order = None
-    elif shuffle is True:
-        order = np.random.default_rng().permutation(count)
+    elif isinstance(shuffle, (bool, np.bool_)):
+        # With a seed, True is as reproducible as everything else the seed decides.
+        order = np.random.default_rng(seed).permutation(count)
     elif isinstance(shuffle, np.random.Generator):
         order = shuffle.permutation(count)
         entropy += (int(shuffle.integers(1 << 63)),)
-    elif isinstance(shuffle, numbers.Integral) and not isinstance(shuffle, bool) and shuffle >= 0:
+    elif isinstance(shuffle, np.random.RandomState):  # batchup's and older code's generator
+        order = shuffle.permutation(count)
+        entropy += (int(shuffle.randint(0, np.iinfo(np.int64).max, dtype=np.int64)),)
+    elif isinstance(shuffle, numbers.Integral) and shuffle >= 0:
         order = np.random.default_rng(int(shuffle)).permutation(count)
         entropy += (int(shuffle),)
     else:
-        message = f"shuffle={shuffle!r} is not accepted; use None, True, an int seed >= 0 or a numpy Generator"
+        message = (
+            f"shuffle={shuffle!r} is not accepted; "
+            "use None, True, False, an int seed >= 0 or a numpy Generator or RandomState"
+        )
         raise OptionError(message)
     if not entropy:
         entropy = (int(np.random.SeedSequence().entropy),)
@@ -129,7 +136,10 @@ def batch_rng(entropy: tuple[int, ...], index: int) -> np.random.Generator:
 def resolve_dtype(dtype, normalize: Normalize | None) -> np.dtype:
     if dtype is None:
         return np.dtype(np.float32 if normalize is not None else np.uint8)
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype.lower()
+    try:
+        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype.lower()
+    except TypeError:  # not a dtype at all (np.dtype(5))
+        name = None
     if name not in DTYPES:
         message = f"dtype={dtype!r} is not accepted; use one of {', '.join(map(repr, DTYPES))}"
         raise OptionError(message)
@@ -267,12 +277,16 @@ class BatchEngine:
             layout = getattr(data, "layout", None) or getattr(getattr(data, "options", None), "layout", None)
         self.layout = layout_of((1,) + self.image_shape, layout)
         self.size = image_size(self.image_shape, self.layout)
+        if self.normalize is not None:  # now, not in a worker at the first batch
+            self.normalize.check(self.image_shape[-1 if self.layout == "NHWC" else 0], self.dtype)
         images = getattr(data, "images", None)
         self.source = images if isinstance(images, np.ndarray) else None
         self.order = order
         self.entropy = entropy
         count = len(data)
-        self.stop = count - count % self.batch_size if drop_last else count
+        self.stop = count - count % self.batch_size if check_bool("drop_last", drop_last) else count
+        # A batch larger than the data never needs more rows than the data has.
+        self.buffer_rows = min(self.batch_size, self.stop)
         ring = self.prefetch + (2 if reuse == "released" else 1)
         self.slots = [_Slot() for _ in range(ring)]
         self._per_image = None if transform is None else _per_image(transform)
@@ -326,7 +340,7 @@ class BatchEngine:
         parts = max(1, min(self.workers, len(rows))) if pool is not None else 1
         if slot is None:
             slot = self._ring_slot(index)
-            self._ensure_buffers(slot, self.batch_size)
+            self._ensure_buffers(slot, self.buffer_rows)
         else:
             self._ensure_buffers(slot, len(rows))
         batch = _Batch(index, rows, labels, slot, transforms, parts)

@@ -27,7 +27,7 @@ from .batching import BatchEngine, resolve_order
 from .decode import Decoder
 from .errors import Failure, OptionError
 from .fill import fill_slots
-from .options import DEFAULT_MAX_PIXELS, DecodeOptions, resolve_workers
+from .options import DEFAULT_MAX_PIXELS, DecodeOptions, check_bool, resolve_workers
 from .rows import prefetch_rows, take_rows
 from .sources import manifest
 from .target import check_out
@@ -130,10 +130,11 @@ class ArrayAccess:
         ----------
         batch_size : int
             Images per batch; the last batch is smaller unless ``drop_last``.
-        shuffle : None, False, True, int or numpy.random.Generator
-            None/False: in order. An int seed or a Generator: a permutation
+        shuffle : None, False, True, int, numpy.random.Generator or RandomState
+            None/False: in order. An int seed or a generator: a permutation
             that is the same for the same seed (``shuffle=epoch`` gives every
-            epoch its own). True: a fresh random one.
+            epoch its own). True: one drawn from ``seed`` (the same every
+            call), or a fresh random one without ``seed``.
         seed : int, optional
             Root of the augmentations' random streams, together with an int
             ``shuffle``: batch ``i`` draws from its own stream derived from
@@ -197,6 +198,7 @@ class ArrayAccess:
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             message = f"batch_size={batch_size!r} is not accepted; use a positive int"
             raise OptionError(message)
+        drop_last = check_bool("drop_last", drop_last)
         count = len(self)
         order, entropy = resolve_order(shuffle, count, seed)
         engine = {

@@ -160,6 +160,56 @@ def test_peak_memory_of_an_epoch_is_the_ring_whatever_the_length(rng, count):
     assert (prefetch + 2) * batch_bytes <= peak <= (prefetch + 2) * batch_bytes + (1 << 20)
 
 
+def test_a_batch_size_beyond_the_data_allocates_only_the_data(rng):
+    ds = _labelled(rng, count=5)
+    # Before the fix: buffers of batch_size rows, a MemoryError for 10**12.
+    (images, labels), = ds.batches(10**12, prefetch=1, dtype="float32")
+    assert images.shape == (5, 8, 8, 3) and labels.tolist() == [0, 1, 2, 3, 4]
+    assert np.array_equal(images, ds.images.astype(np.float32))
+
+
+# --- shuffle: generators and seeds --------------------------------------------------------------
+
+
+def test_shuffle_takes_a_random_state_as_batchup_does(rng):
+    ds = _labelled(rng)
+    aug = preload.Augment(rotation=15)
+
+    def run(shuffle):
+        return [(b.copy(), y.tolist()) for b, y in ds.batches(4, shuffle=shuffle, augment=aug, prefetch=1)]
+
+    first, second = run(np.random.RandomState(3)), run(np.random.RandomState(3))
+    assert [y for _, y in first] == [y for _, y in second]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(first, second, strict=True))
+    assert sorted(sum((y for _, y in first), [])) == list(range(30))
+    assert [y for _, y in run(np.random.RandomState(4))] != [y for _, y in first]
+
+
+def test_shuffle_true_with_a_seed_is_reproducible(rng):
+    ds = _labelled(rng)
+    runs = [[y.tolist() for _, y in ds.batches(4, shuffle=True, seed=11, prefetch=p)] for p in (0, 2)]
+    assert runs[0] == runs[1] and runs[0] != [y.tolist() for _, y in ds.batches(4)]
+    assert [y.tolist() for _, y in ds.batches(4, shuffle=np.True_, seed=11)] == runs[0]
+    assert [y.tolist() for _, y in ds.batches(4, shuffle=np.False_)] == [y.tolist() for _, y in ds.batches(4)]
+
+
+def test_a_cache_with_a_partial_last_batch_matches_the_loaded_array(tmp_path, rng):
+    source = class_folders(tmp_path / "src", rng, per_class=5)  # 15 images: batches of 4, 4, 4, 3
+    preload.build_cache(source, tmp_path / "c.npy", size=(12, 16), progress=False)
+    cached = preload.open_cache(tmp_path / "c.npy")
+    loaded = preload.load(source, size=(12, 16))
+    assert isinstance(cached.images, np.memmap)
+    aug = preload.Augment(rotation=10, zoom=0.1, flip="horizontal")
+    options = {"shuffle": 2, "augment": aug, "normalize": preload.stats(loaded)}
+    from_cache = list(cached.batches(4, prefetch=2, workers=2, **options))
+    from_ram = list(loaded.batches(4, prefetch=0, workers=1, **options))
+    assert [len(y) for _, y in from_cache] == [4, 4, 4, 3]
+    for (a, y), (b, z) in zip(from_cache, from_ram, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(y, z)
+    dropped = list(cached.batches(4, drop_last=True, dtype="float64", prefetch=3))
+    assert np.array_equal(np.concatenate([b for b, _ in dropped]), loaded.images[:12].astype(np.float64))
+
+
 # --- the adapters' epochs ---------------------------------------------------------------------
 
 
