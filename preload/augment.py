@@ -49,23 +49,47 @@ FILL_MODES = {
 INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 FLIPS = {None: (False, False), "horizontal": (True, False), "vertical": (False, True), "both": (True, True)}
 EPSILON = 1e-6  # added to a std before dividing, as Keras does
+# Upper bounds of the ranges. Past them a parameter means nothing more (a full turn; every value pushed to
+# the end of 0..255; OpenCV's images are narrower than 32,767 pixels, so a longer shift samples only fill),
+# and they keep every sampled coordinate small: OpenCV's warp crashes the process on coordinates past ~1e9.
+MAX_DEGREES = 360.0
+MAX_SHIFT = 32767.0
+MAX_ZOOM = 100.0
+MAX_INTENSITY = 255.0
+# A transform given directly (Transform(...), Transform.from_keras) may sample at most this far from the image.
+MAX_COORDINATE = float(1 << 24)
 # Histogram counts come back from cv2.calcHist as float32, exact up to 2**24: a chunk never holds more
 # pixels of one channel than that.
 STATS_CHUNK_BYTES = 1 << 22
 
 
-def _number(name: str, value, *, low: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < low:
-        message = f"{name}={value!r} is not accepted; use a finite number >= {low:g}"
+def _number(name: str, value, *, low: float = 0.0, high: float = math.inf) -> float:
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        if high < math.inf:
+            allowed = f"from {low:g} to {high:g}"
+        else:
+            allowed = f">= {low:g}" if low > -math.inf else ""
+        message = f"{name}={value!r} is not accepted; use a finite number {allowed}".rstrip()
         raise OptionError(message)
     return float(value)
 
 
-def _pair(name: str, value, *, low: float = 0.0) -> tuple[float, float]:
+def _shift(value):
+    """One shift range: an int stays an int (Keras draws whole pixels for it), anything else a float."""
+    number = _number("shift", value, high=MAX_SHIFT)
+    return int(value) if isinstance(value, numbers.Integral) else number
+
+
+def _pair(name: str, value, *, low: float = 0.0, high: float = math.inf) -> tuple[float, float]:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         message = f"{name}={value!r} is not accepted; use a (low, high) pair of numbers"
         raise OptionError(message)
-    first, second = (_number(name, v, low=low) for v in value)
+    first, second = (_number(name, v, low=low, high=high) for v in value)
     if first > second:
         message = f"{name}={value!r} is not accepted; low must not exceed high"
         raise OptionError(message)
@@ -133,6 +157,13 @@ class Transform:
     channel_shift: float | None = None
     brightness: float | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("theta", "tx", "ty", "shear", "zx", "zy", "channel_shift", "brightness"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, numbers.Real) and math.isfinite(value)):
+                message = f"Transform({name}={value!r}) is not accepted; use a finite number"
+                raise OptionError(message)
+
     @classmethod
     def from_keras(cls, params: dict) -> Transform:
         """The transform Keras's ``ImageDataGenerator.apply_transform(x, params)`` applies."""
@@ -158,7 +189,8 @@ class Transform:
         shift = np.array([[1, 0, self.tx], [0, 1, self.ty], [0, 0, 1]])
         shearing = np.array([[1, -math.sin(shear), 0], [0, math.cos(shear), 0], [0, 0, 1]])
         zoom = np.diag([self.zx, self.zy, 1.0])
-        return rotation @ shift @ shearing @ zoom
+        with np.errstate(over="ignore", invalid="ignore"):  # a runaway Transform is refused by Augment.apply
+            return rotation @ shift @ shearing @ zoom
 
     def matrix(self, height: int, width: int) -> np.ndarray | None:
         """The 2x3 output-to-input matrix for ``cv2.warpAffine(..., flags=WARP_INVERSE_MAP)``.
@@ -171,7 +203,8 @@ class Transform:
         cx, cy = (width - 1) / 2, (height - 1) / 2
         to_centre = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]])
         from_centre = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]])
-        matrix = to_centre @ affine @ from_centre
+        with np.errstate(over="ignore", invalid="ignore"):  # a runaway Transform is refused by apply
+            matrix = to_centre @ affine @ from_centre
         # The flips act on the warped result, so they come first on the output coordinates.
         if self.flip_horizontal:
             matrix = matrix @ np.array([[-1, 0, width - 1], [0, 1, 0], [0, 0, 1]])
@@ -215,17 +248,21 @@ class Augment:
     Parameters
     ----------
     rotation : float
-        Degrees; the angle is uniform in ``[-rotation, rotation]``
+        Degrees, at most 360; the angle is uniform in ``[-rotation, rotation]``
         (Keras ``rotation_range``).
-    shift : float or (float, float)
-        ``(height, width)`` shift ranges, or one for both. Below 1 a fraction
-        of the image size, from 1 up pixels; the offset is uniform in
-        ``[-range, range]`` (Keras ``height_shift_range``/``width_shift_range``).
+    shift : float, int or a (height, width) pair of them
+        ``(height, width)`` shift ranges, or one for both (Keras
+        ``height_shift_range``/``width_shift_range``). A float below 1 is a
+        fraction of the image size, from 1 up pixels; the offset is uniform
+        in ``[-range, range]``. An int ``n`` is whole pixels as Keras draws
+        them: ``k * s`` with ``k`` uniform in ``0 .. n - 1`` and ``s`` = +-1
+        (so ``shift=1`` never shifts, and ``shift=1.0`` does). At most 32,767.
     shear : float
         Degrees, uniform in ``[-shear, shear]`` (Keras ``shear_range``).
     zoom : float or (float, float)
         ``z`` means ``[1 - z, 1 + z]``; ``zx`` and ``zy`` are drawn
         independently from the range, above 1 zooms out (Keras ``zoom_range``).
+        The range must stay above 0 and at most 100.
     flip : None, "horizontal", "vertical" or "both"
         Each allowed flip happens with probability 1/2, after the warp.
     fill : "nearest", "constant", "reflect" or "wrap"
@@ -233,19 +270,20 @@ class Augment:
     cval : int
         The value outside the image for ``fill="constant"``.
     brightness : (float, float), optional
-        Factor range; every value is multiplied by a factor uniform in it
-        (Keras ``brightness_range``).
+        Factor range (0 to 255); every value is multiplied by a factor
+        uniform in it (Keras ``brightness_range``).
     channel_shift : float
         One offset uniform in ``[-channel_shift, channel_shift]`` added to
         every channel, clipped to the image's min and max
-        (Keras ``channel_shift_range``).
+        (Keras ``channel_shift_range``); at most 255.
     interpolation : "bilinear" or "nearest"
         Keras ``interpolation_order`` 1 or 0.
 
     Raises
     ------
     OptionError
-        A negative range, a zoom range reaching 0, an unknown fill, flip or
+        A negative, reversed, not finite or too large range (see each
+        parameter), a zoom range reaching 0, an unknown fill, flip or
         interpolation, a ``cval`` outside 0..255.
 
     Examples
@@ -270,19 +308,19 @@ class Augment:
         channel_shift: float = 0.0,
         interpolation: str = "bilinear",
     ):
-        self.rotation = _number("rotation", rotation)
+        self.rotation = _number("rotation", rotation, high=MAX_DEGREES)
         if isinstance(shift, (tuple, list)):
             if len(shift) != 2:
                 message = f"shift={shift!r} is not accepted; use a number or a (height, width) pair"
                 raise OptionError(message)
-            self.shift = (_number("shift", shift[0]), _number("shift", shift[1]))
+            self.shift = (_shift(shift[0]), _shift(shift[1]))
         else:
-            self.shift = (_number("shift", shift),) * 2
-        self.shear = _number("shear", shear)
+            self.shift = (_shift(shift),) * 2
+        self.shear = _number("shear", shear, high=MAX_DEGREES)
         if isinstance(zoom, (tuple, list)):
-            self.zoom = _pair("zoom", zoom)
+            self.zoom = _pair("zoom", zoom, high=MAX_ZOOM)
         else:
-            z = _number("zoom", zoom)
+            z = _number("zoom", zoom, high=1)
             self.zoom = (1 - z, 1 + z)
         if self.zoom[0] <= 0:
             message = f"zoom={zoom!r} is not accepted; the zoom range must stay above 0 (a float below 1)"
@@ -293,12 +331,9 @@ class Augment:
             flip = choice("flip", flip, [f for f in FLIPS if f])
         self.flip = flip
         self.fill = choice("fill", fill, FILL_MODES)
-        self.cval = _number("cval", cval)
-        if self.cval > 255:
-            message = f"cval={cval!r} is not accepted; use a value from 0 to 255"
-            raise OptionError(message)
-        self.brightness = None if brightness is None else _pair("brightness", brightness)
-        self.channel_shift = _number("channel_shift", channel_shift)
+        self.cval = _number("cval", cval, high=255)
+        self.brightness = None if brightness is None else _pair("brightness", brightness, high=MAX_INTENSITY)
+        self.channel_shift = _number("channel_shift", channel_shift, high=MAX_INTENSITY)
         self.interpolation = choice("interpolation", interpolation, INTERPOLATIONS)
 
     def __repr__(self) -> str:
@@ -326,10 +361,16 @@ class Augment:
         def uniform(limit: float) -> np.ndarray:
             return rng.uniform(-limit, limit, count) if limit else zeros
 
+        def offsets(limit, extent: int) -> np.ndarray:
+            if isinstance(limit, int) and limit:
+                # Keras: np.random.choice(limit) * np.random.choice([-1, 1]), whole pixels.
+                return rng.integers(0, limit, count) * rng.choice([-1.0, 1.0], count)
+            return uniform(limit) * (extent if limit < 1 else 1)
+
         theta = uniform(self.rotation)
         shift_h, shift_w = self.shift
-        ty = uniform(shift_h) * (height if shift_h < 1 else 1)
-        tx = uniform(shift_w) * (width if shift_w < 1 else 1)
+        ty = offsets(shift_h, height)
+        tx = offsets(shift_w, width)
         shear = uniform(self.shear)
         if self.zoom == (1.0, 1.0):
             zx = zy = np.ones(count)
@@ -371,11 +412,12 @@ class Augment:
         planes = _planes(source, layout)
         targets = _planes(out, layout)
         if matrix is not None:
+            _check_reach(matrix, height, width, transform)
             flags = INTERPOLATIONS[self.interpolation] | cv2.WARP_INVERSE_MAP
             border, cval = FILL_MODES[self.fill], (self.cval,) * 4
             for plane, target in zip(planes, targets, strict=True):
                 result = cv2.warpAffine(
-                    plane, matrix, (width, height), dst=target, flags=flags, borderMode=border, borderValue=cval
+                    plane, matrix, (width, height), dst=_dst(target), flags=flags, borderMode=border, borderValue=cval
                 )
                 _into(target, result)
         else:
@@ -384,7 +426,7 @@ class Augment:
                 if code is None:
                     np.copyto(target, plane)
                 else:
-                    _into(target, cv2.flip(plane, code, dst=target))
+                    _into(target, cv2.flip(plane, code, dst=_dst(target)))
         if transform.channel_shift is not None or transform.brightness is not None:
             flat = out.reshape(out.shape[0], -1)
             low, high = (int(flat.min()), int(flat.max())) if transform.channel_shift is not None else (0, 255)
@@ -406,6 +448,10 @@ class Augment:
         """
         images = _batch(images, "images")
         layout = layout_of(images.shape, layout)
+        if not (rng is None or isinstance(rng, np.random.Generator) or (
+                isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)) and rng >= 0)):
+            message = f"rng={rng!r} is not accepted; use None, an int seed >= 0 or a numpy Generator"
+            raise OptionError(message)
         transforms = self.draw(np.random.default_rng(rng), len(images), image_size(images.shape[1:], layout))
         scratch = np.empty(images.shape[1:], np.uint8)
         for image, transform in zip(images, transforms, strict=True):
@@ -431,6 +477,25 @@ def _planes(image: np.ndarray, layout: str) -> list[np.ndarray]:
     if image.shape[2] <= 4:
         return [image]
     return [image[:, :, c] for c in range(image.shape[2])]
+
+
+def _dst(target: np.ndarray) -> np.ndarray | None:
+    """``target`` as OpenCV's ``dst=`` when it can write there; None (a new array, copied) for a strided plane."""
+    return target if target.flags.c_contiguous else None
+
+
+def _check_reach(matrix: np.ndarray, height: int, width: int, transform: Transform) -> None:
+    """Refuse a matrix that samples absurdly far from the image: OpenCV's warp would crash, not fail."""
+    corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], np.float64)
+    with np.errstate(all="ignore"):
+        reach = np.abs(corners @ matrix.T)
+    if not np.isfinite(reach).all() or reach.max() > MAX_COORDINATE:
+        far = f"{reach.max():g} pixels away" if np.isfinite(reach).all() else "beyond any finite distance"
+        message = (
+            f"{transform!r} samples the {height}x{width} image {far}; "
+            f"use shifts and zooms that stay within {MAX_COORDINATE:g} pixels"
+        )
+        raise OptionError(message)
 
 
 def _into(target: np.ndarray, result: np.ndarray) -> None:
@@ -498,6 +563,9 @@ def stats(
     >>> s.mean.tolist(), bool(np.allclose(s.std, images.reshape(-1, 3).std(axis=0)))
     ([10.5, 11.5, 12.5], True)
     """
+    if not isinstance(chunk_bytes, numbers.Integral) or isinstance(chunk_bytes, (bool, np.bool_)) or chunk_bytes < 1:
+        message = f"chunk_bytes={chunk_bytes!r} is not accepted; use an int >= 1"
+        raise OptionError(message)
     images, read, layout = _stats_source(data, layout)
     count = len(images) if read is None else len(data)
     shape = tuple(images.shape[1:]) if read is None else tuple(data.image_shape)
@@ -670,8 +738,8 @@ class Normalize:
         raise OptionError(message)
 
     def __repr__(self) -> str:
-        mean = None if self.mean is None else self.mean.round(3).tolist()
-        std = None if self.std is None else self.std.round(3).tolist()
+        mean = None if self.mean is None else [float(f"{v:.6g}") for v in self.mean]
+        std = None if self.std is None else [float(f"{v:.6g}") for v in self.std]
         return (
             f"Normalize(mean={mean}, std={std}, rescale={self.rescale:g}, "
             f"samplewise_center={self.samplewise_center}, samplewise_std={self.samplewise_std})"
@@ -683,30 +751,41 @@ class Normalize:
                 message = f"{name}= has {len(values)} values; these images have {channels} channels"
                 raise OptionError(message)
 
+    def check(self, channels: int, dtype) -> None:
+        """Refuse, before any batch, values that do not fit images of ``channels`` channels or ``dtype``.
+
+        The sample-wise steps depend on each image and are checked per image.
+        """
+        self._check_channels(channels)
+        if not self.per_image:
+            _finite(self.tables(channels), np.dtype(dtype), self)
+
     def tables(self, channels: int, image: np.ndarray | None = None, layout: str = "NHWC") -> np.ndarray:
         """The (C, 256) float64 table: entry ``[c, v]`` is what value ``v`` of channel ``c`` becomes.
 
         ``image`` (uint8) is needed for the sample-wise steps.
         """
         self._check_channels(channels)
-        values = np.arange(256, dtype=np.float64) * self.rescale
-        scale = np.ones(channels)
-        offset = np.zeros(channels)
-        if self.samplewise_center or self.samplewise_std:
-            if image is None:
-                raise OptionError("sample-wise normalisation needs the image")
-            mean, std = _image_mean_std(image, layout)
-            mean, std = mean * self.rescale, std * abs(self.rescale)
-            if self.samplewise_center:
-                offset -= mean
-            if self.samplewise_std:
-                scale, offset = scale / (std + EPSILON), offset / (std + EPSILON)
-        if self.mean is not None:
-            offset = offset - self.mean * self.rescale
-        if self.std is not None:
-            divisor = self.std * abs(self.rescale) + EPSILON
-            scale, offset = scale / divisor, offset / divisor
-        return values[None, :] * scale[:, None] + offset[:, None]
+        if self.per_image and image is None:
+            raise OptionError("sample-wise normalisation needs the image")
+        # Overflow (a huge rescale or mean) becomes inf here and is refused where the dtype is known (_finite).
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = np.arange(256, dtype=np.float64) * self.rescale
+            scale = np.ones(channels)
+            offset = np.zeros(channels)
+            if self.per_image:
+                mean, std = _image_mean_std(image, layout)
+                mean, std = mean * self.rescale, std * abs(self.rescale)
+                if self.samplewise_center:
+                    offset -= mean
+                if self.samplewise_std:
+                    scale, offset = scale / (std + EPSILON), offset / (std + EPSILON)
+            if self.mean is not None:
+                offset = offset - self.mean * self.rescale
+            if self.std is not None:
+                divisor = self.std * abs(self.rescale) + EPSILON
+                scale, offset = scale / divisor, offset / divisor
+            return values[None, :] * scale[:, None] + offset[:, None]
 
     @property
     def per_image(self) -> bool:
@@ -718,21 +797,43 @@ class Normalize:
         if self.per_image:
             for image, target in zip(images, out, strict=True):
                 table = self.tables(channels, image, layout)
-                _lut_convert(image[None], target[None], table, layout)
+                _lut_convert(image[None], target[None], table, layout, self)
         else:
-            _lut_convert(images, out, self.tables(channels), layout)
+            _lut_convert(images, out, self.tables(channels), layout, self)
         return out
 
     def __call__(self, images: np.ndarray, *, out: np.ndarray | None = None, layout: str | None = None) -> np.ndarray:
-        """Normalise a uint8 batch into ``out`` (or a new float32 array)."""
+        """Normalise a uint8 batch into ``out`` (a float32 or float64 array of its shape; default a new float32 one)."""
         images = _batch(images, "images")
         if out is None:
             out = np.empty(images.shape, np.float32)
+        elif (
+            not isinstance(out, np.ndarray)
+            or out.shape != images.shape
+            or out.dtype not in (np.float32, np.float64)
+            or not out.flags.writeable
+        ):
+            given = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}".strip()
+            message = f"out= must be a writable float32 or float64 array of shape {images.shape}, not {given}"
+            raise OptionError(message)
         return self.convert(images, out, layout=layout_of(images.shape, layout))
 
 
+def _finite(table: np.ndarray, dtype: np.dtype, normalize: Normalize) -> np.ndarray:
+    """``table`` in ``dtype``, refused when a value overflows it (a huge ``rescale`` or ``mean``)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = table.astype(dtype)
+    if not np.isfinite(converted).all():
+        message = f"{normalize!r} gives values that do not fit {dtype.name}; use a smaller rescale, mean or 1/std"
+        raise OptionError(message)
+    return converted
+
+
 def _channel_values(name: str, values, *, low: float) -> np.ndarray:
-    array = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    try:
+        array = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    except (TypeError, ValueError):  # strings, ragged lists, objects
+        array = np.array([np.nan])
     if array.ndim != 1 or not np.isfinite(array).all() or (array < low).any():
         message = f"{name}={values!r} is not accepted; use finite per-channel numbers" + (
             f" >= {low:g}" if low > -math.inf else ""
@@ -755,10 +856,10 @@ def _image_mean_std(image: np.ndarray, layout: str) -> tuple[float, float]:
     return mean, math.sqrt(max(squares / count - mean * mean, 0.0))
 
 
-def _lut_convert(images: np.ndarray, out: np.ndarray, table: np.ndarray, layout: str) -> None:
+def _lut_convert(images: np.ndarray, out: np.ndarray, table: np.ndarray, layout: str, normalize: Normalize) -> None:
     """``out[..., c] = table[c, images[..., c]]`` for a contiguous uint8 batch and a float batch."""
     channels = table.shape[0]
-    table = table.astype(out.dtype)
+    table = _finite(table, out.dtype, normalize)
     if layout == "NHWC" and channels <= 4 and images.flags.c_contiguous and out.flags.c_contiguous:
         rows = images.shape[0] * images.shape[1]
         source = images.reshape(rows, images.shape[2], channels)

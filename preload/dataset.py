@@ -27,7 +27,7 @@ from .batching import BatchEngine, resolve_order
 from .decode import Decoder
 from .errors import Failure, OptionError
 from .fill import fill_slots
-from .options import DEFAULT_MAX_PIXELS, DecodeOptions, resolve_workers
+from .options import DEFAULT_MAX_PIXELS, DecodeOptions, check_bool, resolve_workers
 from .rows import prefetch_rows, take_rows
 from .sources import manifest
 from .target import check_out
@@ -130,10 +130,11 @@ class ArrayAccess:
         ----------
         batch_size : int
             Images per batch; the last batch is smaller unless ``drop_last``.
-        shuffle : None, False, True, int or numpy.random.Generator
-            None/False: in order. An int seed or a Generator: a permutation
+        shuffle : None, False, True, int, numpy.random.Generator or RandomState
+            None/False: in order. An int seed or a generator: a permutation
             that is the same for the same seed (``shuffle=epoch`` gives every
-            epoch its own). True: a fresh random one.
+            epoch its own). True: one drawn from ``seed`` (the same every
+            call), or a fresh random one without ``seed``.
         seed : int, optional
             Root of the augmentations' random streams, together with an int
             ``shuffle``: batch ``i`` draws from its own stream derived from
@@ -144,12 +145,18 @@ class ArrayAccess:
         drop_last : bool
             Leave out a last, smaller batch.
         out : None, True or numpy.ndarray
-            Without the options below: None, every batch is a new array; True,
-            one buffer is allocated and reused for every batch; an array of
-            shape ``(batch_size, ...)`` and the images' dtype: that buffer is
-            reused. With them, buffers are always reused (``prefetch + 1``
-            sets) and ``out`` must be None or True. A reused buffer holds a
-            batch until the next one is asked for.
+            None: every batch stays intact as long as you hold it (keep it,
+            ``list()`` the batches). Without the options below it is a new
+            array (or a view of the array, in order). With them, batches are
+            prepared into a ring of ``prefetch + 2`` reused buffer sets, and a
+            set that a batch you still hold (or a view of it, a tensor made
+            from it) lives in is left to you and replaced: memory is
+            ``prefetch + 2`` batches plus the batches you keep.
+            True: buffers are reused regardless, and each batch holds only
+            until the next one is asked for (one buffer; ``prefetch + 1`` sets
+            with the options below). An array of shape ``(batch_size, ...)``
+            and dtype uint8, without the options below: that buffer, reused
+            the same way.
         augment : preload.Augment, optional
             Random geometry and intensity per image, warped straight from
             the array into the batch buffer.
@@ -175,8 +182,9 @@ class ArrayAccess:
         while a batch is in use the rows of the next one that are not in the
         page cache are already requested from the disk (:func:`prefetch_rows`).
         The preparation engine is :mod:`preload.batching`; the array is never
-        copied: memory is the array (or its page cache) plus ``prefetch + 1``
-        batch buffers.
+        copied: memory is the array (or its page cache) plus ``prefetch + 2``
+        batch buffers (``prefetch + 1`` with ``out=True``) and the batches
+        you keep.
 
         Examples
         --------
@@ -190,6 +198,7 @@ class ArrayAccess:
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             message = f"batch_size={batch_size!r} is not accepted; use a positive int"
             raise OptionError(message)
+        drop_last = check_bool("drop_last", drop_last)
         count = len(self)
         order, entropy = resolve_order(shuffle, count, seed)
         engine = {
@@ -204,8 +213,10 @@ class ArrayAccess:
             if out is not None and out is not True:
                 message = "out= takes only None or True with augment=, normalize=, transform=, dtype=, prefetch="
                 raise OptionError(message)
+            reuse = "always" if out is True else "released"
             yield from BatchEngine(
-                self, batch_size, order=order, entropy=entropy, drop_last=drop_last, prefetch=prefetch, **engine
+                self, batch_size, order=order, entropy=entropy, drop_last=drop_last, prefetch=prefetch, reuse=reuse,
+                **engine
             )
             return
         buffer = self._batch_buffer(batch_size, out)

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from .augment import Augment
-from .batching import BatchEngine
+from .batching import Epochs
 from .cache import open_cache
-from .errors import OptionError
 
 
 class _Batches:
@@ -82,48 +79,29 @@ class _Batches:
         if isinstance(data, (str, os.PathLike)):
             data = open_cache(os.fspath(data))
         self.data = data
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (1 << 63))
-        elif not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            message = f"seed={seed!r} is not accepted; use None or an int >= 0"
-            raise OptionError(message)
-        self.seed = int(seed)
-        self.shuffle = bool(shuffle)
+        self._epochs = Epochs(
+            data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, augment=augment, normalize=normalize,
+            transform=transform, batch_transform=batch_transform, dtype=dtype,
+            workers=1,  # one batch per call; Keras's workers run several calls at once
+        )
+        self.batch_size, self.shuffle, self.seed = self._epochs.batch_size, self._epochs.shuffle, self._epochs.seed
         self.epoch = 0
-        self._options = {
-            "augment": augment,
-            "normalize": normalize,
-            "transform": transform,
-            "batch_transform": batch_transform,
-            "dtype": dtype,
-            "drop_last": drop_last,
-            "workers": 1,  # one batch per call; Keras's workers run several calls at once
-        }
-        self.batch_size = batch_size
-        self._engine = self._make_engine()
-
-    def _make_engine(self) -> BatchEngine:
-        entropy = (self.seed, self.epoch)
-        order = np.random.default_rng(list(entropy)).permutation(len(self.data)) if self.shuffle else None
-        return BatchEngine(self.data, self.batch_size, order=order, entropy=entropy, **self._options)
+        self._engine = self._epochs.engine(self.epoch)
 
     def __len__(self) -> int:
-        return len(self._engine)
+        return len(self._epochs)
 
     @property
     def num_batches(self) -> int:
-        return len(self._engine)
+        return len(self._epochs)
 
     def __getitem__(self, index: int):
-        if not 0 <= index < len(self._engine):
-            message = f"batch index {index} is out of range for {len(self._engine)} batches"
-            raise IndexError(message)
         images, labels = self._engine.batch(index)
         return images if labels is None else (images, labels)
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
-        self._engine = self._make_engine()
+        self._engine = self._epochs.engine(self.epoch)
 
 
 def _define_batches() -> type:

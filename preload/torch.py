@@ -33,10 +33,11 @@ import torch.utils.data
 
 from . import shared
 from .augment import Augment
-from .batching import BatchEngine
+from .batching import Epochs
 from .cache import open_cache
 from .dataset import Dataset as PreloadDataset
 from .errors import OptionError
+from .options import check_bool
 
 
 class TorchDataset(torch.utils.data.Dataset):
@@ -145,32 +146,18 @@ class Loader:
         if isinstance(data, (str, os.PathLike)):
             data = open_cache(os.fspath(data))
         self.data = data
-        self.batch_size = batch_size
-        self.shuffle = bool(shuffle)
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (1 << 63))
-        elif not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            message = f"seed={seed!r} is not accepted; use None or an int >= 0"
-            raise OptionError(message)
-        self.seed = int(seed)
-        self.epoch = 0
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        self.options = options
-        self._engine(0)  # checks every option now, not at the first batch
-
-    def _engine(self, epoch: int) -> BatchEngine:
-        entropy = (self.seed, epoch)
-        order = np.random.default_rng(list(entropy)).permutation(len(self.data)) if self.shuffle else None
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else check_bool("pin_memory", pin_memory)
         allocate = _pinned if self.pin_memory else None
-        return BatchEngine(self.data, self.batch_size, order=order, entropy=entropy, allocate=allocate,
-                           **self.options)
+        self.epochs = Epochs(data, batch_size, shuffle=shuffle, seed=seed, allocate=allocate, **options)
+        self.batch_size, self.shuffle, self.seed = self.epochs.batch_size, self.epochs.shuffle, self.epochs.seed
+        self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self._engine(self.epoch))
+        return len(self.epochs)
 
     def __iter__(self):
         """One epoch; the next iteration is the next epoch (a new order and new augmentations)."""
-        engine = self._engine(self.epoch)
+        engine = self.epochs.engine(self.epoch)
         self.epoch += 1
         for images, labels in engine:
             tensor = torch.from_numpy(images)
@@ -198,8 +185,9 @@ def loader(
     Built on :meth:`preload.Dataset.batches`'s engine: threads read,
     augment and normalise the next ``prefetch`` batches while the current
     one trains. Each ``images`` tensor shares its memory with a reused batch
-    buffer (no copy): it holds the batch until the next one is asked for --
-    move it to the GPU or clone it before then if you keep it.
+    buffer (no copy), and a buffer is refilled only when no tensor or array
+    of its last batch is left: keeping a batch (``list(loader)``) keeps it
+    intact, and a loop that lets each go reuses ``prefetch + 2`` buffers.
 
     Parameters
     ----------
@@ -208,6 +196,7 @@ def loader(
     batch_size : int
     shuffle : bool
         A new order every epoch, drawn from ``seed`` and the epoch number.
+        Only True or False: ``seed`` is what makes the order reproducible.
     seed : int, optional
         The same seed gives the same batches, epoch by epoch, for any
         ``workers`` and ``prefetch``. None: random, fixed at creation.
@@ -215,9 +204,10 @@ def loader(
         As for :meth:`preload.Dataset.batches`.
     pin_memory : bool, optional
         Allocate the batch buffers in page-locked memory (faster
-        ``.to("cuda")``). Default: when CUDA is available. The buffers are
-        reused for later batches, so finish the copy before asking for the
-        next batch: with ``non_blocking=True``, synchronise first.
+        ``.to("cuda")``). Default: when CUDA is available. A buffer is
+        refilled once its tensor is gone, and the engine cannot see a copy
+        still in flight: with ``non_blocking=True``, keep the CPU tensor
+        until the copy is synchronised.
 
     Examples
     --------

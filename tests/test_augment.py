@@ -96,7 +96,7 @@ def test_brightness_and_channel_shift_are_keras_intensity_steps():
 
 
 def test_draws_follow_keras_distributions():
-    aug = Augment(rotation=20, shift=(0.1, 4), shear=8, zoom=(0.8, 1.2), flip="horizontal", brightness=(0.5, 1.5))
+    aug = Augment(rotation=20, shift=(0.1, 4.0), shear=8, zoom=(0.8, 1.2), flip="horizontal", brightness=(0.5, 1.5))
     transforms = aug.draw(np.random.default_rng(5), 4000, (50, 100))
     theta = np.array([t.theta for t in transforms])
     ty = np.array([t.ty for t in transforms])
@@ -113,6 +113,18 @@ def test_draws_follow_keras_distributions():
     assert all(0.5 <= t.brightness <= 1.5 for t in transforms)
     again = aug.draw(np.random.default_rng(5), 4000, (50, 100))
     assert again == transforms
+
+
+def test_an_int_shift_is_whole_pixels_drawn_as_keras_draws_them():
+    # Keras: an int range n is np.random.choice(n) * np.random.choice([-1, 1]): 0 .. n-1 pixels either way.
+    transforms = Augment(shift=(4, 0.25)).draw(np.random.default_rng(2), 8000, (40, 80))
+    ty = np.array([t.ty for t in transforms])
+    tx = np.array([t.tx for t in transforms])
+    assert set(ty.tolist()) == {-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0}
+    assert 0.23 < np.mean(ty == 0) < 0.27 and 0.11 < np.mean(ty == 3) < 0.14  # 0 is drawn as +0 and -0
+    assert -20 <= tx.min() < -19.9 and 19.9 < tx.max() <= 20 and len(set(tx.tolist())) > 7000  # a float: uniform
+    assert all(t.ty == 0 for t in Augment(shift=1).draw(np.random.default_rng(2), 100, (40, 80)))
+    assert Augment(shift=np.int64(3)).shift == (3, 3) and Augment(shift=3.0).shift == (3.0, 3.0)
 
 
 def test_call_augments_a_batch_in_place_reproducibly(rng):
@@ -140,6 +152,17 @@ def test_call_augments_a_batch_in_place_reproducibly(rng):
         ({"brightness": 0.5}, "brightness=0.5"),
         ({"channel_shift": -3}, "channel_shift=-3"),
         ({"interpolation": "cubic"}, "interpolation='cubic'"),
+        # Ranges so large that drawing from them overflowed in numpy, or that crashed OpenCV's warp.
+        ({"rotation": 1e308}, r"rotation=1e\+308 .* from 0 to 360"),
+        ({"shear": 1e308}, r"shear=1e\+308 .* from 0 to 360"),
+        ({"shift": 1e308}, r"shift=1e\+308 .* from 0 to 32767"),
+        ({"shift": (0.1, 40000)}, "shift=40000"),
+        ({"zoom": (0.5, 1e308)}, r"zoom=1e\+308 .* from 0 to 100"),
+        ({"zoom": 1e9}, r"zoom=1000000000.0 .* from 0 to 1$"),
+        ({"channel_shift": 1e308}, r"channel_shift=1e\+308 .* from 0 to 255"),
+        ({"brightness": (0.5, 1e308)}, r"brightness=1e\+308 .* from 0 to 255"),
+        ({"brightness": (float("nan"), 1.0)}, "brightness=nan"),
+        ({"rotation": np.bool_(True)}, "rotation=np.True_"),
     ],
 )
 def test_bad_augment_options_name_the_option(options, match):
@@ -157,6 +180,18 @@ def test_bad_augment_options_name_the_option(options, match):
         (lambda: stats(np.zeros((2, 2, 2, 3), np.float32)), "uint8"),
         (lambda: resolve_order("yes", 4), "shuffle='yes'"),
         (lambda: resolve_order(None, 4, seed=-1), "seed=-1"),
+        (lambda: Normalize(mean=["a", "b", "c"]), r"mean=\['a', 'b', 'c'\]"),
+        (lambda: Normalize(std=[[1, 2], [3]]), "std="),
+        (lambda: Normalize(rescale=float("nan")), "rescale=nan is not accepted; use a finite number$"),
+        (lambda: Normalize(mean=[1e300])(np.zeros((1, 2, 2, 3), np.uint8)), "do not fit float32"),
+        (lambda: Normalize(rescale=1e300, samplewise_center=True)(np.ones((1, 2, 2, 3), np.uint8)), "float32"),
+        (lambda: Normalize(rescale=2)(np.zeros((2, 2, 2, 3), np.uint8), out=np.zeros(3, np.float32)),
+         r"out= must be a writable float32 or float64 array of shape \(2, 2, 2, 3\), not ndarray \(3,\)"),
+        (lambda: Normalize(rescale=2)(np.zeros((2, 2, 2, 3), np.uint8), out=np.zeros((2, 2, 2, 3), np.uint8)),
+         "not ndarray .* uint8"),
+        (lambda: Augment(rotation=5)(np.zeros((2, 4, 4, 3), np.uint8), rng=-1), "rng=-1"),
+        (lambda: stats(np.zeros((2, 2, 2, 3), np.uint8), chunk_bytes="4MB"), "chunk_bytes='4MB'"),
+        (lambda: stats(np.zeros((2, 2, 2, 3), np.uint8), chunk_bytes=0), "chunk_bytes=0"),
     ],
 )
 def test_bad_normalize_and_batch_options_name_the_option(call, match):
@@ -296,6 +331,10 @@ def test_a_per_batch_transform_runs_last_on_the_float_batch(rng):
         ({"transform": "flip"}, "transform='flip'"),
         ({"augment": {"rotation": 10}}, "augment="),
         ({"dtype": "int16"}, "dtype='int16'"),
+        ({"dtype": 5}, "dtype=5 is not accepted"),
+        ({"normalize": Normalize(mean=[1.0, 2.0])}, "mean= has 2 values; these images have 3 channels"),
+        ({"normalize": Normalize(mean=[1e300])}, "do not fit float32"),
+        ({"drop_last": "no"}, "drop_last='no'"),
         ({"dtype": "uint8", "normalize": Normalize(rescale=2)}, "dtype='uint8'"),
         ({"prefetch": -1}, "prefetch=-1"),
         ({"workers": 0}, "workers=0"),
@@ -360,6 +399,29 @@ def test_normalize_matches_keras_standardize(rng):
     assert np.abs(ours - expected).max() < 1e-4
 
 
+def test_a_transform_that_samples_absurdly_far_is_refused_not_a_crash(image):
+    # OpenCV's warpAffine crashed the process (SIGSEGV) on such matrices with the default fill.
+    with pytest.raises(preload.OptionError, match=r"samples the 32x32 image 1e\+09 pixels away"):
+        warped(Transform(tx=1e9), image)
+    with pytest.raises(preload.OptionError, match="beyond any finite distance"):
+        warped(Transform(zx=1e308, tx=1e308), image)
+    with pytest.raises(preload.OptionError, match=r"Transform\(theta=nan\)"):
+        Transform(theta=float("nan"))
+    extreme = Augment(rotation=360, shear=360, shift=32767, zoom=(0.01, 100), fill="nearest")
+    images = np.stack([image] * 4)
+    assert extreme(images.copy(), rng=0).shape == images.shape  # the largest accepted ranges warp fine
+
+
+@pytest.mark.parametrize("fill", ["nearest", "constant", "reflect", "wrap"])
+@pytest.mark.parametrize("transform", [Transform(theta=20, tx=2, zx=1.1, flip_horizontal=True),
+                                       Transform(flip_vertical=True)])
+def test_images_of_more_than_four_channels_are_warped_plane_by_plane(rng, fill, transform):
+    # An NHWC plane of a 5-channel image is strided: OpenCV refused it as dst= (cv2.error before the fix).
+    image = np.dstack([smooth_image(rng, 24, 24), smooth_image(rng, 24, 24)[..., :2]])
+    planes = [warped(transform, np.ascontiguousarray(image[..., [c]]), fill=fill) for c in range(5)]
+    assert np.array_equal(warped(transform, image, fill=fill), np.dstack(planes))
+
+
 def test_cv2_border_modes_are_the_documented_ones():
     row = np.arange(1, 5, dtype=np.uint8).reshape(1, 4)
     padded = {name: cv2.copyMakeBorder(row, 0, 0, 0, 2, mode).ravel().tolist()
@@ -379,5 +441,5 @@ def test_the_engine_takes_its_output_buffers_from_allocate(rng):
     engine = BatchEngine(ds, 4, order=order, entropy=entropy, dtype="float32", prefetch=1, workers=1,
                          allocate=allocate)
     batches = [images.copy() for images, _ in engine]
-    assert made == [((4, 16, 16, 3), "float32")] * 2  # one per buffer set, reused afterwards
+    assert made == [((4, 16, 16, 3), "float32")] * 3  # one per buffer set of the ring (prefetch + 2), then reused
     assert np.array_equal(np.concatenate(batches), ds.images.astype(np.float32))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import preload
+import preload.batching
 import preload.shared
 
 torch = pytest.importorskip("torch")
@@ -32,7 +33,7 @@ def test_loader_yields_tensors_sharing_the_batch_buffers():
         assert images.dtype == torch.uint8 and labels.dtype == torch.int64
         pointers.add(images.data_ptr())
         batches.append((images.clone(), labels.clone()))
-    assert len(pointers) == 2  # prefetch=1: two buffers, reused in turn
+    assert len(pointers) == 3  # prefetch=1: a ring of three buffers (prefetch + 2), reused in turn
     assert torch.equal(torch.cat([b for b, _ in batches]), torch.from_numpy(ds.images))
     assert torch.cat([y for _, y in batches]).tolist() == list(range(10))
 
@@ -56,6 +57,31 @@ def test_loader_rejects_bad_options():
         preload_torch.loader(_dataset(), 4, prefetch=-2)
     with pytest.raises(preload.OptionError, match="seed='a'"):
         preload_torch.loader(_dataset(), 4, seed="a")
+    # A generator was taken as True: an order the caller's generator did not decide.
+    with pytest.raises(preload.OptionError, match="shuffle=Generator"):
+        preload_torch.loader(_dataset(), 4, shuffle=np.random.default_rng(0))
+    with pytest.raises(preload.OptionError, match="pin_memory='yes'"):
+        preload_torch.loader(_dataset(), 4, pin_memory="yes")
+    with pytest.raises(preload.OptionError, match="batch_size=0"):
+        preload_torch.loader(_dataset(), 0)
+
+
+def test_kept_tensors_stay_intact():
+    ds = _dataset()
+    kept = list(preload_torch.loader(ds, 4, shuffle=False, prefetch=1, workers=2))  # no clone()
+    assert torch.equal(torch.cat([images for images, _ in kept]), torch.from_numpy(ds.images))
+    assert torch.cat([labels for _, labels in kept]).tolist() == list(range(10))
+
+
+@pytest.mark.parametrize(("count", "drop_last", "batches"), [(10, False, 3), (10, True, 2), (8, True, 2), (3, True, 0)])
+def test_len_counts_batches_without_building_an_engine(monkeypatch, count, drop_last, batches):
+    loader = preload_torch.loader(_dataset(count), 4, drop_last=drop_last)
+    built = []
+    original = preload.batching.BatchEngine.__init__
+    monkeypatch.setattr(preload.batching.BatchEngine, "__init__",
+                        lambda self, *args, **kwargs: built.append(1) or original(self, *args, **kwargs))
+    assert len(loader) == batches and built == []
+    assert len(list(loader)) == batches and built == [1]
 
 
 def private_bytes(address: int) -> int:
