@@ -1364,7 +1364,8 @@ def _check_fresh(files: CacheFiles, meta: dict) -> freshness.Verdict:
     if verdict.stale:
         message = (f"the cache '{files.data}' is stale: {verdict.describe()}; build it again to update it, "
                    "or open it with check=False")
-        raise StaleCacheError(message, verdict.added, verdict.removed, verdict.changed + verdict.relabelled)
+        raise StaleCacheError(message, verdict.added, verdict.removed,
+                              verdict.changed + verdict.relabelled + verdict.reordered)
     return verdict
 
 

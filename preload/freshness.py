@@ -576,6 +576,7 @@ class Verdict:
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     relabelled: list[str] = field(default_factory=list)
+    reordered: list[str] = field(default_factory=list)  # the same files, listed in another order
     unverifiable: list[str] = field(default_factory=list)
     relisted: list[str] = field(default_factory=list)
     threads: int = 0
@@ -583,12 +584,12 @@ class Verdict:
 
     @property
     def stale(self) -> bool:
-        return bool(self.added or self.removed or self.changed or self.relabelled)
+        return bool(self.added or self.removed or self.changed or self.relabelled or self.reordered)
 
     def describe(self) -> str:
         parts = []
         for what, items in (("added", self.added), ("removed", self.removed), ("changed", self.changed),
-                            ("relabelled", self.relabelled)):
+                            ("relabelled", self.relabelled), ("moved to another row", self.reordered)):
             if items:
                 more = f" and {len(items) - 3} more" if len(items) > 3 else ""
                 parts.append(f"{len(items)} {what} ({', '.join(repr(p) for p in items[:3])}{more})")
@@ -647,6 +648,10 @@ def _whole_source_again(table: FileTable, source: dict, relist, verdict: Verdict
         old_set, new_set = set(old_paths), set(new_paths)
         verdict.added = [p for p in new_paths if p not in old_set]
         verdict.removed = [p for p in old_paths if p not in new_set]
+        if not verdict.added and not verdict.removed:
+            # Rows are in the list's order, and users align them with other columns by
+            # position: a reordered CSV is a different array even with every file unchanged.
+            verdict.reordered = [new for old, new in zip(old_paths, new_paths, strict=True) if old != new]
     old_names = _label_names(table.labels, table.classes, len(old_paths))
     new_names = _label_names(current.labels, current.classes, len(new_paths))
     new_label = dict(zip(new_paths, new_names, strict=True))

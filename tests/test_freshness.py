@@ -171,6 +171,27 @@ def test_a_changed_csv_label_is_stale(tmp_path, source):
     assert build(listing, out).labels.tolist() == [0, 0] + [1, 0] * 5
 
 
+def test_reordered_csv_rows_are_stale_and_a_build_follows_the_new_order(tmp_path, source, capsys):
+    listing = tmp_path / "list.csv"
+    images = sorted(source.rglob("*.png"))[:4]
+    rows = [f"{p.relative_to(tmp_path)},{k}" for k, p in enumerate(images)]
+    listing.write_text("path,label\n" + "\n".join(rows) + "\n")
+    settle()
+    out = tmp_path / "c.npy"
+    first = build(listing, out)
+    pixels = np.array(first.images)
+    listing.write_text("path,label\n" + "\n".join(reversed(rows)) + "\n")  # the same files and labels
+    with pytest.raises(preload.StaleCacheError, match=r"4 moved to another row .*ant/3.png") as caught:
+        preload.open_cache(out)
+    assert caught.value.changed == [str(p) for p in reversed(images)]
+    assert cli.main(["verify", str(out)]) == 1
+    assert "4 moved to another row" in capsys.readouterr().out
+    rebuilt = build(listing, out)
+    assert rebuilt.labels.tolist() == [3, 2, 1, 0]
+    assert np.array_equal(rebuilt.images, pixels[::-1])
+    assert preload.open_cache(out).paths == [str(p) for p in reversed(images)]
+
+
 def test_changed_labels_of_a_path_list_are_rebuilt(tmp_path, source):
     paths = sorted(str(p) for p in source.rglob("*.png"))
     out = tmp_path / "c.npy"
