@@ -602,15 +602,37 @@ def _warn_about_source(source, ds) -> None:
 
 
 def _not_images(root: str) -> tuple[int, str | None]:
-    """Visible files under ``root`` whose extension is not an image's (a listing pass, no stat per file)."""
+    """Visible files under ``root`` whose extension is not an image's (a listing pass, no stat per file).
+
+    The order of ``os.walk(root)`` with sorted names (links to folders are not
+    entered, unreadable folders passed over), but with its own stack: Python
+    3.11's os.walk recurses once per level and a tree a thousand levels deep,
+    which the load itself took, would end in a RecursionError here.
+    """
     count, example = 0, None
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith(".") or os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            count += 1
-            example = example or os.path.join(folder, name)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:  # a symlink loop: os.walk counts it as a file
+                is_dir = False
+            if is_dir:
+                if not entry.is_symlink():
+                    subfolders.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                count += 1
+                example = example or entry.path
+        pending.extend(reversed(subfolders))  # popped in sorted order, depth first
     return count, example
 
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import settle
+from conftest import remove_tree, settle
 from preload import cache, cli, samples
 from preload.cli import main
 
@@ -361,3 +361,24 @@ def test_build_while_another_holds_the_lock_is_exit_1(src, capsys, tmp_path):
         assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), FAILED,
                      f"is held by pid {os.getpid()} on host ", "another build of this cache is running")
         assert os.path.exists(str(target) + ".lock")  # someone else's lock is never removed
+
+
+# ------------------------------------------------------------ a source nested deeper than Python's recursion limit (D9)
+
+
+def test_load_of_a_folder_nested_deeper_than_the_recursion_limit_lists_and_loads_it(capsys, tmp_path):
+    root = tmp_path / "deep"
+    folder = str(root / "cat")
+    os.makedirs(folder)
+    try:
+        for _ in range(sys.getrecursionlimit() + 100):  # one mkdir a level: os.makedirs recurses too
+            folder = os.path.join(folder, "d")
+            os.mkdir(folder)
+        assert cv2.imwrite(os.path.join(folder, "x.png"), np.full((6, 6, 3), 9, np.uint8))
+        Path(folder, "notes.txt").write_text("not an image")
+        code, out, err = run(capsys, "load", root, "--size", 4, *NO_PROGRESS)
+        assert (code, err) == (0, "")
+        assert "images   (1, 4, 4, 3) uint8 NHWC" in out
+        assert f"skipped  1 file(s) that are not images (e.g. '{folder}/notes.txt';" in out
+    finally:
+        remove_tree(root)  # shutil.rmtree (and pytest's clean-up) would recurse once per level
