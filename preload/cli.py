@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import tempfile
 import textwrap
@@ -37,7 +38,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._version import DISTRIBUTION, __version__, install_hint
-from .atomic import open_existing
+from .atomic import atomic_write, open_existing
 from .cache import CacheFiles, build_cache, cache_info, verify_cache
 from .errors import (
     ImageDecodeError,
@@ -272,9 +273,30 @@ def _existing_ancestor(path: str) -> str:
 
 
 def check_output_file(path: str, what: str) -> None:
-    """A plain file we will write (``--failed-list``): not a folder, in a writable folder."""
-    if os.path.isdir(path):
+    """A plain file we will write (``--failed-list``): a new name or a regular file, in a writable folder.
+
+    Checked before any decoding, so a bad name costs nothing. The file is
+    written under a temporary name and renamed over ``path``
+    (:func:`preload.atomic.atomic_write`), so whatever is at ``path`` is
+    replaced, never written into; a symbolic link there is refused instead
+    (it may point at a file the user meant to keep, or at ``/dev/stdout``,
+    which a rename would replace), and so is a FIFO, device or socket (a
+    FIFO would hang the write, a device must not be replaced by a file).
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # nothing there (or its folder is missing): the folder check below says which
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
         raise PathProblem(f"{what} '{path}' is a folder, not a file")
+    if mode is not None and stat.S_ISLNK(mode):
+        message = (f"{what} '{path}' is a symbolic link; preload writes a new regular file there and never "
+                   "follows a link: name the file itself, or a new path")
+        raise PathProblem(message)
+    if mode is not None and not stat.S_ISREG(mode):
+        message = (f"{what} '{path}' is not a regular file (a FIFO, device or socket); give the path of a "
+                   "regular file or a new one")
+        raise PathProblem(message)
     check_writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} '{path}'")
 
 
@@ -566,8 +588,8 @@ def _report_failures(ds, args) -> None:
     failed = list(ds.failed)
     target = getattr(args, "failed_list", None)
     if target:
-        try:
-            with open(target, "w", encoding="utf-8") as handle:
+        try:  # a temporary name and a rename: a link or FIFO put at `target` since the check is replaced, not used
+            with atomic_write(target, "w", encoding="utf-8") as handle:
                 for failure in failed:
                     handle.write(f"{failure.path}\t{failure.reason}\t{failure.detail}\n")
         except OSError as exc:

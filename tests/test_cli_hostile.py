@@ -363,6 +363,80 @@ def test_build_while_another_holds_the_lock_is_exit_1(src, capsys, tmp_path):
         assert os.path.exists(str(target) + ".lock")  # someone else's lock is never removed
 
 
+# ------------------------------------------------------------ --failed-list FILE (attack-11 D8)
+
+
+@pytest.fixture
+def src_with_a_bad_file(src) -> Path:
+    (src / "dog" / "3.png").write_bytes(b"not a png at all")
+    return src
+
+
+def test_failed_list_at_a_symbolic_link_is_refused_before_decoding(src_with_a_bad_file, capsys, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("SECRET")
+    link = tmp_path / "failed.txt"
+    link.symlink_to(victim)
+    result = run(capsys, "load", src_with_a_bad_file, "--size", 8, "--on-error", "skip", "--failed-list", link,
+                 *NO_PROGRESS)
+    assert_error(result, USAGE, f"--failed-list '{link}' is a symbolic link; preload writes a new regular file "
+                                "there and never follows a link")
+    assert result[1] == ""  # refused up front: nothing was loaded
+    assert victim.read_text() == "SECRET" and link.is_symlink()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_failed_list_at_a_fifo_or_device_is_refused_before_decoding(src_with_a_bad_file, capsys, tmp_path, kind):
+    if kind == "fifo":
+        target = tmp_path / "failed.fifo"
+        os.mkfifo(target)
+        reader = os.open(target, os.O_RDONLY | os.O_NONBLOCK)  # without the check a writer would not block: it fails
+    else:
+        target, reader = Path("/dev/null"), None
+    try:
+        result = run(capsys, "load", src_with_a_bad_file, "--size", 8, "--on-error", "skip", "--failed-list",
+                     target, *NO_PROGRESS)
+    finally:
+        if reader is not None:
+            os.close(reader)
+    assert_error(result, USAGE, f"--failed-list '{target}' is not a regular file (a FIFO, device or socket)")
+    assert result[1] == ""
+    assert os.path.exists(target) and not os.path.isfile(target)
+
+
+def test_failed_list_replaces_a_link_planted_during_the_load_and_never_writes_through_it(
+        src_with_a_bad_file, capsys, tmp_path, monkeypatch):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("SECRET")
+    target = tmp_path / "failed.txt"
+    real_load = cli.load
+
+    def load_then_plant(*args, **kwargs):  # after the up-front check, before the list is written
+        ds = real_load(*args, **kwargs)
+        target.symlink_to(victim)
+        return ds
+
+    monkeypatch.setattr(cli, "load", load_then_plant)
+    code, out, err = run(capsys, "load", src_with_a_bad_file, "--size", 8, "--on-error", "skip", "--failed-list",
+                         target, *NO_PROGRESS)
+    assert (code, err) == (0, "")
+    assert victim.read_text() == "SECRET"
+    assert not target.is_symlink()
+    (line,) = target.read_text().splitlines()
+    assert line.startswith(f"{src_with_a_bad_file / 'dog' / '3.png'}\tnot-an-image\t")
+    assert not os.path.exists(f"{target}.tmp")
+
+
+def test_failed_list_over_an_existing_regular_file_replaces_it(src_with_a_bad_file, capsys, tmp_path):
+    target = tmp_path / "failed.txt"
+    target.write_text("old list\n" * 100)
+    code, _, err = run(capsys, "load", src_with_a_bad_file, "--size", 8, "--on-error", "skip", "--failed-list",
+                       target, *NO_PROGRESS)
+    assert (code, err) == (0, "")
+    assert [line.split("\t")[:2] for line in target.read_text().splitlines()] == [
+        [str(src_with_a_bad_file / "dog" / "3.png"), "not-an-image"]]
+
+
 # ------------------------------------------------------------ a source nested deeper than Python's recursion limit (D9)
 
 
