@@ -54,7 +54,7 @@ from .errors import (
 from .loader import load
 from .measure import STRATEGIES, PeakSampler
 from .options import OPTIONS, parse_size
-from .report import DEFAULT_SAMPLES, PLOT_HINT, console_lines, run_report, write_report
+from .report import DEFAULT_SAMPLES, PLOT_HINT, REPORT_FILES, console_lines, run_report, write_report
 from .sources import IMAGE_EXTENSIONS, Manifest, manifest
 
 EPILOG = """examples:
@@ -884,6 +884,11 @@ def _report(args) -> int:
     if args.source is not None:
         check_source(args.source)
     check_output_folder(out, "--out")
+    for name in REPORT_FILES:  # before the runs: a rename cannot replace a folder, and the measuring would be lost
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise PathProblem(f"--out '{out}' holds a folder named '{name}', where the report writes that file; "
+                              "remove it or give another --out")
     if args.npy_dir is not None:
         if not os.path.isdir(args.npy_dir):
             raise PathProblem(f"--npy-dir '{args.npy_dir}' is not a folder")

@@ -456,3 +456,21 @@ def test_load_of_a_folder_nested_deeper_than_the_recursion_limit_lists_and_loads
         assert f"skipped  1 file(s) that are not images (e.g. '{folder}/notes.txt';" in out
     finally:
         remove_tree(root)  # shutil.rmtree (and pytest's clean-up) would recurse once per level
+
+
+# ------------------------------------------------------------ the demo's sample files (D7)
+
+
+def test_make_samples_replaces_a_link_at_one_of_its_names_and_never_writes_through_it(tmp_path):
+    pytest.importorskip("skimage")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("SECRET")
+    (tmp_path / "demo" / "astronaut").mkdir(parents=True)
+    planted = tmp_path / "demo" / "astronaut" / "000000.jpg"  # the first name make_samples writes
+    planted.symlink_to(victim)
+
+    written = samples.make_samples(tmp_path / "demo", 2)
+
+    assert victim.read_text() == "SECRET"
+    assert str(planted) in written and not planted.is_symlink()
+    assert cv2.imread(str(planted)) is not None
