@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import tempfile
 import textwrap
@@ -37,7 +38,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._version import DISTRIBUTION, __version__, install_hint
-from .atomic import open_existing
+from .atomic import atomic_write, open_existing
 from .cache import CacheFiles, build_cache, cache_info, verify_cache
 from .errors import (
     ImageDecodeError,
@@ -53,7 +54,7 @@ from .errors import (
 from .loader import load
 from .measure import STRATEGIES, PeakSampler
 from .options import OPTIONS, parse_size
-from .report import DEFAULT_SAMPLES, PLOT_HINT, console_lines, run_report, write_report
+from .report import DEFAULT_SAMPLES, PLOT_HINT, REPORT_FILES, console_lines, run_report, write_report
 from .sources import IMAGE_EXTENSIONS, Manifest, manifest
 
 EPILOG = """examples:
@@ -272,9 +273,30 @@ def _existing_ancestor(path: str) -> str:
 
 
 def check_output_file(path: str, what: str) -> None:
-    """A plain file we will write (``--failed-list``): not a folder, in a writable folder."""
-    if os.path.isdir(path):
+    """A plain file we will write (``--failed-list``): a new name or a regular file, in a writable folder.
+
+    Checked before any decoding, so a bad name costs nothing. The file is
+    written under a temporary name and renamed over ``path``
+    (:func:`preload.atomic.atomic_write`), so whatever is at ``path`` is
+    replaced, never written into; a symbolic link there is refused instead
+    (it may point at a file the user meant to keep, or at ``/dev/stdout``,
+    which a rename would replace), and so is a FIFO, device or socket (a
+    FIFO would hang the write, a device must not be replaced by a file).
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # nothing there (or its folder is missing): the folder check below says which
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
         raise PathProblem(f"{what} '{path}' is a folder, not a file")
+    if mode is not None and stat.S_ISLNK(mode):
+        message = (f"{what} '{path}' is a symbolic link; preload writes a new regular file there and never "
+                   "follows a link: name the file itself, or a new path")
+        raise PathProblem(message)
+    if mode is not None and not stat.S_ISREG(mode):
+        message = (f"{what} '{path}' is not a regular file (a FIFO, device or socket); give the path of a "
+                   "regular file or a new one")
+        raise PathProblem(message)
     check_writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} '{path}'")
 
 
@@ -566,8 +588,8 @@ def _report_failures(ds, args) -> None:
     failed = list(ds.failed)
     target = getattr(args, "failed_list", None)
     if target:
-        try:
-            with open(target, "w", encoding="utf-8") as handle:
+        try:  # a temporary name and a rename: a link or FIFO put at `target` since the check is replaced, not used
+            with atomic_write(target, "w", encoding="utf-8") as handle:
                 for failure in failed:
                     handle.write(f"{failure.path}\t{failure.reason}\t{failure.detail}\n")
         except OSError as exc:
@@ -602,15 +624,37 @@ def _warn_about_source(source, ds) -> None:
 
 
 def _not_images(root: str) -> tuple[int, str | None]:
-    """Visible files under ``root`` whose extension is not an image's (a listing pass, no stat per file)."""
+    """Visible files under ``root`` whose extension is not an image's (a listing pass, no stat per file).
+
+    The order of ``os.walk(root)`` with sorted names (links to folders are not
+    entered, unreadable folders passed over), but with its own stack: Python
+    3.11's os.walk recurses once per level and a tree a thousand levels deep,
+    which the load itself took, would end in a RecursionError here.
+    """
     count, example = 0, None
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith(".") or os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            count += 1
-            example = example or os.path.join(folder, name)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:  # a symlink loop: os.walk counts it as a file
+                is_dir = False
+            if is_dir:
+                if not entry.is_symlink():
+                    subfolders.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                count += 1
+                example = example or entry.path
+        pending.extend(reversed(subfolders))  # popped in sorted order, depth first
     return count, example
 
 
@@ -840,6 +884,11 @@ def _report(args) -> int:
     if args.source is not None:
         check_source(args.source)
     check_output_folder(out, "--out")
+    for name in REPORT_FILES:  # before the runs: a rename cannot replace a folder, and the measuring would be lost
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise PathProblem(f"--out '{out}' holds a folder named '{name}', where the report writes that file; "
+                              "remove it or give another --out")
     if args.npy_dir is not None:
         if not os.path.isdir(args.npy_dir):
             raise PathProblem(f"--npy-dir '{args.npy_dir}' is not a folder")

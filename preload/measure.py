@@ -65,6 +65,7 @@ import cv2
 import numpy as np
 import psutil
 
+from .atomic import atomic_write
 from .decode import Decoder
 from .errors import OptionError, PreloadError
 from .loader import load
@@ -668,8 +669,13 @@ def child_env() -> dict[str, str]:
 
 
 def save_json(data, path: str | os.PathLike) -> None:
-    """Write ``data`` as indented JSON (NaN allowed: a run that did not finish has NaN figures)."""
-    with open(path, "w", encoding="utf-8") as handle:
+    """Write ``data`` as indented JSON (NaN allowed: a run that did not finish has NaN figures).
+
+    Through :func:`preload.atomic.atomic_write`: ``report.json`` has a fixed
+    name in a folder the user picks, and a link or FIFO planted there must be
+    replaced, not written through or blocked on.
+    """
+    with atomic_write(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=1, allow_nan=True)
 
 

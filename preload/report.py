@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 import psutil
 
 from ._version import install_hint
+from .atomic import atomic_write
 from .errors import OptionError, PreloadError
 from .measure import (
     SAMPLE_SEED,
@@ -55,6 +56,9 @@ from .sources import manifest
 REPORT_VERSION = 1
 DEFAULT_SAMPLES = 400  # built-in sample images made when no SOURCE and no --limit are given
 PLOT_HINT = f"{install_hint('plot')}, or just: pip install matplotlib"
+# What write_report puts in its folder. Each is written to a temporary name and renamed
+# over its own (preload.atomic): a link, FIFO or file planted there is replaced, never used.
+REPORT_FILES = ("report.json", "report.md", "memory.png")
 
 
 # ------------------------------------------------------------------ the whole report
@@ -448,7 +452,7 @@ def write_markdown(report: Report, path: str | os.PathLike, plot: str | None) ->
         "ru_maxrss starts at the parent's peak (Linux hands it down), so it shows a peak only above that.",
         "",
     ]
-    with open(path, "w", encoding="utf-8") as handle:
+    with atomic_write(path, "w", encoding="utf-8") as handle:  # a fixed name: never written through a link
         handle.write("\n".join(lines))
 
 
@@ -489,12 +493,19 @@ def write_plot(report: Report, path: str | os.PathLike) -> bool:
     axes.set_ylim(bottom=min(0, axes.get_ylim()[0]))
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8, loc="upper left")
-    figure.savefig(path, dpi=100)
+    # Into a file preload.atomic created (then renamed over ``path``), not savefig(path):
+    # matplotlib would open the fixed name itself, through any link or FIFO planted there.
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100)
     return True
 
 
 def write_report(report: Report, folder: str | os.PathLike) -> dict[str, str | None]:
     """Write ``report.json``, ``report.md`` and (with matplotlib) ``memory.png`` into ``folder``.
+
+    Each through :func:`preload.atomic.atomic_write` (a temporary name, then a
+    rename): whatever is at those names (a stale report, a symbolic link, a
+    FIFO) is replaced, never written through or blocked on.
 
     Returns
     -------
@@ -512,9 +523,8 @@ def write_report(report: Report, folder: str | os.PathLike) -> dict[str, str | N
     """
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    plot_path = os.path.join(folder, "memory.png")
+    json_path, md_path, plot_path = (os.path.join(folder, name) for name in REPORT_FILES)
     plotted = write_plot(report, plot_path)
-    json_path, md_path = os.path.join(folder, "report.json"), os.path.join(folder, "report.md")
     data = report.to_dict()
     data["plot"] = "memory.png" if plotted else None
     data["plot_note"] = "" if plotted else f"the plot needs matplotlib: {PLOT_HINT}"

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ._version import install_hint
+from .atomic import create_new
 from .errors import OptionError, PreloadError
 
 # Photos in scikit-image's wheel (no download needed); gray ones become gray JPEGs.
@@ -47,7 +48,8 @@ def make_samples(
     """Write ``count`` ImageNet-like images into class sub-folders of ``folder``.
 
     Every ``png_every``-th image is a PNG; images from gray photos are gray
-    JPEGs. Existing files with the same names are overwritten.
+    JPEGs. Existing files with the same names are replaced (a symbolic link
+    there is removed, not followed).
 
     Returns
     -------
@@ -84,8 +86,10 @@ def make_samples(
         if not ok:
             raise PreloadError(f"cannot encode sample image '{path}'")
         # Written by Python, not cv2.imwrite: a full or read-only disk is then an
-        # OSError naming the file and the reason, not a bare False.
-        with open(path, "wb") as handle:
+        # OSError naming the file and the reason, not a bare False. create_new unlinks
+        # what is at the name and creates the file with O_EXCL | O_NOFOLLOW: a link
+        # planted at one of these fixed names is replaced, never written through.
+        with open(path, "wb", opener=lambda name, flags: create_new(name)) as handle:
             handle.write(encoded.tobytes())
         written.append(path)
     return sorted(written)

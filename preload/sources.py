@@ -35,7 +35,7 @@ import io
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -266,32 +266,51 @@ def _scan(folder: str) -> tuple[list[str], list[str]]:
     return files, dirs
 
 
-def _walk(folder: str, seen: frozenset = frozenset(), walked: list[str] | None = None) -> list[str]:
+def _walk(folder: str, walked: list[str] | None = None) -> list[str]:
     """All visible images under ``folder``: its sorted files, then each sorted sub-folder.
 
     os.scandir yields the file type with the name, so listing costs no stat per
     file; that keeps a million-file tree in seconds rather than minutes.
-    ``seen`` holds the (device, inode) of the folders above, so a symlink back
-    up the tree is an error instead of an endless walk; ``walked`` collects
-    every folder visited.
+    The (device, inode) of every folder on the way down is kept, so a symlink
+    back up the tree is an error instead of an endless walk; ``walked``
+    collects every folder visited, in the order visited.
+
+    The walk is depth first with its own stack, not recursion: a tree nested
+    thousands of levels deep (which a file system allows) must not end in
+    Python's RecursionError.
     """
-    try:
-        info = os.stat(folder)
-    except OSError as exc:
-        message = f"cannot list '{display(folder)}': {exc.strerror or exc}"
-        raise SourceError(message) from exc
-    here = (info.st_dev, info.st_ino)
-    if here in seen:
-        message = (f"'{display(folder)}' leads back to a folder above it (a symlink loop); "
-                   "remove the link or list files")
-        raise SourceError(message)
-    files, dirs = _scan(folder)
-    if walked is not None:
-        walked.append(folder)
-    prefix = os.path.join(folder, "")  # one join per folder, not per file
-    found = [prefix + name for name in files]
-    for name in dirs:
-        found.extend(_walk(os.path.join(folder, name), seen | {here}, walked))
+    found: list[str] = []
+    above: set[tuple[int, int]] = set()  # the folders on the path from ``folder`` down to the current one
+    stack: list[tuple[tuple[int, int], str, Iterator[str]]] = []
+
+    def enter(path: str) -> None:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            message = f"cannot list '{display(path)}': {exc.strerror or exc}"
+            raise SourceError(message) from exc
+        here = (info.st_dev, info.st_ino)
+        if here in above:
+            message = (f"'{display(path)}' leads back to a folder above it (a symlink loop); "
+                       "remove the link or list files")
+            raise SourceError(message)
+        files, dirs = _scan(path)
+        if walked is not None:
+            walked.append(path)
+        prefix = os.path.join(path, "")  # one join per folder, not per file
+        found.extend(prefix + name for name in files)
+        above.add(here)
+        stack.append((here, path, iter(dirs)))
+
+    enter(folder)
+    while stack:
+        here, path, subfolders = stack[-1]
+        name = next(subfolders, None)
+        if name is None:  # every sub-folder done: leave this folder
+            stack.pop()
+            above.discard(here)
+        else:
+            enter(os.path.join(path, name))
     return found
 
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import settle
+from conftest import remove_tree, settle
 from preload import cache, cli, samples
 from preload.cli import main
 
@@ -361,3 +361,116 @@ def test_build_while_another_holds_the_lock_is_exit_1(src, capsys, tmp_path):
         assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), FAILED,
                      f"is held by pid {os.getpid()} on host ", "another build of this cache is running")
         assert os.path.exists(str(target) + ".lock")  # someone else's lock is never removed
+
+
+# ------------------------------------------------------------ --failed-list FILE (attack-11 D8)
+
+
+@pytest.fixture
+def src_with_a_bad_file(src) -> Path:
+    (src / "dog" / "3.png").write_bytes(b"not a png at all")
+    return src
+
+
+def test_failed_list_at_a_symbolic_link_is_refused_before_decoding(src_with_a_bad_file, capsys, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("SECRET")
+    link = tmp_path / "failed.txt"
+    link.symlink_to(victim)
+    result = run(capsys, "load", src_with_a_bad_file, "--size", 8, "--on-error", "skip", "--failed-list", link,
+                 *NO_PROGRESS)
+    assert_error(result, USAGE, f"--failed-list '{link}' is a symbolic link; preload writes a new regular file "
+                                "there and never follows a link")
+    assert result[1] == ""  # refused up front: nothing was loaded
+    assert victim.read_text() == "SECRET" and link.is_symlink()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_failed_list_at_a_fifo_or_device_is_refused_before_decoding(src_with_a_bad_file, capsys, tmp_path, kind):
+    if kind == "fifo":
+        target = tmp_path / "failed.fifo"
+        os.mkfifo(target)
+        reader = os.open(target, os.O_RDONLY | os.O_NONBLOCK)  # without the check a writer would not block: it fails
+    else:
+        target, reader = Path("/dev/null"), None
+    try:
+        result = run(capsys, "load", src_with_a_bad_file, "--size", 8, "--on-error", "skip", "--failed-list",
+                     target, *NO_PROGRESS)
+    finally:
+        if reader is not None:
+            os.close(reader)
+    assert_error(result, USAGE, f"--failed-list '{target}' is not a regular file (a FIFO, device or socket)")
+    assert result[1] == ""
+    assert os.path.exists(target) and not os.path.isfile(target)
+
+
+def test_failed_list_replaces_a_link_planted_during_the_load_and_never_writes_through_it(
+        src_with_a_bad_file, capsys, tmp_path, monkeypatch):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("SECRET")
+    target = tmp_path / "failed.txt"
+    real_load = cli.load
+
+    def load_then_plant(*args, **kwargs):  # after the up-front check, before the list is written
+        ds = real_load(*args, **kwargs)
+        target.symlink_to(victim)
+        return ds
+
+    monkeypatch.setattr(cli, "load", load_then_plant)
+    code, out, err = run(capsys, "load", src_with_a_bad_file, "--size", 8, "--on-error", "skip", "--failed-list",
+                         target, *NO_PROGRESS)
+    assert (code, err) == (0, "")
+    assert victim.read_text() == "SECRET"
+    assert not target.is_symlink()
+    (line,) = target.read_text().splitlines()
+    assert line.startswith(f"{src_with_a_bad_file / 'dog' / '3.png'}\tnot-an-image\t")
+    assert not os.path.exists(f"{target}.tmp")
+
+
+def test_failed_list_over_an_existing_regular_file_replaces_it(src_with_a_bad_file, capsys, tmp_path):
+    target = tmp_path / "failed.txt"
+    target.write_text("old list\n" * 100)
+    code, _, err = run(capsys, "load", src_with_a_bad_file, "--size", 8, "--on-error", "skip", "--failed-list",
+                       target, *NO_PROGRESS)
+    assert (code, err) == (0, "")
+    assert [line.split("\t")[:2] for line in target.read_text().splitlines()] == [
+        [str(src_with_a_bad_file / "dog" / "3.png"), "not-an-image"]]
+
+
+# ------------------------------------------------------------ a source nested deeper than Python's recursion limit (D9)
+
+
+def test_load_of_a_folder_nested_deeper_than_the_recursion_limit_lists_and_loads_it(capsys, tmp_path):
+    root = tmp_path / "deep"
+    folder = str(root / "cat")
+    os.makedirs(folder)
+    try:
+        for _ in range(sys.getrecursionlimit() + 100):  # one mkdir a level: os.makedirs recurses too
+            folder = os.path.join(folder, "d")
+            os.mkdir(folder)
+        assert cv2.imwrite(os.path.join(folder, "x.png"), np.full((6, 6, 3), 9, np.uint8))
+        Path(folder, "notes.txt").write_text("not an image")
+        code, out, err = run(capsys, "load", root, "--size", 4, *NO_PROGRESS)
+        assert (code, err) == (0, "")
+        assert "images   (1, 4, 4, 3) uint8 NHWC" in out
+        assert f"skipped  1 file(s) that are not images (e.g. '{folder}/notes.txt';" in out
+    finally:
+        remove_tree(root)  # shutil.rmtree (and pytest's clean-up) would recurse once per level
+
+
+# ------------------------------------------------------------ the demo's sample files (D7)
+
+
+def test_make_samples_replaces_a_link_at_one_of_its_names_and_never_writes_through_it(tmp_path):
+    pytest.importorskip("skimage")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("SECRET")
+    (tmp_path / "demo" / "astronaut").mkdir(parents=True)
+    planted = tmp_path / "demo" / "astronaut" / "000000.jpg"  # the first name make_samples writes
+    planted.symlink_to(victim)
+
+    written = samples.make_samples(tmp_path / "demo", 2)
+
+    assert victim.read_text() == "SECRET"
+    assert str(planted) in written and not planted.is_symlink()
+    assert cv2.imread(str(planted)) is not None

@@ -8,10 +8,12 @@ relations the array's size makes certain are asserted; no speed figures.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
 import sys
 
 import cv2
@@ -24,7 +26,7 @@ from conftest import smooth_image, write
 from preload.cli import main
 from preload.measure import STRATEGIES, StrategyRun, measure
 from preload.options import DecodeOptions
-from preload.report import run_report, write_report
+from preload.report import REPORT_FILES, run_report, write_report
 
 COUNT, SIDE = 72, 320
 ARRAY_BYTES = COUNT * SIDE * SIDE * 3
@@ -338,3 +340,78 @@ def test_cli_report_unknown_strategies_are_usage_errors(value, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert "argument --strategies" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ links and FIFOs at the report's names (D7)
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 30):
+    """Fail with TimeoutError instead of blocking forever (a FIFO opened for writing with no reader)."""
+
+    def give_up(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_write_report_replaces_links_and_fifos_at_its_names_never_using_them(report, tmp_path, kind):
+    pytest.importorskip("matplotlib")
+    out, victims = tmp_path / "out", tmp_path / "victims"
+    out.mkdir()
+    victims.mkdir()
+    for name in REPORT_FILES:
+        (victims / name).write_text("SECRET")
+        if kind == "link":
+            (out / name).symlink_to(victims / name)
+        else:
+            os.mkfifo(out / name)
+
+    with no_hang():
+        written = write_report(report, out)
+
+    assert [(victims / name).read_text() for name in REPORT_FILES] == ["SECRET"] * 3
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)  # no temporary file left
+    for name in REPORT_FILES:
+        assert (out / name).is_file() and not (out / name).is_symlink()
+    assert json.loads((out / "report.json").read_text())["shape"] == [COUNT, SIDE, SIDE, 3]
+    assert (out / "report.md").read_text().startswith("# Memory report: list-then-stack vs preload\n")
+    assert (out / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert written["plot"] == str(out / "memory.png")
+
+
+def test_cli_report_into_a_folder_with_planted_links_leaves_their_targets_alone(photos, tmp_path, capsys):
+    out, victim = tmp_path / "rep", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("SECRET")
+    for name in REPORT_FILES:
+        (out / name).symlink_to(victim)
+
+    rc = main(["report", str(photos), "--size", "8", "--limit", "3", "--strategies", "preload", "--out", str(out)])
+
+    assert (rc, capsys.readouterr().err) == (0, "")
+    assert victim.read_text() == "SECRET"
+    assert json.loads((out / "report.json").read_text())["shape"] == [3, 8, 8, 3]
+    assert not any((out / name).is_symlink() for name in REPORT_FILES)
+
+
+def test_cli_report_refuses_a_folder_at_one_of_its_names_before_measuring(photos, tmp_path, capsys):
+    out = tmp_path / "rep"
+    (out / "report.md").mkdir(parents=True)
+
+    rc = main(["report", str(photos), "--size", "8", "--strategies", "preload", "--out", str(out)])
+
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert captured.out == ""  # nothing was measured
+    assert _one_line_error(captured.err) == (
+        f"preload: error: --out '{out}' holds a folder named 'report.md', where the report writes that file; "
+        "remove it or give another --out\n")
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]

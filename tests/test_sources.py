@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
 import preload
+from conftest import remove_tree
 from preload import IMAGE_EXTENSIONS, Manifest, SourceError
 from preload.sources import manifest
 
@@ -685,3 +687,57 @@ def test_bytes_paths_become_str_paths(tmp_path):
 def test_a_path_with_a_nul_character_is_a_source_error():
     with pytest.raises(SourceError, match=r"path 1 of the list \('b\\x00.png'\) holds a NUL character"):
         Manifest.from_paths(["a.png", "b\x00.png"])
+
+
+# ------------------------------------------------------------ deep trees (attack-11 D9)
+
+
+def _nest(folder: str, depth: int) -> str:
+    """``folder/d/d/.../d`` ``depth`` levels down, made one mkdir at a time (os.makedirs recurses too)."""
+    for _ in range(depth):
+        folder = os.path.join(folder, "d")
+        os.mkdir(folder)
+    return folder
+
+
+@pytest.fixture
+def deep_root(tmp_path):
+    """``tmp_path/data``, removed afterwards by :func:`remove_tree`: pytest's own clean-up would recurse too deep."""
+    root = tmp_path / "data"
+    yield root
+    if root.exists():
+        remove_tree(root)
+
+
+def test_a_class_folder_nested_deeper_than_the_recursion_limit_is_walked_in_order(deep_root):
+    depth = sys.getrecursionlimit() + 100  # one level a frame would be a RecursionError
+    root = deep_root
+    write_image(root / "cat" / "a.png")
+    write_image(root / "cat" / "e" / "z.png")  # a sibling after 'd': walked once 'd' is done, at any depth
+    bottom = _nest(str(root / "cat"), depth)
+    write_image(os.path.join(bottom, "deepest.png"))
+    write_image(os.path.join(os.path.dirname(bottom), "b.png"))  # files of a folder before its sub-folders
+    write_image(os.path.join(os.path.dirname(bottom), "e", "c.png"))
+    write_image(root / "dog" / "y.png")
+    m = Manifest.from_folder(root)
+    inner = "/".join(["d"] * (depth - 1))
+    assert relative(m.paths, root) == ["cat/a.png", f"cat/{inner}/b.png", f"cat/{inner}/d/deepest.png",
+                                       f"cat/{inner}/e/c.png", "cat/e/z.png", "dog/y.png"]
+    assert m.labels.tolist() == [0, 0, 0, 0, 0, 1]
+    assert len(m.listing) == 1 + 1 + depth + 1 + 1 + 1  # root, cat, the chain, the two 'e' folders, dog
+
+
+def test_a_symlink_loop_deep_down_is_still_a_source_error_and_a_link_to_a_sibling_is_not(deep_root):
+    root = deep_root
+    write_image(root / "cat" / "a.png")
+    write_image(root / "cat" / "other" / "b.png")
+    (root / "cat" / "x").mkdir()
+    bottom = _nest(str(root / "cat" / "x"), sys.getrecursionlimit() + 100)
+    os.symlink(root / "cat" / "other", os.path.join(bottom, "link"))  # not above it: walked like a folder
+    m = Manifest.from_folder(root)
+    assert [os.path.basename(p) for p in m.paths] == ["a.png", "b.png", "b.png"]
+    assert m.paths[1].endswith(os.path.join("cat", "other", "b.png"))
+    assert m.paths[2].endswith(os.path.join("d", "d", "link", "b.png"))
+    os.symlink(root / "cat" / "x", os.path.join(bottom, "up"))  # leads back to a folder above it
+    with pytest.raises(SourceError, match=r"'.*/d/up' leads back to a folder above it \(a symlink loop\)"):
+        Manifest.from_folder(root)

@@ -24,7 +24,7 @@ PACKAGE = ROOT / "preload"
 LAYERS: list[set[str]] = [
     {"errors", "_version"},  # exception types; the version string
     {"options"},  # every option's check and its one description
-    {"sources", "samples"},  # files -> manifest; built-in sample photos
+    {"sources"},  # files -> manifest
     {"headers"},  # format, size, orientation from a file's first bytes
     {"quiet"},  # the OpenCV/stderr silencer
     {"decode"},  # one file -> one slot
@@ -38,7 +38,9 @@ LAYERS: list[set[str]] = [
     {"batching"},  # the batch engine: background preparation into reused buffers
     {"dataset"},  # the result object: array-like access, batches; ImageFiles
     {"loader"},  # the load verb
-    {"measure", "memory"},  # RSS sampling and the fresh-process harness (memory.py before its rename)
+    # RSS sampling and the fresh-process harness (memory.py before its rename); the built-in
+    # sample photos, above atomic, through which they are written
+    {"measure", "memory", "samples"},
     {"report"},  # the naive-vs-preload memory report
     # Below cache, not above it: build_cache(client=) hands its fill to the cluster
     # the way it hands a local one to fill.py, and distributed needs nothing of cache.
