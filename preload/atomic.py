@@ -33,7 +33,8 @@ NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None,
+                 errors: str | None = None) -> Iterator[IO]:
     """Open a temporary file next to ``path``; on a clean exit it replaces ``path``, durably.
 
     Examples
@@ -48,7 +49,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     path = os.fspath(path)
     temp = path + TEMP_SUFFIX
     try:
-        with open(create_new(temp), mode, encoding=encoding) as handle:
+        with open(create_new(temp), mode, encoding=encoding, errors=errors) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -50,6 +50,7 @@ from .errors import (
     SourceError,
     StaleCacheError,
     TargetError,
+    display,
 )
 from .loader import load
 from .measure import STRATEGIES, PeakSampler
@@ -102,7 +103,12 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 def say(line: str = "") -> None:
     """Print one line on stdout; a reader that went away (``| head``) ends the output, not the command."""
     try:
-        print(line, flush=True)
+        try:
+            print(line, flush=True)
+        except UnicodeEncodeError:
+            # A file name that is not UTF-8 (or a stdout that is ASCII): print it escaped, never fail.
+            encoding = sys.stdout.encoding or "utf-8"
+            print(display(line).encode(encoding, "backslashreplace").decode(encoding), flush=True)
     except BrokenPipeError:
         _stdout_to_devnull()
 
@@ -589,7 +595,8 @@ def _report_failures(ds, args) -> None:
     target = getattr(args, "failed_list", None)
     if target:
         try:  # a temporary name and a rename: a link or FIFO put at `target` since the check is replaced, not used
-            with atomic_write(target, "w", encoding="utf-8") as handle:
+            # The names' own bytes (surrogateescape), so a script can open exactly the files listed.
+            with atomic_write(target, "w", encoding="utf-8", errors="surrogateescape") as handle:
                 for failure in failed:
                     handle.write(f"{failure.path}\t{failure.reason}\t{failure.detail}\n")
         except OSError as exc:

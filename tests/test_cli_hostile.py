@@ -474,3 +474,21 @@ def test_make_samples_replaces_a_link_at_one_of_its_names_and_never_writes_throu
     assert victim.read_text() == "SECRET"
     assert str(planted) in written and not planted.is_symlink()
     assert cv2.imread(str(planted)) is not None
+
+
+@pytest.mark.parametrize("encoding", ["utf-8:strict", "ascii:strict"])
+def test_a_failed_name_that_is_not_utf8_goes_into_the_failed_list_and_info_as_its_bytes(src, tmp_path, encoding):
+    bad = os.path.join(os.fsencode(src), b"cat", b"bad\xff.png")
+    with open(bad, "wb") as handle:
+        handle.write(b"junk")
+    listed, cache = tmp_path / "failed.txt", tmp_path / "c.npy"
+    env = {**os.environ, "PYTHONIOENCODING": encoding, "LC_ALL": "C"}
+    command = [sys.executable, "-m", "preload"]
+    done = subprocess.run([*command, "build", str(src), str(cache), "--size", "8", "--on-error", "skip",
+                           "--failed-list", str(listed), *NO_PROGRESS], capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    # The list holds the name's own bytes, so a script can open exactly the file named.
+    assert listed.read_bytes().split(b"\t")[0] == bad
+    done = subprocess.run([*command, "info", str(cache)], capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    assert b"first: '" + os.fsencode(src) + b"/cat/bad\\xff.png'" in done.stdout
