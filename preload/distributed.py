@@ -83,6 +83,7 @@ import cv2
 import numpy as np
 
 from ._version import __version__
+from .atomic import NOFOLLOW, refuse_link
 from .decode import Decoder
 from .errors import ClusterError, Failure, ImageDecodeError, OptionError
 from .fill import decode_rows
@@ -552,7 +553,12 @@ class _Chunker:
 def _write_token(probe: str, text: str) -> None:
     # Written in place, not renamed: over NFS, open() after another client's
     # close() is guaranteed to see the new bytes (close-to-open), a rename is not.
-    with open(probe, "w", encoding="ascii") as handle:
+    # O_NOFOLLOW: a link planted at the probe's name must not make us write through it.
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644)
+    except OSError as exc:
+        refuse_link(probe, exc)
+    with open(fd, "w", encoding="ascii") as handle:
         handle.write(text)
 
 

@@ -393,3 +393,16 @@ def test_importing_preload_does_not_import_dask():
     code = "import sys, preload; print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_probe_token_is_never_written_through_a_planted_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not preload's")
+    probe = tmp_path / ("c.npy.partial" + cluster_fill.PROBE_SUFFIX)
+    probe.symlink_to(victim)
+    with pytest.raises(preload.TargetError, match=r"is a symbolic link; preload creates that file itself"):
+        cluster_fill._write_token(str(probe), "token")
+    assert victim.read_text() == "not preload's"
+    probe.unlink()
+    cluster_fill._write_token(str(probe), "token")
+    assert probe.read_text() == "token"
