@@ -1545,6 +1545,7 @@ def _read_state(files: CacheFiles, paths: bool) -> CacheState:
         _check_header(files, meta, options, header)
         # The same open file: a build renaming a new array into place cannot slip in between.
         images = np.memmap(handle, np.uint8, "r", header.offset, header.shape)
+    images.filename = files.data  # as np.load(mmap_mode="r") names it (mapped from a descriptor, it has no name)
     return _check_index(files, meta, options, header, images, paths)
 
 
