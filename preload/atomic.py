@@ -28,7 +28,7 @@ from typing import IO
 
 from .errors import TargetError
 
-TEMP_SUFFIX = ".tmp"
+TEMP_SUFFIX = ".tmp"  # the one temporary name of a path: a killed writer leaves exactly ``path + TEMP_SUFFIX``
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -61,6 +61,42 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
             exc.filename = path  # "no space left" from a write names no file: name the one being written
         raise
     fsync_folder(path)
+
+
+def sweep_temporaries(paths) -> list[str]:
+    """Remove the temporaries :func:`atomic_write` left at ``path + TEMP_SUFFIX`` for each of ``paths``.
+
+    A writer killed between creating its temporary and renaming it (kill -9,
+    a power cut) leaves that file behind; only the next writer of the same
+    paths, holding their lock, may remove it. Exactly those names are
+    looked at, and only a regular file or a link there is removed (never a
+    folder, never another name): preload removes nothing it did not create.
+
+    Returns
+    -------
+    list of str
+        The temporaries removed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "meta.json")
+    >>> open(path + TEMP_SUFFIX, "wb").close()  # as a killed writer leaves it
+    >>> [os.path.basename(p) for p in sweep_temporaries([path])]
+    ['meta.json.tmp']
+    """
+    removed = []
+    for path in paths:
+        temp = os.fspath(path) + TEMP_SUFFIX
+        try:
+            mode = os.lstat(temp).st_mode
+        except OSError:  # nothing there (the usual case), or not ours to look at
+            continue
+        if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+                removed.append(temp)
+    return removed
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -131,16 +167,30 @@ def open_existing(path: str, flags: int = os.O_RDONLY, *, follow: bool = False) 
         fd = os.open(path, flags | link_flags | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO there must not hang us
     except OSError as exc:
         if exc.errno in (errno.EISDIR,):
-            message = f"'{path}' is a folder, not a file preload wrote"
+            message = f"'{path}' is a directory, not a file preload wrote"
             raise TargetError(message) from None
         refuse_link(path, exc)
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    kind = _kind(os.fstat(fd).st_mode)
+    if kind is not None:
         os.close(fd)
-        message = f"'{path}' is not a regular file (a FIFO, device or socket); preload only writes regular files there"
+        # A folder opens fine read-only (EISDIR is only for writing): name it, as for the rest.
+        message = f"'{path}' is {kind}, not a regular file; preload only writes regular files there"
         raise TargetError(message)
     os.set_blocking(fd, True)
     return fd
+
+
+def _kind(mode: int) -> str | None:
+    """What a file of ``mode`` is when it is not a regular file, else None."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def read_file(path: str) -> bytes:

@@ -40,13 +40,20 @@ A cache named ``train.npy`` is these files in one folder:
 ``train.npy.damaged``
     Only after ``verify_cache(deep=True)`` found rows whose bytes no longer
     match their checksums: their numbers and the ``build_id``; the next build
-    checks those rows again and decodes the damaged ones anew.
+    checks those rows again and decodes the damaged ones anew. Until then
+    :func:`open_cache` refuses the cache naming those rows (unless
+    ``check=False``), and :func:`cache_info` and :func:`verify_cache` say
+    "damaged".
 
 While a build runs (or after it was killed) these exist beside (or instead
 of) the files above:
 
 ``train.npy.partial``
     The array being filled (full ``.npy`` header, blocks reserved on disk).
+``train.npy.partial.next``
+    Only while a resumed build whose files were added, removed or moved
+    copies the finished rows to their new places; it then replaces
+    ``train.npy.partial``.
 ``train.npy.build.json`` / ``train.npy.build.npz``
     The plan: options, shape, source, ``build_id``, and the per-file index as above.
 ``train.npy.journal``
@@ -75,13 +82,24 @@ of) the files above:
     the holder dies, so a lock left by a killed build is simply taken over.
     The holder removes it when done.
 
+``*.tmp``
+    ``train.npy.json.tmp`` and the like: a small file being written
+    (:mod:`preload.atomic`). A writer killed before its rename leaves it;
+    the next build, holding the lock, removes those of the names above.
+
 Running the same build again resumes: only rows whose bit is clear are
 decoded, and the result is byte-for-byte the array an uninterrupted build
 writes. Before resuming, the partial's header must match the plan (shape,
 uint8, C order, length) and every finished row must still hash to its
-checksum; a row that does not (another writer, a bad disk) is decoded again.
-A build with other options refuses to continue someone else's partial
-(``force=True`` starts over).
+checksum; a row that does not (another writer, a bad disk) is decoded again,
+and so is the row of a file that changed. If files were added, removed or
+moved since, the rows of unchanged files are copied (and checked against
+their checksums) to their new places in ``train.npy.partial.next``, for a
+new plan; a kill before its journal is written leaves a plan and journal
+that do not fit the partial, and the next build starts over. A build killed
+while compacting finishes the moves from its record first, then checks the
+rows the same way. A build with other options refuses to continue someone
+else's partial (``force=True`` starts over).
 
 Integrity
 ---------
@@ -95,11 +113,15 @@ header's shape, dtype and order against the metadata, the metadata's
 layout, color and size against the rows' shape, the index's label, row and
 checksum counts against the metadata; any disagreement, or a sidecar that
 cannot be parsed, is an :class:`IncompleteCacheError` ("damaged", CLI exit
-3). Pixels are read only by ``verify_cache(deep=True)`` (``preload verify
---deep``), which hashes every row again (several GB/s warm: the disk is the
-limit) and names each damaged row and its source file. What no check here
-sees: a change of the source images that keeps their size and mtime (see
-Freshness), and bytes damaged before they were hashed (in RAM, by the decoder).
+3). The ``.npy`` header is checked and the pixels are mapped through one open
+file, so a build renaming a new array into place meanwhile cannot pair one
+file's header with another's data; and a reader reads everything again when
+the metadata (the commit point) was replaced while it read. Pixels are read
+only by ``verify_cache(deep=True)`` (``preload verify --deep``), which hashes
+every row again (several GB/s warm: the disk is the limit) and names each
+damaged row and its source file. What no check here sees: a change of the
+source images that keeps their size and mtime (see Freshness), and bytes
+damaged before they were hashed (in RAM, by the decoder).
 
 A stale cache is refreshed in a copy (a reflink on btrfs/XFS, else a full
 copy: it needs the space of one more cache): the old ``train.npy`` stays in
@@ -119,8 +141,9 @@ rules, the engine and its knobs are in :mod:`preload.freshness`; the measured
 cost is on the benchmark page (``bench/freshness.py``). Added, removed,
 changed or relabelled files raise :class:`StaleCacheError`; ``check=False``
 skips all of it. ``build_cache`` on a stale cache re-decodes only the
-changed (and unverifiable) files when the number of files is unchanged, and
-rebuilds otherwise.
+changed, added (and unverifiable) files: the rows of the others are kept, in
+a copy of the cache when the files are the same, moved to their new places
+when files were added or removed.
 
 Memory while building, and what RSS means for a reader
 -----------------------------------------------------
@@ -163,7 +186,7 @@ from tqdm.auto import tqdm
 
 from . import freshness
 from ._version import __version__
-from .atomic import NOFOLLOW, create_new, fsync_folder, open_existing, read_file, write_bytes
+from .atomic import NOFOLLOW, create_new, fsync_folder, open_existing, read_file, sweep_temporaries, write_bytes
 from .dataset import Dataset
 from .decode import Decoder
 from .errors import (
@@ -188,8 +211,9 @@ from .options import (
     resolve_workers,
 )
 from .quiet import quiet_opencv
+from .rows import take_rows
 from .sources import Manifest, manifest
-from .target import NpyHeader, PathLock, create_npy, inspect_npy, open_npy, shrink_npy
+from .target import NpyHeader, PathLock, create_npy, inspect_npy, open_npy, read_npy_header, shrink_npy
 
 # build_cache logs one INFO record saying how much of the build this call does; its
 # ``todo`` and ``total`` attributes let a front end time only the rows decoded now.
@@ -204,6 +228,7 @@ COMMIT_SECONDS = 1.0  # flush + journal at least this often ...
 COMMIT_BYTES = 128 << 20  # ... and whenever this many bytes of rows are waiting
 COMPACT_BYTES = 32 << 20  # rows moved per step of an on_error="skip" compaction
 DEEP_BLOCK_BYTES = 64 << 20  # rows hashed between two page drops of a deep verify
+OPEN_ATTEMPTS = 3  # reads of a cache that a committing build replaced meanwhile, before giving up
 FICLONE = 0x40049409  # ioctl: make a file share another's blocks (btrfs, XFS)
 
 
@@ -219,6 +244,7 @@ class CacheFiles:
         self.index = self.data + ".index.npz"
         self.damaged = self.data + ".damaged"
         self.partial = self.data + ".partial"
+        self.partial_next = self.partial + ".next"  # the partial a resume moves rows into when files changed
         self.compact = self.data + ".compact.json"
         self.compact_rows = self.data + ".compact"
         self.plan = self.data + ".build.json"
@@ -230,8 +256,8 @@ class CacheFiles:
         self.probe = self.partial + ".probe"  # preload.distributed.PROBE_SUFFIX
 
     def build_files(self) -> list[str]:
-        return [self.partial, self.compact, self.compact_rows, self.plan, self.plan_index, self.journal, self.sums,
-                self.failures, self.probe]
+        return [self.partial, self.partial_next, self.compact, self.compact_rows, self.plan, self.plan_index,
+                self.journal, self.sums, self.failures, self.probe]
 
 # ------------------------------------------------------------------ the file list
 
@@ -253,18 +279,47 @@ class Snapshot:
     def take(cls, files: Manifest) -> Snapshot:
         return cls(freshness.take(files, progress=None), files)
 
-    def same_rows(self, other: Snapshot) -> np.ndarray:
-        """Per row: same path, size, mtime and ctime in both, and verifiable here (same length assumed).
+    def same_files(self, now: Snapshot, of: np.ndarray | None = None) -> np.ndarray:
+        """Per file of ``now``: its file in this (older) record is provably the same file.
 
-        A file that could not be stat-ed in either (-1 in every column: a
-        dangling link that failed under on_error) is the same file.
+        ``of[j]`` is the index here of file ``j`` of ``now`` (-1: none; None:
+        file j is file j, same length assumed). Same path, size, mtime, ctime
+        and label, and verifiable in this record. A file that could not be
+        stat-ed in either (-1 in every column: a dangling link that failed
+        under on_error) is the same file.
         """
-        same_path = np.fromiter(
-            (a == b for a, b in zip(self.manifest.paths, other.manifest.paths, strict=True)), bool, len(self.manifest)
-        )
-        mine, theirs = self.table, other.table
-        same_stat = (mine.size == theirs.size) & (mine.mtime_ns == theirs.mtime_ns) & (mine.ctime_ns == theirs.ctime_ns)
-        return same_path & same_stat & ~mine.unverifiable()
+        count = len(now.table)
+        if of is None:
+            of = np.arange(count)
+        if not len(self.table) or not count:
+            return np.zeros(count, bool)
+        found = of >= 0
+        i = np.where(found, of, 0)
+        old_paths, new_paths = self.manifest.paths, now.manifest.paths
+        same_path = np.fromiter((old_paths[a] == b for a, b in zip(i.tolist(), new_paths, strict=True)), bool, count)
+        mine, theirs = self.table, now.table
+        same_stat = ((mine.size[i] == theirs.size) & (mine.mtime_ns[i] == theirs.mtime_ns)
+                     & (mine.ctime_ns[i] == theirs.ctime_ns))
+        return found & same_path & same_stat & ~mine.unverifiable()[i] & _same_labels(self.manifest, now.manifest, i)
+
+    def match(self, now: Snapshot) -> np.ndarray:
+        """Per file of ``now``: the index of the same path in this record, or -1."""
+        old_paths, new_paths = self.manifest.paths, now.manifest.paths
+        if old_paths == new_paths:
+            return np.arange(len(new_paths))
+        where = {path: i for i, path in enumerate(old_paths)}
+        return np.fromiter((where.get(path, -1) for path in new_paths), np.int64, len(new_paths))
+
+    @classmethod
+    def from_index(cls, arrays: dict[str, np.ndarray], path: str) -> Snapshot:
+        """The record held by the members of an index file (as :func:`preload.freshness.read_index` gives them)."""
+        try:
+            table = FileTable.from_arrays(arrays)
+        except KeyError as exc:
+            message = (f"the cache index '{path}' lacks its {exc} column; build the cache again "
+                       "(a build replaces a damaged cache of its own)")
+            raise IncompleteCacheError(message) from None
+        return cls(table)
 
     def save(self, path: str, rows: np.ndarray | None = None, checksums: np.ndarray | None = None) -> None:
         arrays = self.table.arrays()
@@ -277,29 +332,32 @@ class Snapshot:
     @classmethod
     def load(cls, path: str) -> tuple[Snapshot, np.ndarray | None]:
         index = read_index(path)
-        try:
-            table = FileTable.from_arrays(index)
-        except KeyError as exc:
-            message = (f"the cache index '{path}' lacks its {exc} column; build the cache again "
-                       "(a build replaces a damaged cache of its own)")
-            raise IncompleteCacheError(message) from None
         rows = index.get("rows")
-        return cls(table), None if rows is None else np.asarray(rows)
+        return cls.from_index(index, path), None if rows is None else np.asarray(rows)
 
 
 class LazyPaths(Sequence):
     """The paths of a cache, read from its memory-mapped index one at a time, when asked."""
 
-    def __init__(self, index_path: str, rows: np.ndarray | None, count: int):
+    def __init__(self, index_path: str, rows: np.ndarray | None, count: int,
+                 arrays: dict[str, np.ndarray] | None = None):
         self._index_path = index_path
         self._rows = rows
         self._count = count
+        self._arrays = arrays  # the index that was opened with the array, so paths match its rows
         self._table: FileTable | None = None
 
     def _file_table(self) -> FileTable:
         if self._table is None:
-            self._table = Snapshot.load(self._index_path)[0].table
+            if self._arrays is not None:
+                self._table = Snapshot.from_index(self._arrays, self._index_path).table
+            else:
+                self._table = Snapshot.load(self._index_path)[0].table
         return self._table
+
+    def __getstate__(self) -> dict:
+        # Not the mapped index: pickled, it would be copied whole into every worker.
+        return {**self.__dict__, "_arrays": None, "_table": None}
 
     def _path(self, i: int) -> str:
         return self._file_table().path(i if self._rows is None else int(self._rows[i]))
@@ -630,10 +688,13 @@ def build_cache(
 
     Takes :func:`preload.load`'s source and decode options. Calling it again
     with the same arguments is cheap: a complete, fresh cache is just opened;
-    an unfinished one is finished; a stale one has its changed files decoded
-    again into a copy (or is rebuilt when files were added or removed), and
-    rows that :func:`verify_cache` with ``deep=True`` found damaged are
-    decoded again.
+    an unfinished one is finished (rows of files that changed meanwhile are
+    decoded again; rows of the others are kept, moved if files were added or
+    removed); a stale one has its changed and added files decoded into a
+    copy that keeps the other rows; rows that :func:`verify_cache` with
+    ``deep=True`` found damaged are decoded again. What it does is logged
+    (INFO, logger ``preload.cache``) in one line, with the attributes
+    ``todo`` (rows decoded now) and ``total``.
 
     Parameters
     ----------
@@ -693,6 +754,8 @@ def build_cache(
     started = time.perf_counter()
     with BuildLock(files.lock), quiet_opencv() as console:
         _check_cache_path(files, force)  # again, now that no other writer can change it
+        # Temporaries of a writer killed mid-write (kill -9, power cut): ours alone, under the lock.
+        sweep_temporaries([files.meta, files.index, files.damaged, *files.build_files()])
         if force:
             _remove(files.meta, files.index, files.data, files.damaged, *files.build_files())
         sources = manifest(source, labels=labels)
@@ -704,17 +767,13 @@ def build_cache(
         plan = {"format": FORMAT + "-build", "version": VERSION, "shape": list(shape),
                 "options": _options_record(options), "source": source_record}
         with _disk_errors(files, "preparing the build"):
-            array, journal = _prepare(files, plan, snapshot, deep=deep)
+            array, journal, doing = _prepare(files, plan, snapshot, on_error=on_error, deep=deep)
         count = len(sources)
+        todo = np.flatnonzero(~journal.done) if journal is not None else np.zeros(0, np.int64)
+        # Says what this call does and how many rows it decodes: a front end times only those.
+        logger.info("%s", doing, extra={"todo": len(todo), "total": count})
         if journal is None:  # complete and fresh: nothing to do
-            logger.info("nothing to do: '%s' is complete and fresh", files.data, extra={"todo": 0, "total": count})
             return open_cache(files.data, check=False)
-        todo = np.flatnonzero(~journal.done)
-        if len(todo) < count:
-            logger.info("resuming: %s of %s already written", f"{count - len(todo):,}", f"{count:,}",
-                        extra={"todo": len(todo), "total": count})
-        else:
-            logger.info("building: %s images", f"{count:,}", extra={"todo": count, "total": count})
         if len(todo):
             _fill(files, array, journal, sources.paths, options, todo, on_error, threads, show, console, client)
         del array  # unmapped before the partial is compacted, truncated or renamed
@@ -800,20 +859,32 @@ def _existing_cache(files: CacheFiles) -> CacheState | None:
         raise IncompleteCacheError(message) from None
 
 
-def _same_settings(old_plan: dict, plan: dict) -> bool:
-    return (isinstance(old_plan.get("build_id"), str)
-            and (old_plan.get("options"), old_plan.get("shape")) == (plan["options"], plan["shape"]))
+def _other_settings(old_plan: dict, plan: dict) -> str | None:
+    """How an unfinished build's plan differs from ``plan`` in what its rows are (None: its rows fit this plan).
+
+    The number of files is not a setting: rows of files that are still the
+    same are carried over to their new places (:func:`_carry_over`).
+    """
+    if old_plan.get("options") != plan["options"]:
+        return _describe_difference(old_plan.get("options") or {}, plan["options"])
+    old_shape = old_plan.get("shape")
+    if not isinstance(old_shape, list) or old_shape[1:] != plan["shape"][1:]:
+        return f"rows of shape {old_shape[1:] if isinstance(old_shape, list) else old_shape} (unfinished build) " \
+               f"vs {plan['shape'][1:]} (now)"
+    return None
 
 
-def _prepare(files: CacheFiles, plan: dict, snapshot: Snapshot, *, deep: bool = False
-             ) -> tuple[np.memmap | None, Journal | None]:
-    """The partial array and its journal, ready to fill; (None, None) if a complete cache is fresh.
+def _prepare(files: CacheFiles, plan: dict, snapshot: Snapshot, *, on_error: str, deep: bool = False
+             ) -> tuple[np.memmap | None, Journal | None, str]:
+    """The partial array and its journal, ready to fill, and what this build does, in words.
 
-    Decides between: nothing to do; refresh a stale cache (same number of
-    files: a copy of it with only the changed or damaged rows cleared);
-    resume an unfinished build or refresh; start from scratch. The complete
-    cache at ``files.data``, if any, stays untouched until the new one
-    replaces it at the commit point, so its readers never see a row change.
+    Decides between: nothing to do (array and journal None); resume an
+    unfinished build; refresh a complete cache; start from scratch. Rows
+    that are already right (written by the unfinished build, or in the
+    complete cache, and their files unchanged) are kept, moved to their
+    files' new places when files were added or removed. The complete cache
+    at ``files.data``, if any, stays untouched until the new one replaces it
+    at the commit point, so its readers never see a row change.
     """
     count = plan["shape"][0]
     state = _existing_cache(files)
@@ -825,91 +896,149 @@ def _prepare(files: CacheFiles, plan: dict, snapshot: Snapshot, *, deep: bool = 
         why = _describe_difference(state.meta["options"], plan["options"])
         message = f"'{files.data}' was built with other options ({why}); pass force=True (--force) to rebuild it"
         raise CacheError(message)
-    resuming = old_plan is not None and _same_settings(old_plan, plan)
-    if old_plan is not None and not resuming:
-        if state is None:
-            if old_plan.get("options") != plan["options"]:
-                why = _describe_difference(old_plan.get("options") or {}, plan["options"])
-            else:
-                why = f"shape {old_plan.get('shape')} (unfinished build) vs {plan['shape']} (now)"
+    if old_plan is not None:
+        why = _other_settings(old_plan, plan)
+        if why is None:
+            result = _resume(files, plan, old_plan, old_text, snapshot, state, on_error)
+            if result is not None:
+                return result
+        elif state is None:
             message = (f"an unfinished build of '{files.data}' with other settings is here ({why}); run it with "
                        "its own settings to finish it, or pass force=True (--force) to start over")
             raise CacheError(message)
         _remove(*files.build_files())
-    result = None
-    if resuming:
-        result = _resume(files, plan, old_plan, old_text, snapshot, state)
-    elif state is not None:
+    if state is not None:
         result = _refresh(files, plan, snapshot, state, deep)
-    if result is not None:
-        return result
+        if result is not None:
+            return result
     # Nothing usable: start from scratch, beside the old cache if any (replaced at the commit point).
     _remove(*files.build_files())
     plan["build_id"] = secrets.token_hex(8)
     array = create_npy(files.partial, tuple(plan["shape"]))
-    return array, Journal.create(files, count, _plan_hash(_start_plan(files, plan, snapshot)))
+    journal = Journal.create(files, count, _plan_hash(_start_plan(files, plan, snapshot)))
+    return array, journal, f"building: {count:,} images"
+
+
+@dataclass
+class _Donor:
+    """Rows a build may take instead of decoding them: an unfinished build's, or a complete cache's."""
+
+    images: np.ndarray  # the rows (a read-only map)
+    record: Snapshot  # the source files as the build that wrote them saw them
+    rows: np.ndarray | None  # the file (in ``record``) of each row; None when row i is file i
+    sums: np.ndarray  # the checksum written with each row
+    trusted: np.ndarray  # per row: written, and not found damaged
+    failures: list[Failure]  # files of ``record`` that failed (zero rows under "zero", none under "skip")
 
 
 def _refresh(files: CacheFiles, plan: dict, snapshot: Snapshot, state: CacheState, deep: bool):
-    """(None, None) if the cache is fresh and whole; a copy to fill if rows changed; None to rebuild."""
+    """(None, None, ...) if the cache is fresh and whole; a partial to fill if rows are to be decoded; None to rebuild.
+
+    Rows of unchanged files are kept: in a copy of the cache when the files
+    are the same, in the same order; carried to their new places in a new
+    partial otherwise (files added, removed or moved, a compacted cache).
+    """
     count = plan["shape"][0]
-    if state.count != count or state.meta["shape"][1:] != plan["shape"][1:]:
-        return None  # files added or removed: rebuild
-    old, _ = Snapshot.load(files.index)
-    if len(old.table) != count:
+    old = Snapshot.from_index(state.index, files.index)
+    if len(old.table) != state.count or state.meta["shape"][1:] != plan["shape"][1:]:
         return None
-    keep = old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)  # per source file
-    damaged = _damaged_rows(files, state, np.arange(state.meta["shape"][0]) if deep else _marked_rows(files, state))
+    of = old.match(snapshot)
+    same = old.same_files(snapshot, of)
+    damaged = _damaged_rows(state, np.arange(state.meta["shape"][0]) if deep else _marked_rows(files, state))
+    changes = _changes(old, of, same, damaged=len(damaged))
     if len(damaged):
         sources = damaged if state.rows is None else state.rows[damaged]
-        shown = ", ".join(f"'{snapshot.table.path(int(i))}'" for i in sources[:3])
+        shown = ", ".join(f"'{old.table.path(int(i))}'" for i in sources[:3])
         logger.warning("%d row(s) of '%s' do not match their checksums (%s); decoding them again",
                        len(damaged), files.data, shown)
-        keep[sources] = False
-    if keep.all():  # a file that failed (on_error="skip"/"zero") and is unchanged would fail again
+        same[np.isin(of, sources)] = False
+    in_place = len(old.table) == count and bool(np.all(of == np.arange(count)))  # the same files, in order
+    if in_place and same.all():  # a file that failed (on_error="skip"/"zero") and is unchanged would fail again
         _remove(files.damaged)
-        return None, None
-    if state.rows is not None or not keep.any():
-        # A compacted (on_error="skip") cache with changes: its rows moved. Or nothing to keep
-        # (every file changed): copying the old rows only to overwrite them all is wasted I/O.
+        return None, None, "nothing to do: the cache is complete and fresh"
+    if not same.any():  # every file changed: copying old rows only to overwrite them all is wasted I/O
         return None
-    # Rows are rewritten in a copy (a reflink where the file system can): a
-    # process that has the old cache open keeps reading the old bytes.
-    plan["build_id"] = secrets.token_hex(8)
-    _copy_file(files.data, files.partial)
-    array = open_npy(files.partial, writable=True)
-    sums = state.checksums if state.checksums is not None else row_checksums(array)
-    text = _start_plan(files, plan, snapshot)
-    _write_failures(files.failures, [f for f in state.failed if keep[f.index]])
-    return array, Journal.create(files, count, _plan_hash(text), keep, sums)
+    if in_place and state.rows is None:
+        # The same files in the same places: rows are rewritten in a copy (a reflink where the
+        # file system can), so a process that has the old cache open keeps reading the old bytes.
+        plan["build_id"] = secrets.token_hex(8)
+        _copy_file(files.data, files.partial)
+        array = open_npy(files.partial, writable=True)
+        sums = state.checksums if state.checksums is not None else row_checksums(array)
+        text = _start_plan(files, plan, snapshot)
+        _write_failures(files.failures, [f for f in state.failed if same[f.index]])
+        journal = Journal.create(files, count, _plan_hash(text), same, sums)
+        return array, journal, _refreshing(journal, changes)
+    # Files added, removed or moved, or a compacted (on_error="skip") cache: its rows go to their new places.
+    trusted = np.ones(state.meta["shape"][0], bool)
+    trusted[damaged] = False
+    sums = state.checksums if state.checksums is not None else row_checksums(state.images)
+    donor = _Donor(state.images, old, state.rows, sums, trusted, state.failed)
+    result = _carry_over(files, plan, snapshot, donor, of, same, files.partial)
+    if result is None:
+        return None
+    array, journal = result
+    return array, journal, _refreshing(journal, changes)
+
+
+def _refreshing(journal: Journal, changes: str) -> str:
+    """What a refresh does, honestly: it reuses unchanged rows, it is not resuming anything."""
+    count, kept = len(journal.done), int(journal.done.sum())
+    return f"refreshing: {kept:,} of {count:,} rows unchanged, decoding {count - kept:,} ({changes})"
+
+
+def _changes(old: Snapshot, of: np.ndarray, same: np.ndarray, *, damaged: int = 0) -> str:
+    """What differs from the record ``old``, in words: "files: 2 added, 1 removed, 3 changed; 1 damaged row"."""
+    added = int(np.count_nonzero(of < 0))
+    removed = len(old.table) - int(np.count_nonzero(of >= 0))
+    changed = int(np.count_nonzero((of >= 0) & ~same))  # or unverifiable: modified too close to the record
+    parts = [f"{n:,} {what}" for n, what in ((added, "added"), (removed, "removed"), (changed, "changed")) if n]
+    text = f"files: {', '.join(parts)}" if parts else "no file changed"
+    return text + (f"; {damaged:,} damaged row(s)" if damaged else "")
 
 
 def _resume(files: CacheFiles, plan: dict, old_plan: dict, old_text: bytes, snapshot: Snapshot,
-            state: CacheState | None):
-    """The unfinished build's array and journal, with every row that cannot be trusted cleared; None if unusable."""
+            state: CacheState | None, on_error: str):
+    """The unfinished build's partial and journal, every row that cannot be trusted cleared; None if unusable.
+
+    With the same files as the unfinished build, its partial is filled on;
+    with files added, removed or reordered, the rows of unchanged files are
+    carried to their new places in a new partial.
+    """
     count = plan["shape"][0]
-    plan["build_id"] = old_plan["build_id"]
-    journal = Journal.open(files, count, _plan_hash(old_text))
+    old_count = old_plan["shape"][0]
+    if not isinstance(old_count, int) or not isinstance(old_plan.get("build_id"), str):
+        return None
+    journal = Journal.open(files, old_count, _plan_hash(old_text))
     if journal is None:
         return None
     if state is None and not os.path.lexists(files.partial) and os.path.isfile(files.data):
         # Killed after renaming the finished array into place (before its metadata was written).
         os.replace(files.data, files.partial)
-    if journal.done.all() and _read_compaction(files, plan) is not None:
-        return None, journal  # killed while compacting: _finalize carries on from its record
     try:
         header = inspect_npy(files.partial)
         old, _ = Snapshot.load(files.plan_index)
     except (OSError, ValueError, KeyError, TargetError, CacheError, zipfile.BadZipFile):
         return None
+    if len(old.table) != old_count:
+        return None
+    # Only failures whose rows are final: a kill between the log and the bits leaves lines of rows to redo.
+    logged = {f.index: f for f in _read_failures(files.failures) if 0 <= f.index < old_count}
+    failures = sorted((f for f in logged.values() if journal.done[f.index]), key=lambda f: f.index)
+    if journal.done.all() and _read_compaction(files, old_plan) is not None:
+        return _resume_compaction(files, plan, old_plan, journal, old, snapshot, failures, on_error)
     whole = header.file_size == header.offset + header.data_bytes
-    if (header.shape, header.dtype, header.fortran_order, whole) != (tuple(plan["shape"]), np.uint8, False, True):
+    expected = (tuple(old_plan["shape"]), np.uint8, False, True)
+    if (header.shape, header.dtype, header.fortran_order, whole) != expected:
         logger.warning("'%s' does not hold the array of the unfinished build (shape %s, dtype %s); starting over",
                        files.partial, header.shape, header.dtype)
         return None
-    if len(old.table) != count:
-        return None
-    keep = journal.done & old.same_rows(snapshot) & _same_labels(old.manifest, snapshot.manifest)
+    of = old.match(snapshot)
+    if count != old_count or not bool(np.all(of == np.arange(count))):
+        donor = _Donor(open_npy(files.partial), old, None, journal.sums, journal.done, failures)
+        return _carry_over_unfinished(files, plan, snapshot, donor, of, old.same_files(snapshot, of))
+    plan["build_id"] = old_plan["build_id"]
+    keep = journal.done & old.same_files(snapshot)
     array = open_npy(files.partial, writable=True)
     # A set bit says the row was written by this build; the checksum proves the
     # bytes are still the ones it wrote (another writer, a bad disk).
@@ -919,11 +1048,139 @@ def _resume(files: CacheFiles, plan: dict, old_plan: dict, old_text: bytes, snap
         logger.warning("%d row(s) of the unfinished build '%s' do not hold what the build wrote; decoding them again",
                        len(wrong), files.partial)
         keep[wrong] = False
-    if (keep != journal.done).any():  # sources changed while the build was stopped, or rows were damaged
+    written = int(journal.done.sum())
+    if (keep != journal.done).any() or len(failures) != len(logged):
+        # Sources changed while the build was stopped, rows were damaged, or the log holds failures of rows to redo.
         journal = Journal.create(files, count, journal.plan_hash, keep, journal.sums)
-        _write_failures(files.failures, [f for f in _read_failures(files.failures) if keep[f.index]])
+        _write_failures(files.failures, [f for f in failures if keep[f.index]])
         snapshot.save(files.plan_index)
-    return array, journal
+    kept = int(keep.sum())
+    doing = f"resuming: {kept:,} of {count:,} already written"
+    if kept < written:
+        doing += f" ({written - kept:,} more are decoded again: their files changed or their rows were damaged)"
+    return array, journal, doing
+
+
+def _resume_compaction(files: CacheFiles, plan: dict, old_plan: dict, journal: Journal, old: Snapshot,
+                       snapshot: Snapshot, failures: list[Failure], on_error: str):
+    """Finish the compaction a killed on_error="skip" build began, then check its rows like any others.
+
+    Its rows are moved towards the front in place, so the partial can only be
+    read once the moves are done. Then, if every file is unchanged, every row
+    still hashes to its checksum and the files failed are still to be
+    skipped, the build is finished as is; otherwise the rows of unchanged
+    files are carried over to a new partial and the rest decoded again.
+    """
+    count, old_count = plan["shape"][0], old_plan["shape"][0]
+    bad = {f.index for f in failures}
+    rows = np.asarray([i for i in range(old_count) if i not in bad], np.int64)
+    record = _read_compaction(files, old_plan)
+    if record is None or record["kept"] != len(rows):
+        return None
+    _compact_in_place(files, old_plan, rows)
+    try:
+        header = inspect_npy(files.partial)
+    except (OSError, ValueError, TargetError):
+        return None
+    whole = header.file_size == header.offset + header.data_bytes
+    if header.shape != (len(rows),) + tuple(old_plan["shape"][1:]) or not whole:
+        return None
+    sums = journal.sums[rows]
+    images = open_npy(files.partial)
+    of = old.match(snapshot)
+    same = old.same_files(snapshot, of)
+    unchanged = count == old_count and bool(np.all(of == np.arange(count))) and bool(same.all())
+    if unchanged and on_error == "skip":
+        wrong = np.flatnonzero(row_checksums(images, np.arange(len(rows))) != sums)
+        if not len(wrong):
+            del images
+            plan["build_id"] = old_plan["build_id"]
+            return None, journal, f"resuming: all {count:,} rows written; finishing the build"
+        logger.warning("%d row(s) of the unfinished build '%s' do not hold what the build wrote; decoding them again",
+                       len(wrong), files.partial)
+    donor = _Donor(images, old, rows, sums, np.ones(len(rows), bool), failures)
+    return _carry_over_unfinished(files, plan, snapshot, donor, of, same)
+
+
+def _carry_over_unfinished(files: CacheFiles, plan: dict, snapshot: Snapshot, donor: _Donor, of: np.ndarray,
+                           same: np.ndarray):
+    """:func:`_carry_over` from the unfinished build's own partial, or None (start over) if there is no room."""
+    try:
+        result = _carry_over(files, plan, snapshot, donor, of, same, files.partial_next)
+    except InsufficientDiskError as exc:
+        logger.warning("%s: no room for a second partial to carry the finished rows over; decoding every row "
+                       "again", exc)
+        return None
+    if result is None:
+        return None
+    array, journal = result
+    count, kept = plan["shape"][0], int(journal.done.sum())
+    doing = (f"resuming: {kept:,} of {count:,} rows kept from the unfinished build "
+             f"(since it stopped, {_changes(donor.record, of, same)})")
+    return array, journal, doing
+
+
+def _carry_over(files: CacheFiles, plan: dict, snapshot: Snapshot, donor: _Donor, of: np.ndarray, same: np.ndarray,
+                target: str):
+    """A partial for ``plan`` at ``target`` that holds the donor's rows of unchanged files, each in its new place.
+
+    Files are matched by path (``of``: :meth:`Snapshot.match`); a row is
+    taken only if its file is unchanged (``same``: :meth:`Snapshot.same_files`
+    of ``of``, less any file to decode anyway), the donor trusts it, and its bytes still
+    hash to the checksum written with them (checked as they are copied). An
+    unchanged file that failed keeps its failure and a zero row. The
+    partial is then renamed to ``files.partial`` if it is not there already,
+    and a new plan and journal are written for it: until the journal is
+    written, a kill leaves a plan and journal that do not match the partial,
+    which the next build detects and starts over (never a wrong row).
+
+    Returns None, creating nothing, when no row can be kept.
+    """
+    shape = tuple(plan["shape"])
+    count = shape[0]
+    failed = {f.index: f for f in donor.failures}
+    carried = [Failure(int(j), snapshot.manifest.paths[j], failed[int(of[j])].reason, failed[int(of[j])].detail)
+               for j in np.flatnonzero(same) if int(of[j]) in failed]
+    files_kept = np.flatnonzero(same)
+    old_files = of[files_kept]
+    if donor.rows is None:
+        row = old_files.copy()
+    else:  # increasing: a file's row is where it sits in them, if it does (no row: it was skipped)
+        at = np.searchsorted(donor.rows, old_files)
+        inside = at < len(donor.rows)
+        row = np.full(len(old_files), -1, np.int64)
+        row[inside] = np.where(donor.rows[at[inside]] == old_files[inside], at[inside], -1)
+    with_row = (row >= 0) & ~np.isin(old_files, list(failed))
+    with_row[with_row] = donor.trusted[row[with_row]]
+    new_rows, old_rows = files_kept[with_row], row[with_row]
+    if not len(new_rows) and not carried:
+        return None
+    done = np.zeros(count, bool)
+    sums = np.zeros(count, np.uint64)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64))
+    for failure in carried:  # the new partial's rows start as zeros: the row a failed file has under "zero"
+        done[failure.index] = True
+        sums[failure.index] = zero_checksum(row_bytes)
+    array = create_npy(target, shape)
+    step = max(1, DEEP_BLOCK_BYTES // max(1, row_bytes))
+    for start in range(0, len(new_rows), step):
+        new, old = new_rows[start : start + step], old_rows[start : start + step]
+        block = take_rows(donor.images, old)  # in file order: one sweep through the donor
+        good = row_checksums(block) == donor.sums[old]
+        array[new[good]] = block[good]
+        done[new[good]] = True
+        sums[new[good]] = donor.sums[old[good]]
+        array.flush()  # the rows are on disk before the journal says they are
+        _drop_pages(array)
+        _drop_pages(donor.images)
+    if target != files.partial:
+        os.replace(target, files.partial)
+        fsync_folder(files.partial)
+    _remove(files.compact, files.compact_rows)
+    plan["build_id"] = secrets.token_hex(8)
+    text = _start_plan(files, plan, snapshot)
+    _write_failures(files.failures, carried)
+    return array, Journal.create(files, count, _plan_hash(text), done, sums)
 
 
 def _read_plan(files: CacheFiles) -> tuple[dict | None, bytes | None]:
@@ -944,15 +1201,16 @@ def _plan_hash(text: bytes) -> bytes:
     return hashlib.sha256(text).digest()
 
 
-def _same_labels(a: Manifest, b: Manifest) -> np.ndarray:
-    """Per row: the label is the same (all True when neither has labels)."""
+def _same_labels(a: Manifest, b: Manifest, of: np.ndarray) -> np.ndarray:
+    """Per file j of ``b``: its label names the same class as the label of file ``of[j]`` of ``a``."""
     if a.labels is None and b.labels is None:
-        return np.ones(len(a), bool)
+        return np.ones(len(b), bool)
     if a.labels is None or b.labels is None:
-        return np.zeros(len(a), bool)
+        return np.zeros(len(b), bool)
     names_a = a.classes or [str(v) for v in range(int(a.labels.max(initial=0)) + 1)]
     names_b = b.classes or [str(v) for v in range(int(b.labels.max(initial=0)) + 1)]
-    return np.asarray([names_a[x] == names_b[y] for x, y in zip(a.labels, b.labels, strict=True)], bool)
+    old = np.asarray(a.labels)[of].tolist()
+    return np.fromiter((names_a[x] == names_b[y] for x, y in zip(old, b.labels, strict=True)), bool, len(b))
 
 
 def _start_plan(files: CacheFiles, plan: dict, snapshot: Snapshot) -> bytes:
@@ -1134,6 +1392,8 @@ class CacheState:
     rows: np.ndarray | None  # source file of each row, None when row i is file i
     checksums: np.ndarray | None  # per row; None for a cache built before checksums existed
     failed: list[Failure]
+    images: np.memmap  # read-only, mapped from the very file whose header was checked
+    index: dict[str, np.ndarray]  # the members of the index that was checked (memory-mapped)
 
 
 def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
@@ -1148,13 +1408,16 @@ def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
     check : bool
         ``stat`` every source file and source folder (see the module docs for
         the cost; the source is listed again only if a folder changed); raise
-        :class:`StaleCacheError` if any file was added, removed or changed.
-        ``False`` skips it and opens in about 2 ms at any size.
+        :class:`StaleCacheError` if any file was added, removed or changed,
+        and :class:`IncompleteCacheError` if a deep verify found damaged rows
+        that no build has decoded again since. ``False`` skips both and opens
+        in about 2 ms at any size.
 
     Raises
     ------
     IncompleteCacheError
-        No cache there, an unfinished build, or damaged files (a CacheError).
+        No cache there, an unfinished build, damaged files, or (with
+        ``check``) rows a deep verify found damaged (a CacheError).
     StaleCacheError
         The sources changed since the build.
 
@@ -1167,13 +1430,17 @@ def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
     """
     files = CacheFiles(path)
     state = _load_state(files)
-    images = np.load(files.data, mmap_mode="r")
+    images = state.images
+    paths = LazyPaths(files.index, state.rows, images.shape[0], state.index)
     if check:
-        _check_fresh(files, state.meta)
+        marked = _marked_rows(files, state)
+        if len(marked):
+            message = f"{_marked_problem(files, marked, paths)}, or open it with check=False to read it as it is"
+            raise IncompleteCacheError(message)
+        _check_fresh(files, state)
     labels = state.labels
     if labels is not None and state.rows is not None:
         labels = labels[state.rows]
-    paths = LazyPaths(files.index, state.rows, images.shape[0])
     return Dataset(images, labels, state.meta["classes"], paths, state.failed, state.options, cache=files.data)
 
 
@@ -1229,22 +1496,67 @@ def _load_state(files: CacheFiles, *, paths: bool = False) -> CacheState:
     ``paths=True`` also checks the index's file names and folders against
     the number of files (reads them all; for :func:`verify_cache` and
     :func:`cache_info`). Raises IncompleteCacheError saying what disagrees.
+
+    A build that commits meanwhile renames a new array, index and metadata
+    into place one by one, the metadata last. The array and the index are
+    each read from one open file (never one file's header and another's
+    data), and the metadata must be the same file after all of it was read
+    as before; if it is not, everything is read again.
     """
+    for _ in range(OPEN_ATTEMPTS):
+        before = _identity(files.meta)
+        try:
+            state = _read_state(files, paths)
+        except IncompleteCacheError:
+            if _identity(files.meta) == before:
+                raise
+            continue  # a build replaced the cache while it was read: what failed may be a mix of two
+        if _identity(files.meta) == before:
+            return state
+    message = (f"the cache '{files.data}' was replaced {OPEN_ATTEMPTS} times while it was being opened (a build "
+               "of it is committing); open it again")
+    raise IncompleteCacheError(message)
+
+
+def _identity(path: str) -> tuple | None:
+    """Which file is at ``path`` (a rename puts another there): device, inode, size, times; None if none."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def _read_state(files: CacheFiles, paths: bool) -> CacheState:
     meta = _read_meta(files)
-    shape = tuple(meta["shape"])
     options = _checked_options(meta["options"], files.meta)
     try:
-        header = inspect_npy(files.data, follow=True)
+        handle = open(open_existing(files.data, follow=True), "rb")  # noqa: SIM115 - closed below, once mapped
     except FileNotFoundError as exc:
         message = f"the cache array '{files.data}' is missing: {exc.strerror}"
         raise IncompleteCacheError(message) from exc
-    except (OSError, ValueError, TargetError) as exc:
+    except (OSError, TargetError) as exc:
         raise _damaged(files, f"its .npy header cannot be read ({exc})") from None
+    with handle:
+        try:
+            header = read_npy_header(handle)
+        except (OSError, ValueError) as exc:
+            raise _damaged(files, f"its .npy header cannot be read ({exc})") from None
+        _check_header(files, meta, options, header)
+        # The same open file: a build renaming a new array into place cannot slip in between.
+        images = np.memmap(handle, np.uint8, "r", header.offset, header.shape)
+    images.filename = files.data  # as np.load(mmap_mode="r") names it (mapped from a descriptor, it has no name)
+    return _check_index(files, meta, options, header, images, paths)
+
+
+def _check_header(files: CacheFiles, meta: dict, options: DecodeOptions, header: NpyHeader) -> None:
+    """Raise IncompleteCacheError if the ``.npy`` header does not describe the metadata's array."""
     expected = meta["data_offset"] + meta["data_bytes"]
     if header.file_size != expected:
         message = (f"'{files.data}' is {header.file_size:,} bytes but its metadata says "
                    f"{expected:,}: the file was truncated or replaced")
         raise IncompleteCacheError(message)
+    shape = tuple(meta["shape"])
     problems = []
     if header.shape != shape:
         problems.append(f"the .npy header says shape {header.shape}, the metadata {shape}")
@@ -1262,6 +1574,13 @@ def _load_state(files: CacheFiles, *, paths: bool = False) -> CacheState:
                         f"{options.slot_shape(options.size or size)}, but the array's rows are {shape[1:]}")
     if problems:
         raise _damaged(files, f"'{files.data}' and '{files.meta}' disagree: {'; '.join(problems)}")
+
+
+def _check_index(files: CacheFiles, meta: dict, options: DecodeOptions, header: NpyHeader, images: np.memmap,
+                 paths: bool) -> CacheState:
+    """The cache's state, once its index was read and found to fit the metadata (IncompleteCacheError if not)."""
+    shape = tuple(meta["shape"])
+    problems = []
     count = meta["count"]
     failed = _checked_failures(files, meta["failed"], count)
     arrays = _read_index(files)
@@ -1299,7 +1618,7 @@ def _load_state(files: CacheFiles, *, paths: bool = False) -> CacheState:
         problems.append(f"it has {checksums.dtype} checksums of shape {checksums.shape} for {shape[0]:,} rows")
     if problems:
         raise _damaged(files, f"the index '{files.index}' does not match the metadata: {'; '.join(problems)}")
-    return CacheState(meta, options, header, count, labels, rows, checksums, failed)
+    return CacheState(meta, options, header, count, labels, rows, checksums, failed, images, arrays)
 
 
 # Every index has these (preload.freshness.FileTable.arrays); labels, classes, rows and checksums are optional.
@@ -1355,10 +1674,10 @@ def _checked_failures(files: CacheFiles, records: list, count: int) -> list[Fail
     return sorted(failures, key=lambda failure: failure.index)
 
 
-def _check_fresh(files: CacheFiles, meta: dict) -> freshness.Verdict:
+def _check_fresh(files: CacheFiles, state: CacheState) -> freshness.Verdict:
     """Raise :class:`StaleCacheError` if the sources changed; else what the check saw (unverifiable files)."""
-    stored, _ = Snapshot.load(files.index)
-    source = meta["source"]
+    stored = Snapshot.from_index(state.index, files.index)
+    source = state.meta["source"]
     # Looked up here, not bound at import, so tests can watch the relisting.
     verdict = freshness.check(stored.table, source, relist=lambda path: manifest(path))
     if verdict.stale:
@@ -1397,7 +1716,7 @@ def cache_info(path: str | os.PathLike) -> dict:
     except IncompleteCacheError as exc:
         return {"path": files.data, "status": "damaged", "problem": str(exc)}
     meta = state.meta
-    return {
+    info = {
         "path": files.data,
         "status": "complete",
         "shape": meta["shape"],
@@ -1414,6 +1733,12 @@ def cache_info(path: str | os.PathLike) -> dict:
         "created": meta["created"],
         "build_seconds": meta["build_seconds"],
     }
+    marked = _marked_rows(files, state)
+    if len(marked):  # every field above still holds: the rows are there, some of them wrong
+        paths = LazyPaths(files.index, state.rows, meta["shape"][0], state.index)
+        info.update(status="damaged", problem=_marked_problem(files, marked, paths),
+                    damaged_rows=[{"row": int(row), "path": paths[int(row)]} for row in marked])
+    return info
 
 
 def verify_cache(path: str | os.PathLike, *, deep: bool = False) -> dict:
@@ -1443,7 +1768,7 @@ def verify_cache(path: str | os.PathLike, *, deep: bool = False) -> dict:
     try:
         state = _load_state(files, paths=True)
         open_cache(files.data, check=False)
-        verdict = _check_fresh(files, state.meta)
+        verdict = _check_fresh(files, state)
     except StaleCacheError as exc:
         result.update(status="stale", problem=str(exc), added=exc.added, removed=exc.removed, changed=exc.changed)
     except CacheError as exc:
@@ -1458,10 +1783,9 @@ def verify_cache(path: str | os.PathLike, *, deep: bool = False) -> dict:
         if len(marked) and not deep:  # a deep check below looks at every row itself
             # An earlier deep verify of this very build found these rows damaged, and no
             # build has mended them yet: the cache is not fresh until one does.
-            shown = ", ".join(str(int(row)) for row in marked[:5]) + (" ..." if len(marked) > 5 else "")
-            problem = (f"{len(marked)} row(s) of '{files.data}' were found damaged by a deep verify (rows {shown}); "
-                       "build the cache again to decode them anew")
-            result.update(status="damaged", problem=problem)
+            paths = LazyPaths(files.index, state.rows, state.meta["shape"][0], state.index)
+            result.update(status="damaged", problem=_marked_problem(files, marked, paths),
+                          damaged_rows=[{"row": int(row), "path": paths[int(row)]} for row in marked])
     if deep:
         _deep_check(files, result)
     return result
@@ -1475,12 +1799,12 @@ def _deep_check(files: CacheFiles, result: dict) -> None:
                                 "note": "this cache has no checksums (built before preload stored them)"}
         return
     count = state.meta["shape"][0]
-    damaged = _damaged_rows(files, state, np.arange(count))
+    damaged = _damaged_rows(state, np.arange(count))
     seconds = time.perf_counter() - started
     result["deep_check"] = {"rows": count, "bytes": state.header.data_bytes, "seconds": round(seconds, 4)}
     if not len(damaged):
         return
-    snapshot, _ = Snapshot.load(files.index)
+    snapshot = Snapshot.from_index(state.index, files.index)
     sources = damaged if state.rows is None else state.rows[damaged]
     result["damaged_rows"] = [{"row": int(row), "path": snapshot.table.path(int(file))}
                               for row, file in zip(damaged, sources, strict=True)]
@@ -1509,11 +1833,19 @@ def _marked_rows(files: CacheFiles, state: CacheState) -> np.ndarray:
     return np.asarray(rows, np.int64)
 
 
-def _damaged_rows(files: CacheFiles, state: CacheState, rows: np.ndarray) -> np.ndarray:
+def _marked_problem(files: CacheFiles, marked: np.ndarray, paths: Sequence[str]) -> str:
+    """The rows an earlier deep verify found damaged, and their files, in words."""
+    shown = ", ".join(str(int(row)) for row in marked[:5]) + (" ..." if len(marked) > 5 else "")
+    named = ", ".join(f"'{paths[int(row)]}'" for row in marked[:3]) + (" ..." if len(marked) > 3 else "")
+    return (f"{len(marked)} row(s) of '{files.data}' were found damaged by a deep verify (rows {shown}; their "
+            f"files {named}); build the cache again to decode them anew")
+
+
+def _damaged_rows(state: CacheState, rows: np.ndarray) -> np.ndarray:
     """Those of ``rows`` whose bytes no longer match the checksum the build stored."""
     if state.checksums is None or not len(rows):
         return np.zeros(0, np.int64)
-    images = np.load(files.data, mmap_mode="r")
+    images = state.images
     bad = []
     step = max(1, DEEP_BLOCK_BYTES // max(1, state.header.data_bytes // max(1, len(images))))
     for start in range(0, len(rows), step):

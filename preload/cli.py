@@ -697,18 +697,21 @@ def _load(args) -> int:
             ds = load(source, **_decode_kwargs(args))
         else:  # a cache, so the labels, classes and paths are written with the pixels
             stack.enter_context(_no_stray_lock(args.out))
+            plan = _watch_build(stack)
             ds = build_cache(source, args.out, force=args.force, **_decode_kwargs(args))
+    decoded = None
     if args.out:
-        say(f"wrote    {os.path.abspath(args.out)} (a cache: preload.open_cache() gives images, labels, classes, "
-            "paths; np.load() the pixels)")
-    _print_load(ds, sampler)
+        decoded = plan.todo  # over a cache already there, only the rows this run decoded count
+        say(f"{'cache   ' if decoded == 0 else 'wrote   '} {os.path.abspath(args.out)} (a cache: preload.open_cache() "
+            "gives images, labels, classes, paths; np.load() the pixels)")
+    _print_load(ds, sampler, decoded=decoded)
     _report_failures(ds, args)
     _warn_about_source(source, ds)
     return EXIT_OK
 
 
 class _BuildPlan(logging.Handler):
-    """Catches build_cache's INFO record of what this call decodes, and prints a resume at once."""
+    """Catches build_cache's INFO record of what this call decodes, and prints it at once unless it decodes all."""
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -717,30 +720,34 @@ class _BuildPlan(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.todo = getattr(record, "todo", None)
         total = getattr(record, "total", None)
-        if self.todo and total and self.todo < total:
-            say(record.getMessage())
+        if self.todo is not None and total and self.todo < total:
+            say(record.getMessage())  # resuming, refreshing, nothing to do: what is reused and what decoded
         elif self.todo == total:
             self.todo = None  # every row decoded now: the plain images/s is the honest one
+
+
+def _watch_build(stack: contextlib.ExitStack) -> _BuildPlan:
+    """Listen to build_cache's record of what it decodes until ``stack`` closes."""
+    plan = _BuildPlan()
+    logger = logging.getLogger("preload.cache")
+    logger.addHandler(plan)
+    stack.callback(logger.removeHandler, plan)
+    stack.callback(logger.setLevel, logger.level)
+    logger.setLevel(logging.INFO)
+    return plan
 
 
 def _build(args) -> int:
     source = _source(args)
     check_npy_target(args.cache, "CACHE")
-    plan = _BuildPlan()
-    logger = logging.getLogger("preload.cache")
     with contextlib.ExitStack() as stack:
         stack.enter_context(_no_stray_lock(args.cache))
         client = _dask_client(args.scheduler, stack) if args.scheduler else None
-        logger.addHandler(plan)
-        stack.callback(logger.removeHandler, plan)
-        stack.callback(logger.setLevel, logger.level)
-        logger.setLevel(logging.INFO)
+        plan = _watch_build(stack)
         sampler = stack.enter_context(PeakSampler())
         ds = build_cache(source, args.cache, force=args.force, deep=args.deep, client=client,
                          **_decode_kwargs(args))
     say(f"cache    {os.path.abspath(args.cache)}")
-    if plan.todo == 0:
-        say("nothing to do: the cache is complete and fresh")
     _print_load(ds, sampler, decoded=plan.todo)
     _report_failures(ds, args)
     if plan.todo != 0:  # something was decoded now (None: every row)

@@ -381,7 +381,7 @@ def fill_on_cluster(
         message = "fill_on_cluster needs a synchronous dask.distributed.Client (this one is asynchronous)"
         raise OptionError(message)
     with open(partial, "rb") as handle:
-        shape = tuple(read_npy_header(handle)[0])
+        shape = read_npy_header(handle).shape
     token = secrets.token_hex(16)
     probe = partial + PROBE_SUFFIX
     _write_token(probe, token)

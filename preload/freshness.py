@@ -104,6 +104,7 @@ from .atomic import atomic_write, open_existing
 from .errors import IncompleteCacheError, OptionError, SourceError
 from .options import progress_wanted
 from .sources import Manifest, _scan, _walk
+from .target import read_npy_header
 
 DELAY_ENV = "PRELOAD_STAT_DELAY_US"
 THREADS_ENV = "PRELOAD_STAT_THREADS"
@@ -303,7 +304,7 @@ def read_index(path: str) -> dict[str, np.ndarray]:
             for info in archive.infolist():
                 if not info.filename.endswith(".npy"):
                     continue
-                members[info.filename[:-4]] = _member(path, handle, archive, info)
+                members[info.filename[:-4]] = _member(handle, archive, info)
         return members
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         message = (f"the cache index '{path}' is damaged or missing ({exc}); build the cache again "
@@ -311,7 +312,7 @@ def read_index(path: str) -> dict[str, np.ndarray]:
         raise IncompleteCacheError(message) from exc
 
 
-def _member(path: str, handle, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+def _member(handle, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
     if info.compress_type != zipfile.ZIP_STORED:
         with archive.open(info) as member:
             return np.lib.format.read_array(member, allow_pickle=False)
@@ -322,20 +323,18 @@ def _member(path: str, handle, archive: zipfile.ZipFile, info: zipfile.ZipInfo) 
         raise ValueError(message)
     start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
     handle.seek(start)
-    version = np.lib.format.read_magic(handle)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read_header(handle)
-    if dtype.hasobject:
+    header = read_npy_header(handle)
+    if header.dtype.hasobject:
         message = f"'{info.filename}' holds Python objects"
         raise ValueError(message)
-    offset = handle.tell()
-    count = math.prod(shape)
-    if offset - start + count * dtype.itemsize > info.file_size:
+    if header.offset - start + header.data_bytes > info.file_size:
         message = f"'{info.filename}' is shorter than its header says"
         raise ValueError(message)
-    if count == 0:
-        return np.empty(shape, dtype)
-    return np.memmap(path, dtype, "r", offset, shape, "F" if fortran else "C")
+    if header.data_bytes == 0:
+        return np.empty(header.shape, header.dtype)
+    # The open file, not its name: every member comes from the one index that was opened,
+    # even if a build renames a new one into place meanwhile.
+    return np.memmap(handle, header.dtype, "r", header.offset, header.shape, "F" if header.fortran_order else "C")
 
 
 # ---------------------------------------------------------------- the engine

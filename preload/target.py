@@ -144,17 +144,51 @@ class PathLock:
 
 @dataclass(frozen=True)
 class NpyHeader:
-    """What a ``.npy`` file's header says, and how long the file is."""
+    """What a ``.npy`` header says, where its data starts, and how long its file is."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
     fortran_order: bool
-    offset: int  # where the data starts
+    offset: int  # where the data starts, from the start of the file
     file_size: int
+    version: tuple[int, int] = (1, 0)  # of the .npy format: the width of its header-length field
 
     @property
     def data_bytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
+
+
+def read_npy_header(handle) -> NpyHeader:
+    """The header of the ``.npy`` that starts at the position of the binary file ``handle``.
+
+    The one parser of ``.npy`` headers in preload (caches, their partials,
+    the members of an index ``.npz``). ``offset`` is the position in
+    ``handle`` where the data starts; ``file_size`` the size of the whole
+    file (``os.fstat``).
+
+    Raises
+    ------
+    ValueError
+        Not a ``.npy`` numpy can read (the message says why).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.npy")
+    >>> np.save(path, np.zeros((2, 3), np.uint8))
+    >>> with open(path, "rb") as handle:
+    ...     header = read_npy_header(handle)
+    >>> header.shape, header.dtype, header.offset, header.file_size
+    ((2, 3), dtype('uint8'), 128, 134)
+    """
+    try:
+        version = npy_format.read_magic(handle)
+        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
+    size = os.fstat(handle.fileno()).st_size
+    return NpyHeader(tuple(int(n) for n in shape), dtype, bool(fortran), handle.tell(), size, tuple(version))
 
 
 def inspect_npy(path: str, *, follow: bool = False) -> NpyHeader:
@@ -169,15 +203,8 @@ def inspect_npy(path: str, *, follow: bool = False) -> NpyHeader:
     OSError
         It cannot be read.
     """
-    fd = open_existing(path, follow=follow)
-    with open(fd, "rb") as handle:
-        try:
-            version = npy_format.read_magic(handle)
-            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-            shape, fortran, dtype = read_header(handle)
-        except (ValueError, EOFError, SyntaxError, TypeError) as exc:
-            raise ValueError(str(exc) or type(exc).__name__) from None
-        return NpyHeader(tuple(int(n) for n in shape), dtype, bool(fortran), handle.tell(), os.fstat(fd).st_size)
+    with open(open_existing(path, follow=follow), "rb") as handle:
+        return read_npy_header(handle)
 
 
 def open_npy(path: str, *, writable: bool = False, follow: bool = False) -> np.memmap:
@@ -233,14 +260,6 @@ def create_npy(path: str, shape: tuple[int, ...]) -> np.memmap:
             raise InsufficientDiskError(message) from exc
         message = f"cannot create '{path}': {exc.strerror or exc}"
         raise TargetError(message) from exc
-
-
-def read_npy_header(handle) -> tuple[tuple[int, ...], np.dtype, int, tuple[int, int]]:
-    """(shape, dtype, data offset, version) of the ``.npy`` open in ``handle`` (binary, at 0)."""
-    version = npy_format.read_magic(handle)
-    read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-    shape, _, dtype = read_header(handle)
-    return tuple(shape), dtype, handle.tell(), version
 
 
 # ------------------------------------------------------------------ memory room
@@ -560,7 +579,8 @@ def check_out(out, shape: tuple[int, ...], dtype=np.uint8, *, contiguous: bool =
 def shrink_npy(path: str, rows: int) -> None:
     """Rewrite a ``.npy`` header for ``rows`` rows, keeping its length, and truncate the data."""
     with open(open_existing(path, os.O_RDWR), "r+b") as handle:
-        shape, dtype, data_start, version = read_npy_header(handle)
+        old = read_npy_header(handle)
+        shape, dtype, data_start, version = old.shape, old.dtype, old.offset, old.version
         header_start = len(npy_format.MAGIC_PREFIX) + 2
         new_shape = (rows,) + tuple(shape[1:])
         header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": new_shape}

@@ -200,6 +200,97 @@ def test_killed_after_renaming_into_place_finishes(tmp_path, source, monkeypatch
     assert preload.verify_cache(out)["status"] == "fresh"
 
 
+def written_paths(out: Path, paths: list[str]) -> list[str]:
+    """The paths whose rows the journal of the unfinished build at ``out`` marks as written."""
+    raw = Path(str(out) + ".journal").read_bytes()
+    bits = np.unpackbits(np.frombuffer(raw[cache.JOURNAL_HEADER :], np.uint8), bitorder="little")[: len(paths)]
+    return [path for path, bit in zip(paths, bits, strict=True) if bit]
+
+
+@pytest.mark.parametrize("change", ["added", "removed", "added and removed"])
+def test_a_stopped_build_keeps_its_rows_when_files_were_added_or_removed(tmp_path, source, rng, monkeypatch, caplog,
+                                                                          change):
+    out = tmp_path / "c.npy"
+    before = preload.sources.manifest(str(source)).paths
+    build_stopped_after(source, out, monkeypatch, decodes=30)
+    written = written_paths(out, before)
+    assert 23 <= len(written) <= 30
+    if "added" in change:  # sorts second: every later row moves one place down
+        write(source / "ant" / "00a.png", smooth_image(rng, 32, 40))
+    if "removed" in change:  # a written row: every later row moves one place up
+        os.remove(source / "ant" / "02.png")
+    settle()
+    now = preload.sources.manifest(str(source)).paths
+    calls = count_decodes(monkeypatch)
+    with caplog.at_level("INFO", logger="preload.cache"):
+        ds = build(source, out, workers=1)
+    kept = [path for path in written if path in now]
+    assert sorted(calls) == sorted(set(now) - set(kept))  # each row still right is kept, wherever it moved
+    assert np.array_equal(ds.images, preload.load(source, size=16, layout="NCHW", progress=False).images)
+    assert ds.paths == now and preload.verify_cache(out, deep=True)["status"] == "fresh"
+    words = change.replace(" and ", ", 1 ")
+    assert (f"resuming: {len(kept)} of {len(now)} rows kept from the unfinished build (since it stopped, "
+            f"files: 1 {words})") in caplog.messages
+    assert sorted(os.listdir(tmp_path)) == ["c.npy", "c.npy.index.npz", "c.npy.json", "src"]
+
+
+@pytest.mark.parametrize("stop_at", ["take_rows", "_remove", "_write_failures"])  # copying, renamed, new plan
+def test_a_build_stopped_while_carrying_rows_over_still_ends_right(tmp_path, source, rng, monkeypatch, stop_at):
+    out = tmp_path / "c.npy"
+    build_stopped_after(source, out, monkeypatch, decodes=30)
+    write(source / "ant" / "00a.png", smooth_image(rng, 32, 40))
+    settle()
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache, stop_at, stop)
+    with pytest.raises(KeyboardInterrupt):
+        build(source, out, workers=1)
+    monkeypatch.undo()
+    ds = build(source, out, workers=1)  # never a wrong row, whatever was left
+    assert np.array_equal(ds.images, preload.load(source, size=16, layout="NCHW", progress=False).images)
+    assert preload.verify_cache(out, deep=True)["status"] == "fresh"
+    assert sorted(os.listdir(tmp_path)) == ["c.npy", "c.npy.index.npz", "c.npy.json", "src"]
+
+
+def test_a_cache_whose_source_gained_and_lost_files_decodes_only_the_new_ones(tmp_path, source, rng, monkeypatch,
+                                                                               caplog):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    reader = preload.open_cache(out)
+    old_rows = np.array(reader.images)
+    added = write(source / "bee" / "05a.png", smooth_image(rng, 33, 41))
+    os.remove(source / "cow" / "11.png")
+    settle()
+    calls = count_decodes(monkeypatch)
+    with caplog.at_level("INFO", logger="preload.cache"):
+        ds = build(source, out)
+    assert calls == [added]
+    assert np.array_equal(ds.images, preload.load(source, size=16, layout="NCHW", progress=False).images)
+    assert "refreshing: 59 of 60 rows unchanged, decoding 1 (files: 1 added, 1 removed)" in caplog.messages
+    assert preload.verify_cache(out, deep=True)["status"] == "fresh"
+    assert np.array_equal(reader.images, old_rows)  # a reader of the old cache still reads the old bytes
+
+
+def test_a_changed_file_of_a_compacted_cache_is_the_only_one_decoded(tmp_path, source, rng, monkeypatch, caplog):
+    (source / "ant" / "04.png").write_bytes(b"")  # skipped: the rows after it moved up one place
+    settle()
+    out = tmp_path / "c.npy"
+    build(source, out, on_error="skip")
+    changed = source / "bee" / "07.png"
+    write(changed, smooth_image(rng, 33, 41))
+    settle()
+    calls = count_decodes(monkeypatch)
+    with caplog.at_level("INFO", logger="preload.cache"):
+        ds = build(source, out, on_error="skip")
+    assert calls == [str(changed)]  # the empty file is unchanged: it stays skipped, undecoded
+    expected = preload.load(source, size=16, layout="NCHW", on_error="skip", progress=False)
+    assert np.array_equal(ds.images, expected.images)
+    assert [f.path for f in ds.failed] == [str(source / "ant" / "04.png")]
+    assert "refreshing: 59 of 60 rows unchanged, decoding 1 (files: 1 changed)" in caplog.messages
+
+
 def test_other_options_refuse_an_unfinished_build_until_forced(tmp_path, source, monkeypatch):
     out = tmp_path / "c.npy"
     monkeypatch.setattr(decode.Decoder, "decode_into", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -267,7 +268,7 @@ def test_deep_verify_names_damaged_rows_and_build_redecodes_only_them(tmp_path, 
         handle.write(bytes(300))
     assert preload.verify_cache(out)["status"] == "fresh"  # without --deep, pixels are not read
     result = preload.verify_cache(out, deep=True)
-    paths = list(preload.open_cache(out).paths)
+    paths = list(preload.open_cache(out, check=False).paths)
     assert result["status"] == "damaged"
     assert result["damaged_rows"] == [{"row": 5, "path": paths[5]}, {"row": 42, "path": paths[42]}]
     assert f"row 5 ('{paths[5]}')" in result["problem"] and f"row 42 ('{paths[42]}')" in result["problem"]
@@ -275,7 +276,7 @@ def test_deep_verify_names_damaged_rows_and_build_redecodes_only_them(tmp_path, 
     assert code == 3 and text.startswith("damaged: 2 of 60 rows") and paths[42] in text
     # Once found, the damage is remembered: a plain verify no longer says fresh until a build mends it.
     plain = preload.verify_cache(out)
-    assert plain["status"] == "damaged" and "(rows 5, 42)" in plain["problem"]
+    assert plain["status"] == "damaged" and "(rows 5, 42; their files" in plain["problem"]
     code, _, _ = cli(capsys, "verify", out)
     assert code == 3
 
@@ -301,6 +302,60 @@ def test_build_deep_finds_damage_without_a_verify_first(tmp_path, source, monkey
     ds = build(source, out, deep=True)
     assert calls == [paths[17]]
     assert np.array_equal(ds.images, expected_images(source))
+
+
+def test_open_and_info_report_rows_a_deep_verify_found_damaged(tmp_path, source, capsys):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    offset = json.loads((tmp_path / "c.npy.json").read_text())["data_offset"]
+    with open(out, "r+b") as handle:
+        handle.seek(offset + 9 * 3 * 16 * 16 + 50)
+        handle.write(b"\x00\xff\x00")
+    paths = list(preload.open_cache(out).paths)  # without a deep verify nobody knows yet
+    assert preload.verify_cache(out, deep=True)["status"] == "damaged"
+    words = (r"1 row\(s\) of '.*c.npy' were found damaged by a deep verify "
+             rf"\(rows 9; their files '{re.escape(paths[9])}'\)")
+    with pytest.raises(preload.IncompleteCacheError, match=words + r".*build the cache again.*check=False"):
+        preload.open_cache(out)
+    assert len(preload.open_cache(out, check=False)) == 60  # read as it is, on request
+    info = preload.cache_info(out)
+    assert info["status"] == "damaged" and re.match(words, info["problem"])
+    assert info["damaged_rows"] == [{"row": 9, "path": paths[9]}] and info["shape"] == [60, 3, 16, 16]
+    code, text, _ = cli(capsys, "info", out)
+    assert code == 3 and text.startswith("damaged: 1 row(s) of ") and paths[9] in text
+    build(source, out)  # decodes row 9 again
+    assert preload.cache_info(out)["status"] == "complete"
+    assert np.array_equal(preload.open_cache(out).images, expected_images(source))
+
+
+KILLED_VERIFY = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import preload
+real = os.replace
+def replace(source, target):
+    if str(target).endswith(".damaged"):  # its temporary is written and synced: die before the rename
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(source, target)
+os.replace = replace
+preload.verify_cache({out!r}, deep=True)
+"""
+
+
+def test_a_build_sweeps_the_temporaries_a_killed_writer_left(tmp_path, source):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    offset = json.loads((tmp_path / "c.npy.json").read_text())["data_offset"]
+    with open(out, "r+b") as handle:
+        handle.seek(offset + 3 * 3 * 16 * 16)
+        handle.write(bytes(100))
+    script = KILLED_VERIFY.format(root=str(ROOT), out=str(out))
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -9
+    assert (tmp_path / "c.npy.damaged.tmp").exists() and not (tmp_path / "c.npy.damaged").exists()
+    (tmp_path / "c.npy.damaged.tmp.mine").write_bytes(b"a user's file")  # not a name preload writes
+    build(source, out)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("c.npy")) == \
+        ["c.npy", "c.npy.damaged.tmp.mine", "c.npy.index.npz", "c.npy.json"]
 
 
 def test_cli_verify_deep_prints_what_it_read(tmp_path, source, capsys):
@@ -385,6 +440,60 @@ def test_load_out_never_writes_through_a_planted_link(tmp_path, source, name):
         ds = preload.load(source, size=16, out=out, progress=False)
         assert ds.images.shape == (60, 16, 16, 3) and not out.is_symlink()
     assert victim.read_bytes() == saved
+
+
+@pytest.mark.parametrize("name", ["c.npy.json", "c.npy.index.npz"])
+def test_a_folder_at_a_sidecar_name_is_called_a_directory(tmp_path, source, capsys, name):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    sidecar = tmp_path / name
+    sidecar.unlink()
+    sidecar.mkdir()
+    words = f"'{sidecar}' is a directory, not a regular file"
+    with pytest.raises(preload.IncompleteCacheError, match=re.escape(words)):
+        preload.open_cache(out)
+    info = preload.cache_info(out)
+    assert info["status"] == "damaged" and words in info["problem"] and "FIFO" not in info["problem"]
+    code, text, _ = cli(capsys, "verify", out)
+    assert code == 3 and words in text
+
+
+def test_open_maps_the_array_whose_header_it_checked(tmp_path, source, monkeypatch):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    expected = np.load(out)
+    other = tmp_path / "other.npy"
+    np.save(other, np.full(expected.shape, 7, np.uint8))  # the same header, other pixels
+    real = cache._read_index
+
+    def replaced_meanwhile(files):  # right after the header was checked, another array is renamed into place
+        if other.exists():
+            os.replace(other, out)
+        return real(files)
+
+    monkeypatch.setattr(cache, "_read_index", replaced_meanwhile)
+    ds = preload.open_cache(out, check=False)
+    assert not other.exists() and np.array_equal(ds.images, expected)  # the pixels of the header it checked
+
+
+def test_open_during_a_commit_reads_the_new_cache_whole(tmp_path, source, monkeypatch):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    paths = preload.sources.manifest(str(source)).paths
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    expected = np.array(build(paths[:50], newer / "c.npy").images)
+    real = cache._read_index
+
+    def committed_meanwhile(files):  # a build commits while the old cache is read: array, index, metadata last
+        if (newer / "c.npy.json").exists():
+            for suffix in ("", ".index.npz", ".json"):
+                os.replace(f"{newer}/c.npy{suffix}", f"{out}{suffix}")
+        return real(files)
+
+    monkeypatch.setattr(cache, "_read_index", committed_meanwhile)
+    ds = preload.open_cache(out, check=False)  # not a mix of the two: the new one, read again whole
+    assert len(ds) == 50 and np.array_equal(ds.images, expected) and list(ds.paths) == paths[:50]
 
 
 def test_a_folder_at_the_cache_path_is_refused_before_decoding(tmp_path, source, monkeypatch):
@@ -550,6 +659,7 @@ def test_disk_full_on_a_real_small_file_system(tmp_path, source, monkeypatch):
 def test_skip_compacts_in_place_and_survives_a_kill_mid_way(tmp_path, source, monkeypatch):
     for name in ("ant/00.bmp", "bee/10.bmp"):  # the first row: every later row moves, blocks overlap
         (source / name).write_bytes(b"")
+    settle()  # else the resumed build would decode them again (unverifiable: written just before the record)
     out = tmp_path / "c.npy"
     monkeypatch.setattr(cache, "COMPACT_BYTES", 5 * 3 * 16 * 16)  # five rows a step
     created = []
@@ -576,6 +686,86 @@ def test_skip_compacts_in_place_and_survives_a_kill_mid_way(tmp_path, source, mo
     assert calls == []
     expected = preload.load(source, size=16, layout="NCHW", on_error="skip", progress=False)
     assert np.array_equal(ds.images, expected.images)
+    assert preload.verify_cache(out, deep=True)["status"] == "fresh"
+
+
+COMPACTING_CHILD = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import preload
+from preload import cache
+cache.COMPACT_BYTES = 5 * 3 * 16 * 16  # five rows a step: many steps, each overlapping its own sources
+real_write, real_shrink = cache._write_json, cache.shrink_npy
+steps = []
+def write_json(path, record):
+    if path.endswith(".compact.json"):
+        steps.append(record)
+        if len(steps) == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_write(path, record)
+def shrink(path, rows):
+    if {kill_at} == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_shrink(path, rows)
+cache._write_json, cache.shrink_npy = write_json, shrink
+preload.build_cache({src!r}, {out!r}, size=16, layout="NCHW", workers=1, progress=False, on_error="skip")
+"""
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 14, 24, 25, 0])  # the n-th progress record (of 25); 0: cutting the file
+def test_kill_9_while_compacting_then_resume_is_byte_identical(tmp_path, source, monkeypatch, kill_at):
+    for name in ("ant/00.bmp", "bee/10.bmp"):  # the first row: every later row moves, every block overlaps
+        (source / name).write_bytes(b"")
+    settle()
+    reference = tmp_path / "reference.npy"
+    build(source, reference, on_error="skip")
+    out = tmp_path / "c.npy"
+    script = tmp_path / "child.py"
+    script.write_text(COMPACTING_CHILD.format(root=str(ROOT), src=str(source), out=str(out), kill_at=kill_at))
+    assert subprocess.run([sys.executable, str(script)]).returncode == -9  # SIGKILL: no cleanup ran
+    assert not (tmp_path / "c.npy.json").exists()
+    calls = count_decodes(monkeypatch)
+    ds = build(source, out, on_error="skip", workers=1)
+    assert calls == []
+    assert out.read_bytes() == reference.read_bytes()
+    assert [f.path for f in ds.failed] == [str(source / "ant" / "00.bmp"), str(source / "bee" / "10.bmp")]
+    assert preload.verify_cache(out, deep=True)["status"] == "fresh"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("c.npy")) == \
+        ["c.npy", "c.npy.index.npz", "c.npy.json"]
+
+
+@pytest.mark.parametrize("then", ["a file changed", "on_error zero"])
+def test_a_build_killed_while_compacting_checks_its_rows_before_finishing(tmp_path, source, rng, monkeypatch, then):
+    empties = [source / "ant" / "00.bmp", source / "bee" / "10.bmp"]
+    for path in empties:
+        path.write_bytes(b"")
+    settle()
+    out = tmp_path / "c.npy"
+    monkeypatch.setattr(cache, "COMPACT_BYTES", 5 * 3 * 16 * 16)
+    real = cache._write_json
+    steps = []
+
+    def die_at_the_fourth_step(path, record):
+        if path.endswith(".compact.json"):
+            steps.append(record)
+            if len(steps) == 4:
+                raise SystemExit("killed")
+        return real(path, record)
+
+    monkeypatch.setattr(cache, "_write_json", die_at_the_fourth_step)
+    with pytest.raises(SystemExit):
+        build(source, out, on_error="skip", workers=1)
+    monkeypatch.undo()
+    changed = []
+    if then == "a file changed":  # a row the compaction already moved: its bytes are stale now
+        changed = [write(source / "ant" / "03.bmp", smooth_image(rng, 33, 40))]
+        settle()
+    on_error = "zero" if then == "on_error zero" else "skip"
+    calls = count_decodes(monkeypatch)
+    ds = build(source, out, on_error=on_error, workers=1)
+    assert calls == changed  # an unchanged file that failed is not tried again
+    assert np.array_equal(ds.images, expected_images(source, on_error=on_error))
+    assert [f.path for f in ds.failed] == [str(path) for path in empties]
     assert preload.verify_cache(out, deep=True)["status"] == "fresh"
 
 

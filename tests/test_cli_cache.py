@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 
+from conftest import settle, smooth_image, write
 from preload import cache
 from preload.cli import main
 
@@ -127,3 +128,33 @@ def test_first_build_counts_every_row(tmp_path, source, capsys):
     [timing] = [line for line in text.splitlines() if line.startswith("time ")]
     assert re.fullmatch(r"time     \d+\.\d\d s \(\d+ images/s\)", timing), timing  # every row: no "in this run"
     assert "resuming" not in text and "nothing to do" not in text
+
+
+def timing_line(text: str) -> str:
+    [timing] = [line for line in text.splitlines() if line.startswith("time ")]
+    return timing
+
+
+def test_a_refresh_says_it_reuses_unchanged_rows_and_does_not_claim_to_resume(tmp_path, source, capsys, rng):
+    out = tmp_path / "c.npy"
+    assert run(capsys, "build", source, out, "--size", 8, "--no-progress")[0] == 0
+    write(source / "bee" / "07.png", smooth_image(rng, 33, 41))
+    settle()
+    code, text, err = run(capsys, "build", source, out, "--size", 8, "--no-progress")
+    assert (code, err) == (0, "")
+    assert text.splitlines()[0] == "refreshing: 59 of 60 rows unchanged, decoding 1 (files: 1 changed)"
+    assert "resuming" not in text
+    assert re.fullmatch(r"time     \d+\.\d\d s \(\d+ images/s: 1 decoded in this run\)", timing_line(text))
+
+
+def test_load_out_over_a_fresh_cache_reports_no_speed_for_rows_it_did_not_decode(tmp_path, source, capsys):
+    out = tmp_path / "c.npy"
+    code, text, _ = run(capsys, "load", source, "--out", out, "--size", 8, "--no-progress")
+    assert code == 0 and text.startswith(f"wrote    {out} (a cache")
+    assert re.fullmatch(r"time     \d+\.\d\d s \(\d+ images/s\)", timing_line(text))  # every row decoded now
+
+    code, text, err = run(capsys, "load", source, "--out", out, "--size", 8, "--no-progress")
+    assert (code, err) == (0, "")
+    assert text.splitlines()[:2] == ["nothing to do: the cache is complete and fresh", f"cache    {out} (a cache: "
+                                     "preload.open_cache() gives images, labels, classes, paths; np.load() the pixels)"]
+    assert timing_line(text).endswith(" s (nothing decoded)") and "images/s" not in text

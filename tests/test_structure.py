@@ -189,3 +189,9 @@ def test_every_name_the_docs_mention_exists_and_is_exported():
         inner = parts[1]
         if len(parts) == 3 and inner not in ADAPTERS and isinstance(getattr(preload, inner, None), type(preload)):
             assert parts[2] in preload.__all__, f"{dotted} is documented; export it as preload.{parts[2]}"
+
+
+def test_npy_headers_are_parsed_in_one_place():
+    """Caches, partials and the members of an index read their ``.npy`` header through target.read_npy_header."""
+    parsers = {path.stem: path.read_text(encoding="utf-8").count("read_magic(") for path in PACKAGE.glob("*.py")}
+    assert {name: count for name, count in parsers.items() if count} == {"target": 1}
