@@ -1353,15 +1353,34 @@ def _compact_in_place(files: CacheFiles, plan: dict, keep: np.ndarray) -> None:
         record.update(next=start, saved=None)
         _write_json(files.compact, record)
     block = max(1, COMPACT_BYTES // max(1, int(np.prod(shape[1:]))))
+    # Rows before the first skipped file stay where they are; from there on every
+    # row moves (keep is increasing), by at least one row.
+    moved = np.flatnonzero(keep != np.arange(len(keep)))
+    start = max(start, int(moved[0]) if moved.size else len(keep))
+    room_for_saved = True
     while start < len(keep):
         stop = min(len(keep), start + block)
         sources = keep[start:stop]
         if sources[-1] == stop - 1:  # rows before the first skipped file stay where they are
             start = stop
             continue
+        if sources[0] < stop and not room_for_saved:
+            stop = int(sources[0])
+            sources = keep[start:stop]
         rows = array[sources]
         if sources[0] < stop:
-            write_bytes(files.compact_rows, rows.tobytes())
+            try:
+                write_bytes(files.compact_rows, rows.tobytes())
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # No room for the saved copy: from now on move only rows whose
+                # destinations lie below every source of their block (as many as the
+                # rows skipped so far), which a kill cannot damage, so nothing needs
+                # saving. Slower when few files were skipped, but it finishes on a
+                # disk that holds one copy.
+                room_for_saved = False
+                continue
             record.update(saved=start)
             _write_json(files.compact, record)
         array[start:stop] = rows

@@ -689,6 +689,31 @@ def test_skip_compacts_in_place_and_survives_a_kill_mid_way(tmp_path, source, mo
     assert preload.verify_cache(out, deep=True)["status"] == "fresh"
 
 
+def test_skip_compaction_finishes_without_room_for_a_saved_block(tmp_path, source, monkeypatch):
+    # One skipped file at the front: every block overlaps its own sources, and the
+    # disk has no room for the saved copy of one. The moves then go one gap at a time.
+    (source / "ant" / "00.bmp").write_bytes(b"")
+    settle()
+    out = tmp_path / "c.npy"
+    monkeypatch.setattr(cache, "COMPACT_BYTES", 5 * 3 * 16 * 16)
+    real_write_bytes = cache.write_bytes
+    refused = []
+
+    def disk_full_for_saved_rows(path, data):
+        if str(path).endswith(".compact"):
+            refused.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_bytes(path, data)
+
+    monkeypatch.setattr(cache, "write_bytes", disk_full_for_saved_rows)
+    ds = build(source, out, on_error="skip", workers=1)
+    assert len(refused) == 1  # tried once, then moved gap by gap
+    expected = preload.load(source, size=16, layout="NCHW", on_error="skip", progress=False)
+    assert len(ds) == 59 and np.array_equal(ds.images, expected.images)
+    assert not os.path.exists(str(out) + ".compact")
+    assert preload.verify_cache(out, deep=True)["status"] == "fresh"
+
+
 COMPACTING_CHILD = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
