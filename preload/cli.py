@@ -933,7 +933,22 @@ class _CliLog(logging.Handler):
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit code (see the module docstring's table)."""
+    """Run the command line; returns the exit code (see the module docstring's table).
+
+    A Ctrl-C ends it with one line and exit 130 wherever it lands: while the
+    options are parsed, during the work, in the clean-up after an error or at
+    the final flush. What the command was writing is left as an interrupted
+    build leaves it: resumable, never half-renamed into place.
+    """
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        with contextlib.suppress(OSError, KeyboardInterrupt):
+            print("preload: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -944,9 +959,6 @@ def main(argv=None) -> int:
     logger.addHandler(handler)
     try:
         code = COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("preload: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout closed by its reader: not the user's error
         _stdout_to_devnull()
         return EXIT_OK
