@@ -52,7 +52,7 @@ from .errors import (
 )
 from .loader import load
 from .measure import STRATEGIES, PeakSampler
-from .options import OPTIONS, parse_size
+from .options import OPTIONS
 from .report import DEFAULT_SAMPLES, PLOT_HINT, console_lines, run_report, write_report
 from .sources import IMAGE_EXTENSIONS, Manifest, manifest
 
@@ -94,6 +94,10 @@ class _Parser(argparse.ArgumentParser):
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Examples kept as written; every option's help ends with its default (a test holds them to it)."""
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # argparse would break "naive-vstack" or "--no-exif" at the hyphen.
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
 
 # ------------------------------------------------------------------ output
 
@@ -132,6 +136,7 @@ _API_PHRASES = (
     (re.compile(r"e\.g\. 256 or \(224, 320\)"), "e.g. --size 256 or --size 224x320"),
     (re.compile(r"\bout='([^']*)'"), r"--out '\1'"),
     (re.compile(r"\bout= "), "--out "),
+    (re.compile(r"or None for every core"), "or all for every core"),
 )
 _OPTION_WORD = re.compile(r"(?<![\w.-])(" + "|".join(sorted(OPTIONS, key=len, reverse=True)) + r")=(?=\S)")
 
@@ -147,11 +152,16 @@ def cli_words(text: str) -> str:
     "--on-error 'x' is not accepted"
     >>> cli_words("size=None is not accepted by the report")
     '--size none is not accepted by the report'
+    >>> cli_words("fill=(1, 2) is not accepted"), cli_words("size=(0, 5) is not accepted")
+    ('--fill 1,2 is not accepted', '--size 0x5 is not accepted')
     """
     for pattern, replacement in _API_PHRASES:
         text = pattern.sub(replacement, text)
     text = _OPTION_WORD.sub(lambda match: OPTIONS[match.group(1)].flag + " ", text)
-    return re.sub(r"(--[a-z-]+) (None|True|False)\b", lambda m: f"{m[1]} {m[2].lower()}", text)
+    text = re.sub(r"(--[a-z-]+) (None|True|False)\b", lambda m: f"{m[1]} {m[2].lower()}", text)
+    # A tuple as the flag takes it: --size HxW, --fill V,V,V.
+    text = re.sub(r"--size \((\d+), (\d+)\)", r"--size \1x\2", text)
+    return re.sub(r"(--[a-z-]+) \((\d+(?:, \d+)*)\)", lambda m: f"{m[1]} {m[2].replace(', ', ',')}", text)
 
 
 _MISMATCH = re.compile(r"but '(?P<a>.+)' is (?P<sa>\d+x\d+) and '(?P<b>.+)' is (?P<sb>\d+x\d+) \(height x width\)")
@@ -320,47 +330,42 @@ def positive_int(text: str) -> int:
     return value
 
 
-# How a default of None reads on the command line, for the options where None means something.
-_NONE_MEANS = {"size": "none", "workers": "every usable core",
-               "progress": "on when stderr is a terminal", "interpolation": "auto"}
+_METAVARS = {"workers": "N|all", "max_pixels": "N", "fill": "V|V,V,V", "size": "N|HxW|none"}
 
 
-_METAVARS = {"workers": "N", "max_pixels": "N", "fill": "V|V,V,V", "size": "N|HxW"}
+def add_option(parser: argparse.ArgumentParser, name: str, *, default=None, default_words: str | None = None,
+               help_text: str | None = None, metavar: str | None = None) -> None:
+    """Add the option ``name`` of :data:`preload.options.OPTIONS` with its one description and default.
 
-
-def _show(value, name: str = "") -> str:
-    if value is None and name in _NONE_MEANS:
-        return _NONE_MEANS[name]
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
-def add_option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """Add the option ``name`` of :data:`preload.options.OPTIONS` with its one description and default."""
+    A command whose default differs from the API's (``demo --size 256``)
+    passes ``default`` and says it in ``default_words``; one that takes
+    fewer values than the API passes its own ``help_text`` and ``metavar``.
+    """
     option = OPTIONS[name]
     allowed = f" ({', '.join(option.allowed)})" if option.allowed else ""
-    kwargs.setdefault("default", option.default)
+    kwargs: dict = {"default": option.default if default_words is None else default}
     if option.accepts.startswith("bool"):  # --exif / --no-exif
-        kwargs.setdefault("action", argparse.BooleanOptionalAction)
+        kwargs["action"] = argparse.BooleanOptionalAction
     else:
-        kwargs.setdefault("type", argument_type(option.parse, option.flag))
-        kwargs.setdefault("metavar", _METAVARS.get(name, name.upper()))
-    kwargs = {key: value for key, value in kwargs.items() if value is not None or key == "default"}
+        kwargs["type"] = argument_type(option.parse, option.flag)
+        kwargs["metavar"] = metavar or _METAVARS.get(name, name.upper())
     action = parser.add_argument(option.flag, **kwargs)
-    # %(default)s would print Python's None/True (and BooleanOptionalAction appends it
-    # by itself): the default is spelled as a user would type it.
-    action.help = f"{option.help}{allowed} (default: {_show(kwargs['default'], name)})".replace("%", "%%")
+    # Set after add_argument: BooleanOptionalAction would append its own "(default: True)".
+    words = option.default_words if default_words is None else default_words
+    action.help = f"{help_text or option.help}{allowed} (default: {words})".replace("%", "%%")
 
 
-def add_decode_options(parser: argparse.ArgumentParser, *, default_size, names=("size", "layout", "color",
-                                                                                 "resize")) -> None:
-    """Add the decode options ``names`` (how each image becomes a row) to ``parser``."""
+def add_decode_options(parser: argparse.ArgumentParser, *, default_size=None,
+                       names=("size", "layout", "color", "resize")) -> None:
+    """Add the decode options ``names`` (how each image becomes a row) to ``parser``.
+
+    With ``default_size`` the command needs a size (the report compares arrays
+    of one shape), so ``--size none`` is not offered.
+    """
     for name in names:
-        if name == "size":
-            add_option(parser, "size", type=argument_type(parse_size, "--size"), default=default_size)
+        if name == "size" and default_size is not None:
+            add_option(parser, "size", default=default_size, default_words=str(default_size), metavar="N|HxW",
+                       help_text="output size: N (square) or HxW (height x width)")
         else:
             add_option(parser, name)
 
@@ -377,7 +382,7 @@ def _add_load_options(parser: argparse.ArgumentParser, default_size) -> None:
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     """What to read from SOURCE: the first N files, a CSV's column names, where failures are listed."""
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
-                        help="use only the first N files of SOURCE, in its order (default: all)")
+                        help="use only the first N files of SOURCE, in its order (default: every file)")
     parser.add_argument("--path-column", default="path", metavar="NAME",
                         help="CSV SOURCE: the column holding the image paths (default: %(default)s)")
     parser.add_argument("--label-column", default="label", metavar="NAME",
@@ -420,18 +425,20 @@ def _add_report_parser(commands) -> None:
     add_decode_options(parser, default_size=256)
     parser.add_argument(
         "--limit", type=positive_int, default=None, metavar="N",
-        help=f"use the first N files (without SOURCE: make N samples, default {DEFAULT_SAMPLES})",
+        help=f"use the first N files of SOURCE; without SOURCE, make N sample photos (default: every file of "
+             f"SOURCE; without SOURCE, {DEFAULT_SAMPLES} samples)",
     )
     parser.add_argument(
-        "--out", default="report", help="folder for report.json/.md and memory.png (default: %(default)s)"
+        "--out", default="report", metavar="FOLDER",
+        help="folder for report.json, report.md and memory.png, made if missing (default: %(default)s)",
     )
     parser.add_argument(
-        "--strategies", type=_strategy_list, default=list(STRATEGIES),
-        help=f"comma-separated, run in this order (default: {','.join(STRATEGIES)})",
+        "--strategies", type=_strategy_list, default=list(STRATEGIES), metavar="NAME,NAME",
+        help=f"the strategies to run, comma-separated, in this order (default: all four, {','.join(STRATEGIES)})",
     )
     add_workers_option(parser)
     parser.add_argument(
-        "--npy-dir", default=None,
+        "--npy-dir", default=None, metavar="FOLDER",
         help="where the memmap strategy writes its temporary .npy (default: the --out folder)",
     )
 
@@ -461,8 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    formatter_class=_Formatter)
 
     demo = command("demo", "make sample photos and load them; print shape, time, peak memory")
-    demo.add_argument("--count", type=positive_int, default=400, help="sample images to make (default: %(default)s)")
-    demo.add_argument("--dir", default=None, help="where to write the samples (default: a temporary folder)")
+    demo.add_argument("--count", type=positive_int, default=400, metavar="N",
+                      help="sample images to make (default: %(default)s)")
+    demo.add_argument("--dir", default=None, metavar="FOLDER",
+                      help="a new or empty folder to write the samples to, kept afterwards (default: a temporary "
+                           "folder, removed afterwards)")
     _add_load_options(demo, 256)
 
     load_cmd = command(
@@ -479,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write the result as a cache (pixels, labels, classes, paths) at FILE.npy "
                                "(default: none, the array stays in memory)")
     load_cmd.add_argument("--force", action="store_true",
-                          help="with --out: replace what is at FILE.npy (a cache of other options, another .npy)")
+                          help="with --out: replace what is at FILE.npy (a cache of other options, another .npy) "
+                               "(default: off, refuse to replace it)")
     _add_load_options(load_cmd, None)
     _add_source_options(load_cmd)
 
@@ -488,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("cache", help="the cache's .npy path")
     build.add_argument("--force", action="store_true",
                        help="discard what is at CACHE (a cache, an unfinished build, any other .npy) and start over "
-                            "(default: off)")
+                            "(default: off: resume an unfinished build, refresh a stale cache, refuse anything else)")
     build.add_argument("--deep", action="store_true",
                        help="re-read every row of a complete cache and decode again those whose checksum differs "
                             "(default: off; rows a verify --deep found damaged are redone anyway)")
@@ -503,11 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("verify", "check a cache is complete and fresh (exit 0), stale (1) or absent (3)")):
         sub = command(name, text)
         sub.add_argument("cache", help="the cache's .npy path")
-        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+        sub.add_argument("--json", action="store_true", help="print JSON instead of text (default: off, text)")
         if name == "verify":
             sub.add_argument("--deep", action="store_true",
                              help="also re-read every row and compare it with its checksum; names damaged rows "
-                                  "(default: off)")
+                                  "(default: off: check completeness and freshness only)")
 
     _add_report_parser(commands)
     return parser
@@ -798,12 +809,16 @@ def _info(args) -> int:
         if classes:
             say(f"classes  {len(classes)}: {', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}")
         say(f"options  size {size}, color {options['color']}, resize {options['resize']}, "
-            f"exif {options['exif']}, reduce {options['reduce']}")
+            f"exif {_on_off(options['exif'])}, reduce {_on_off(options['reduce'])}")
         say(f"failed   {len(info['failed'])}" + (f"; first: '{info['failed'][0]['path']}': "
                                                  f"{info['failed'][0]['detail']}" if info["failed"] else ""))
         say(f"built    {info['created']} in {info['build_seconds']:.1f} s with preload "
             f"{info['versions']['preload']}, OpenCV {info['versions']['opencv']}")
     return EXIT_OK if info["status"] == "complete" else EXIT_NO_CACHE
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"  # as --exif / --no-exif say it
 
 
 def _verify(args) -> int:

@@ -30,6 +30,7 @@ def test_build_info_verify(tmp_path, source, capsys):
     assert code == 0
     assert "images   60 of 60 files, shape (60, 3, 8, 8) uint8, NCHW" in text
     assert "classes  3: ant, bee, cow" in text
+    assert "options  size 8x8, color rgb, resize stretch, exif on, reduce on" in text  # as the flags say it
 
     code, text, _ = run(capsys, "info", out, "--json")
     info = json.loads(text)
