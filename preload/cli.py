@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import tempfile
 import textwrap
@@ -180,26 +181,64 @@ def _size_hint(exc: SizeMismatchError) -> tuple[str, int]:
 # ------------------------------------------------------------------ paths
 
 
+# What an errno says about a path the user gave, and the exit code (a bad path is a usage error).
 _PATH_ERRNOS = {
     errno.ENOENT: ("does not exist", EXIT_USAGE),
-    errno.ENOTDIR: ("is a file, not a folder (or is inside one)", EXIT_USAGE),
     errno.EISDIR: ("is a folder, not a file", EXIT_USAGE),
     errno.EEXIST: ("already exists and is a file, not a folder", EXIT_USAGE),
-    errno.EACCES: ("is not writable (permission denied)", EXIT_USAGE),
-    errno.EPERM: ("is not writable (operation not permitted)", EXIT_USAGE),
     errno.EROFS: ("is not writable (read-only file system)", EXIT_USAGE),
     errno.ENOSPC: ("cannot be written: no space left on its file system", EXIT_FAILED),
     errno.EDQUOT: ("cannot be written: disk quota exceeded", EXIT_FAILED),
 }
+# A permission error reads differently for a path being read and one being written.
+_DENIED = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
 
 
-def describe_os_error(exc: OSError, path: str | None = None) -> tuple[str, int]:
-    """One line naming the path and the reason, and the exit code (a bad path is a usage error)."""
+def is_path_mistake(exc: OSError) -> bool:
+    """True when the errno says the user's path is wrong (a usage error, exit 2), not that the work failed."""
+    return exc.errno in _DENIED or exc.errno == errno.ENOTDIR or _PATH_ERRNOS.get(exc.errno, ("", 0))[1] == EXIT_USAGE
+
+
+def describe_os_error(exc: OSError, path: str | None = None, *, what: str = "", doing: str | None = None
+                      ) -> tuple[str, int]:
+    """One line naming the path and the reason, and the exit code.
+
+    ``what`` names the path on the command line (``SOURCE``, ``--failed-list``);
+    ``doing`` is ``"read"`` or ``"write"``, what was being done with it, which
+    is what a permission error means; None when it is not known.
+
+    Examples
+    --------
+    >>> describe_os_error(PermissionError(errno.EACCES, "Permission denied"), "d", what="SOURCE", doing="read")
+    ("cannot read SOURCE 'd': permission denied", 2)
+    >>> describe_os_error(PermissionError(errno.EACCES, "Permission denied"), "f.txt", doing="write")
+    ("'f.txt' is not writable (permission denied)", 2)
+    """
     path = path or exc.filename or "?"
+    named = f"{what} '{path}'" if what else f"'{path}'"
+    if exc.errno in _DENIED:
+        denied = _DENIED[exc.errno]
+        if doing == "read":
+            return f"cannot read {named}: {denied}", EXIT_USAGE
+        if doing == "write":
+            return f"{named} is not writable ({denied})", EXIT_USAGE
+        return f"{named}: {denied}", EXIT_USAGE
+    if exc.errno == errno.ENOTDIR:
+        return f"{named}: '{_file_in_the_way(path)}' is a file, not a folder", EXIT_USAGE
     reason, code = _PATH_ERRNOS.get(exc.errno, (None, EXIT_FAILED))
     if reason is None:
         reason = f"cannot be used: {exc.strerror or exc}"
-    return f"'{path}' {reason}", code
+    return f"{named} {reason}", code
+
+
+def _file_in_the_way(path: str) -> str:
+    """The first part of ``path`` that is a file where a folder must be (ENOTDIR), or ``path`` itself."""
+    parts = os.path.normpath(path).split(os.sep)
+    for end in range(1, len(parts)):
+        head = os.sep.join(parts[:end]) or os.sep
+        if os.path.exists(head) and not os.path.isdir(head):
+            return head
+    return path
 
 
 class PathProblem(PreloadError):
@@ -215,11 +254,10 @@ def check_source(text: str) -> str:
     try:
         os.stat(text)
     except OSError as exc:
-        message, code = describe_os_error(exc, text)
-        raise PathProblem(f"SOURCE {message}", code) from None
+        raise PathProblem(*describe_os_error(exc, text, what="SOURCE", doing="read")) from None
     if os.path.isdir(text):
         if not os.access(text, os.R_OK | os.X_OK):
-            raise PathProblem(f"SOURCE '{text}' is not readable (permission denied)")
+            raise PathProblem(f"cannot read SOURCE '{text}': permission denied")
         return text
     if not text.lower().endswith(".csv"):
         message = (f"SOURCE '{text}' is a file, not a folder or a CSV file; give the folder that holds the "
@@ -235,8 +273,12 @@ def check_writable_folder(folder: str, what: str) -> None:
     the only honest test is to create a file.
     """
     folder = folder or "."
-    if not os.path.exists(folder):
-        raise PathProblem(f"{what}: the folder '{folder}' does not exist")
+    try:
+        os.stat(folder)
+    except FileNotFoundError:
+        raise PathProblem(f"{what}: the folder '{folder}' does not exist") from None
+    except OSError as exc:  # a folder above it cannot be searched, ...
+        raise PathProblem(*describe_os_error(exc, folder, what=f"{what}: the folder", doing="write")) from None
     if not os.path.isdir(folder):
         raise PathProblem(f"{what}: '{folder}' is a file, not a folder")
     try:
@@ -253,13 +295,19 @@ def check_writable_folder(folder: str, what: str) -> None:
     os.remove(probe)
 
 
-def check_npy_target(path: str, what: str) -> None:
-    """A ``.npy`` to be written: the right suffix, not a folder, in a writable folder."""
+def check_npy_target(path: str, what: str, *, force: bool = False) -> None:
+    """A ``.npy`` to be written: the right suffix, not a folder, in a writable folder.
+
+    Unless ``force`` (which discards it unread), what is there already must be
+    readable: a resume or a refresh starts by reading it.
+    """
     if not path.lower().endswith(".npy"):
         raise PathProblem(f"{what} '{path}' is not accepted; it must end in .npy")
     if os.path.isdir(path):
         raise PathProblem(f"{what} '{path}' is a folder, not a .npy file")
     check_writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} '{path}'")
+    if not force:
+        check_cache_files_readable(path, what)
 
 
 def check_output_folder(path: str, what: str) -> None:
@@ -289,11 +337,34 @@ def check_output_file(path: str, what: str) -> None:
 
 
 def check_cache_path(path: str) -> None:
-    """CACHE for info/verify: a ``.npy`` path (it need not exist), not a folder."""
+    """CACHE for info/verify: a ``.npy`` path (it need not exist), not a folder, readable where it exists.
+
+    No cache at the path is an answer (exit 3); a path that cannot be looked
+    at (a file where a folder should be, a file or folder without read
+    permission) is the user's mistake, said as such instead of as a missing
+    or damaged cache.
+    """
     if not path.lower().endswith(".npy"):
         raise PathProblem(f"CACHE '{path}' is not accepted; a cache path ends in .npy")
     if os.path.isdir(path):
         raise PathProblem(f"CACHE '{path}' is a folder, not a .npy file")
+    check_cache_files_readable(path, "CACHE")
+
+
+def check_cache_files_readable(path: str, what: str) -> None:
+    """The files of the cache at ``path`` that exist can be read (info, verify, a resume or a refresh read them)."""
+    files = CacheFiles(path)
+    for name in (files.data, files.meta, files.index, files.partial):
+        try:
+            info = os.stat(name)
+            if stat.S_ISREG(info.st_mode):  # anything else is the library's to refuse, unopened
+                os.close(os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if is_path_mistake(exc):
+                shown, named = (path, what) if name == files.data else (name, "")
+                raise PathProblem(*describe_os_error(exc, shown, what=named, doing="read")) from None
 
 
 # ------------------------------------------------------------------ options from the one table
@@ -582,8 +653,7 @@ def _report_failures(ds, args) -> None:
                 for failure in failed:
                     handle.write(f"{failure.path}\t{failure.reason}\t{failure.detail}\n")
         except OSError as exc:
-            message, code = describe_os_error(exc, target)
-            raise PathProblem(f"--failed-list {message}", code) from None
+            raise PathProblem(*describe_os_error(exc, target, what="--failed-list", doing="write")) from None
     if not failed:
         return
     say(f"failed   {len(failed)} file(s) not loaded:")
@@ -650,7 +720,7 @@ def _demo(args) -> int:
 def _load(args) -> int:
     source = _source(args)
     if args.out is not None:
-        check_npy_target(args.out, "--out")
+        check_npy_target(args.out, "--out", force=args.force)
     with contextlib.ExitStack() as stack:
         sampler = stack.enter_context(PeakSampler())
         if args.out is None:
@@ -685,7 +755,7 @@ class _BuildPlan(logging.Handler):
 
 def _build(args) -> int:
     source = _source(args)
-    check_npy_target(args.cache, "CACHE")
+    check_npy_target(args.cache, "CACHE", force=args.force)
     plan = _BuildPlan()
     logger = logging.getLogger("preload.cache")
     with contextlib.ExitStack() as stack:
@@ -919,7 +989,7 @@ def error_line(exc: BaseException) -> tuple[str, int]:
         return f"{exc}; --on-error skip leaves such files out (--on-error zero keeps a zero row)", EXIT_FAILED
     if isinstance(exc, PreloadError):
         cause = exc.__cause__
-        if isinstance(cause, OSError) and _PATH_ERRNOS.get(cause.errno, (None, EXIT_FAILED))[1] == EXIT_USAGE:
+        if isinstance(cause, OSError) and is_path_mistake(cause):
             return cli_words(str(exc)), EXIT_USAGE
         return cli_words(str(exc)), EXIT_FAILED
     if isinstance(exc, OSError):

@@ -16,6 +16,7 @@ import errno
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,6 +191,108 @@ def test_missing_paths(src, capsys, tmp_path):
         code, out, err = run(capsys, command, missing / "c.npy")
         assert (code, err) == (NO_CACHE, "")
         assert out.startswith(expected)
+
+
+# ------------------------------------------------------------------ unreadable
+
+
+def denied_for(monkeypatch, module, name: str, blocked: str) -> None:
+    """``module.name`` (os.stat, os.open, ...) raises EACCES for ``blocked``, as for a user without the right."""
+    real = getattr(module, name)
+
+    def guarded(path, *args, **kwargs):
+        if os.fspath(path) == blocked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, guarded)
+
+
+def test_a_source_that_cannot_be_read_is_said_so_not_unwritable(src, capsys, tmp_path, monkeypatch):
+    hidden = tmp_path / "locked" / "src"  # a folder whose parent cannot be searched: stat fails
+    denied_for(monkeypatch, os, "stat", str(hidden))
+    for argv in (("load", hidden), ("build", hidden, tmp_path / "c.npy"), ("report", hidden, "--out", tmp_path / "r")):
+        line = assert_error(run(capsys, *argv, *NO_PROGRESS[: argv[0] != "report"]), USAGE,
+                            f"cannot read SOURCE '{hidden}': permission denied")
+        assert "writable" not in line
+    monkeypatch.undo()
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # chmod 000 on the folder itself
+    assert_error(run(capsys, "load", src, *NO_PROGRESS), USAGE, f"cannot read SOURCE '{src}': permission denied")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_an_unreadable_cache_is_a_path_mistake_not_a_missing_or_damaged_cache(src, capsys, tmp_path, monkeypatch):
+    target = tmp_path / "c.npy"
+    assert run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS)[0] == 0
+    denied_for(monkeypatch, os, "open", f"{target}.json")
+    for command in ("info", "verify"):
+        line = assert_error(run(capsys, command, target), USAGE, f"cannot read '{target}.json': permission denied")
+        assert "damaged" not in line and "Errno" not in line
+    # A rebuild reads the cache first; --force replaces it unread.
+    assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), USAGE,
+                 f"cannot read '{target}.json': permission denied")
+    denied_for(monkeypatch, os, "stat", str(target))
+    assert_error(run(capsys, "info", target), USAGE, f"cannot read CACHE '{target}': permission denied")
+
+
+def test_a_failed_list_that_cannot_be_written_says_not_writable(src, capsys, tmp_path, monkeypatch):
+    (src / "cat" / "bad.png").write_bytes(b"not a png")
+    listed = tmp_path / "failed.txt"
+    real_open = open
+
+    def no_write(path, mode="r", *args, **kwargs):
+        if os.fspath(path) == str(listed) and "w" in mode:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_write)
+    assert_error(run(capsys, "load", src, "--on-error", "skip", "--failed-list", listed, *NO_PROGRESS), USAGE,
+                 f"--failed-list '{listed}' is not writable (permission denied)")
+
+
+def test_a_file_inside_a_cache_or_source_path_is_named(capsys, a_file):
+    for command in ("info", "verify"):  # before: "no cache at ..." (exit 3) and "[Errno 20] Not a directory"
+        assert_error(run(capsys, command, a_file / "c.npy"), USAGE,
+                     f"CACHE '{a_file / 'c.npy'}': '{a_file}' is a file, not a folder")
+    assert_error(run(capsys, "load", a_file / "images", *NO_PROGRESS), USAGE,
+                 f"SOURCE '{a_file / 'images'}': '{a_file}' is a file, not a folder")
+
+
+def without_permission_override(*argv: str) -> subprocess.CompletedProcess:
+    """``python -m preload ARGV`` as root without the capabilities that let root read any file."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    drop = "-dac_override,-dac_read_search"
+    command = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", sys.executable, "-m", "preload", *argv]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_chmod_000_for_real(src, tmp_path):
+    # The same, with real permission bits: root gives up the capabilities that ignore them.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the permission override")
+    probe = without_permission_override("--version")
+    if probe.returncode != 0:
+        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.strip()}")
+    locked = tmp_path / "locked"
+    shutil.copytree(src, locked)
+    os.chmod(locked, 0)
+    listed = tmp_path / "list.csv"
+    listed.write_text(f"path,label\n{src / 'cat' / '0.png'},cat\n{src / 'cat' / '1.png'},cat\n")
+    os.chmod(src / "cat" / "1.png", 0)
+    try:
+        done = without_permission_override("load", str(locked), "--size", "8", "--no-progress")
+        if done.returncode == 0:
+            pytest.skip("permission bits are not enforced for this process")
+        assert (done.returncode, done.stderr) == (USAGE, f"preload: error: cannot read SOURCE '{locked}': "
+                                                         "permission denied\n")
+        done = without_permission_override("load", str(listed), "--size", "8", "--no-progress")
+        assert done.returncode == FAILED
+        assert done.stderr.startswith(f"preload: error: cannot load '{src / 'cat' / '1.png'}': permission denied")
+        done = without_permission_override("load", str(listed), "--size", "8", "--no-progress", "--on-error", "skip")
+        assert done.returncode == 0 and "permission denied" in done.stdout
+    finally:
+        os.chmod(locked, 0o755)
+        os.chmod(src / "cat" / "1.png", 0o644)
 
 
 # ------------------------------------------------------------------ wrong type
