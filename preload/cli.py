@@ -10,8 +10,10 @@ Exit codes
 2      a usage error: a bad option value or a bad path given by the user
        (missing, not writable, a file where a folder is expected or the other
        way round), also when the library is the one that refuses it
-3      no complete cache at that path (missing, an unfinished build, damaged)
-130    interrupted (Ctrl-C)
+3      no complete cache at that path (missing, an unfinished build, damaged);
+       for ``info`` and ``verify`` it is their answer, on stdout as
+       ``STATUS: what`` (``missing: no cache at ...``), not an error
+130    interrupted (Ctrl-C), wherever it lands: ``preload: interrupted``
 =====  ======================================================================
 
 Every error is one ``preload: error: ...`` line on stderr naming the path
@@ -72,7 +74,8 @@ preload.load: it is what OpenCV, Keras/TensorFlow and most image code use;
 PyTorch users pass --layout nchw.
 
 exit codes: 0 ok; 1 the work failed (verify: stale); 2 usage error (bad option
-value or path); 3 no complete cache; 130 interrupted.
+value or path); 3 no complete cache (info, verify: the answer, on stdout);
+130 interrupted.
 """
 
 EXIT_OK = 0
@@ -857,18 +860,19 @@ def _info(args) -> int:
         info["held_by"] = holder
     if args.json:
         say(json.dumps(info, indent=1))
+    # Not a complete cache: the answer, on stdout, in verify's form ("status: what"), exit 3.
     elif info["status"] == "missing" and holder:
-        say(f"a build of '{info['path']}' is starting: {holder} holds it")
+        say(f"missing: a build of '{info['path']}' is starting: {holder} holds it")
     elif info["status"] == "missing":
-        say(f"no cache at '{info['path']}'")
+        say(f"missing: no cache at '{info['path']}'")
     elif info["status"] == "damaged":
         say(f"damaged: {cli_words(info['problem'])}")
     elif info["status"] == "partial":
         written = (f"{info['done']:,} of {info['count']:,} images written (shape {tuple(info['shape'])})")
         if holder:
-            say(f"build in progress at '{info['path']}': {written}; {holder} holds it")
+            say(f"partial: build in progress at '{info['path']}': {written}; {holder} holds it")
         else:
-            say(f"unfinished build at '{info['path']}': {written}; run the same build again to finish it")
+            say(f"partial: unfinished build at '{info['path']}': {written}; run the same build again to finish it")
     else:
         options = info["options"]
         size = "x".join(map(str, options["size"]))

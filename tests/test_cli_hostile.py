@@ -134,7 +134,23 @@ def test_info_and_verify_under_proc_find_no_cache(capsys, command):
     # They only read: /proc is no worse than any folder without a cache (exit 3, the answer on stdout).
     code, out, err = run(capsys, command, "/proc/c.npy")
     assert (code, err) == (NO_CACHE, "")
-    assert "no cache at '/proc/c.npy'" in out
+    assert out.startswith("missing: no cache at '/proc/c.npy'")
+
+
+def test_no_complete_cache_is_the_same_answer_from_info_and_verify(src, capsys, tmp_path, monkeypatch):
+    # README's exit code 3: the answer of info and verify, on stdout as "STATUS: what", never an error line.
+    partial, damaged = tmp_path / "p.npy", tmp_path / "d.npy"
+    assert run(capsys, "build", src, damaged, "--size", 8, *NO_PROGRESS)[0] == 0
+    os.truncate(damaged, os.path.getsize(damaged) - 10)
+    monkeypatch.setattr(cache, "fill_slots", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert run(capsys, "build", src, partial, "--size", 8, *NO_PROGRESS)[0] == 130
+    for status, path in (("missing", tmp_path / "none.npy"), ("partial", partial), ("damaged", damaged)):
+        for command in ("info", "verify"):
+            code, out, err = run(capsys, command, path)
+            assert (code, err, out.count("\n")) == (NO_CACHE, "", 1), (command, status, out)
+            assert out.startswith(f"{status}: ") and str(path) in out, (command, out)
+            code, out, err = run(capsys, command, path, "--json")
+            assert (code, err, json.loads(out)["status"]) == (NO_CACHE, "", status), (command, out)
 
 
 def test_info_and_verify_read_a_read_only_cache(src, capsys, tmp_path):
@@ -187,7 +203,8 @@ def test_missing_paths(src, capsys, tmp_path):
                  f"--npy-dir '{missing}' is not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing written, no stray .lock
     # info and verify answer "no cache here" on stdout: it is their answer, not an error (exit 3).
-    for command, expected in (("info", f"no cache at '{missing / 'c.npy'}'"), ("verify", "missing: no cache at")):
+    for command, expected in (("info", f"missing: no cache at '{missing / 'c.npy'}'"),
+                              ("verify", "missing: no cache at")):
         code, out, err = run(capsys, command, missing / "c.npy")
         assert (code, err) == (NO_CACHE, "")
         assert out.startswith(expected)
@@ -443,7 +460,7 @@ def test_info_during_another_build_names_the_holder(src, capsys, tmp_path, monke
     with cache.BuildLock(str(target) + ".lock"):  # another open file: the flock conflicts as another process's
         code, out, err = run(capsys, "info", target)
         assert (code, err) == (NO_CACHE, "")
-        assert out.startswith(f"build in progress at '{target}': 0 of 3 images written (shape (3, 8, 8, 3)); "
+        assert out.startswith(f"partial: build in progress at '{target}': 0 of 3 images written (shape (3, 8, 8, 3)); "
                               f"pid {os.getpid()} on host ")
         assert out.rstrip().endswith(" holds it")
         code, out, _ = run(capsys, "info", target, "--json")
@@ -455,7 +472,7 @@ def test_info_during_another_build_names_the_holder(src, capsys, tmp_path, monke
         assert "run the same build again" not in out
     assert not os.path.exists(str(target) + ".lock")  # released: its holder removed it
     code, out, _ = run(capsys, "info", target)
-    assert out.startswith(f"unfinished build at '{target}'") and "run the same build again" in out
+    assert out.startswith(f"partial: unfinished build at '{target}'") and "run the same build again" in out
 
 
 def test_build_while_another_holds_the_lock_is_exit_1(src, capsys, tmp_path):
