@@ -15,12 +15,13 @@ while NumPy and OpenCV load ends in one line, not a traceback.
 <function load at ...>
 """
 
-import importlib as _importlib
-import importlib.util as _importlib_util
 import os as _os
-from typing import TYPE_CHECKING
 
 from ._version import __version__
+
+# Not typing.TYPE_CHECKING: importing typing alone takes longer than the rest of
+# this file, and type checkers take any name TYPE_CHECKING as true.
+TYPE_CHECKING = False
 
 # Set before anything imports cv2. preload checks the pixel count of the
 # formats whose headers it parses itself (headers.py); for any other format
@@ -79,13 +80,19 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str):
     """A public name, imported on first use (PEP 562); a submodule such as ``preload.cache`` too."""
+    import importlib
+
     module = _MODULE_OF.get(name)
     if module is not None:
-        value = getattr(_importlib.import_module(f".{module}", __name__), name)
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
         globals()[name] = value  # later look-ups do not come back here
         return value
-    if not name.startswith("_") and name not in _ADAPTERS and _importlib_util.find_spec(f"{__name__}.{name}"):
-        return _importlib.import_module(f".{name}", __name__)
+    if not name.startswith("_") and name not in _ADAPTERS:
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":  # the submodule exists; something it imports does not
+                raise
     message = f"module 'preload' has no attribute {name!r}"
     raise AttributeError(message)
 

@@ -6,7 +6,6 @@ way one during the work does: ``preload: interrupted`` on stderr and exit
 130, not a traceback. ``import preload`` itself loads none of them.
 """
 
-import signal
 import sys
 
 # What preload.cli.main ends an interrupted command with (a test holds them equal);
@@ -27,6 +26,8 @@ def main() -> int:
         except (OSError, KeyboardInterrupt):
             pass
         code = EXIT_INTERRUPTED
+    import signal
+
     # The command is over. A Ctrl-C from now on (while the interpreter joins the decoding
     # threads and flushes) ends the process at once, like any command's, without a traceback.
     # Only Python's own handler is replaced: a SIGINT ignored from the start (a job started
