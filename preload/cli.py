@@ -141,6 +141,8 @@ _API_PHRASES = (
     (re.compile(r"\bout='([^']*)'"), r"--out '\1'"),
     (re.compile(r"\bout= "), "--out "),
     (re.compile(r"or None for every core"), "or all for every core"),
+    (re.compile(r"^(CSV '.*' has no '[^']*' column \(columns: .*\))$"),
+     r"\1; --path-column NAME names the column of image paths"),
 )
 _OPTION_WORD = re.compile(r"(?<![\w.-])(" + "|".join(sorted(OPTIONS, key=len, reverse=True)) + r")=(?=\S)")
 

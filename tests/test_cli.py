@@ -348,6 +348,14 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
+def test_a_csv_without_the_path_column_points_to_the_flag(tmp_path, capsys):
+    listed = tmp_path / "list.csv"
+    listed.write_text("file,label\na.png,cat\n")
+    assert main(["load", str(listed), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"preload: error: CSV '{listed}' has no 'path' column (columns: file, label); "
+                                       "--path-column NAME names the column of image paths\n")
+
+
 def test_every_api_option_is_on_load_and_build_with_its_default_in_help():
     commands = subcommands()
     for name in ("load", "build", "demo"):
