@@ -441,15 +441,22 @@ def test_ctrl_c_is_130_for_every_command(src, capsys, tmp_path, monkeypatch, com
     assert (code, err) == (130, "preload: interrupted\n")
 
 
-def test_info_json_into_a_closed_pipe_is_not_an_error(src, capsys, tmp_path):
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [(["info", "{cache}", "--json"], 0), (["verify", "{cache}"], 0), (["load", "{src}", "--size", "8"], 0),
+     (["info", "{missing}"], NO_CACHE), (["build", "--help"], 0), ([], USAGE)],
+    ids=["info-json", "verify", "load", "info-missing", "help", "no-command"],
+)
+def test_a_closed_stdout_is_not_an_error(src, capsys, tmp_path, argv, code):
     target = tmp_path / "c.npy"
     assert run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS)[0] == 0
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    process = subprocess.Popen([sys.executable, "-m", "preload", "info", str(target), "--json"], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    argv = [a.format(cache=target, src=src, missing=tmp_path / "none.npy") for a in argv]
+    process = subprocess.Popen([sys.executable, "-m", "preload", *argv, *NO_PROGRESS[: argv[:1] == ["load"]]],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # the reader is gone before the first line (what `| head` does, every time)
     err = process.stderr.read().decode()
-    assert process.wait(timeout=60) == 0, err
+    assert process.wait(timeout=60) == code, err
     assert err == ""
 
 
