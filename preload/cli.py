@@ -705,7 +705,11 @@ def _demo(args) -> int:
 
     if args.dir is not None:
         check_output_folder(args.dir, "--dir")
-        if os.path.isdir(args.dir) and os.listdir(args.dir):
+        try:  # the demo loads the folder back: it must be readable too
+            used = os.path.isdir(args.dir) and os.listdir(args.dir)
+        except OSError as exc:
+            raise PathProblem(*describe_os_error(exc, args.dir, what="--dir", doing="read")) from None
+        if used:
             # make_samples writes fixed names, and the demo loads the whole folder:
             # in a used folder it would overwrite the user's files and load them too.
             raise PathProblem(f"--dir '{args.dir}' is not empty; give a new or empty folder for the sample photos")

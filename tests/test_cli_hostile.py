@@ -252,6 +252,14 @@ def test_an_unreadable_cache_is_a_path_mistake_not_a_missing_or_damaged_cache(sr
     assert_error(run(capsys, "info", target), USAGE, f"cannot read CACHE '{target}': permission denied")
 
 
+def test_a_demo_folder_that_cannot_be_listed_says_cannot_read(capsys, tmp_path, monkeypatch):
+    folder = tmp_path / "samples"  # writable, but not readable (chmod 333)
+    folder.mkdir()
+    denied_for(monkeypatch, cli.os, "listdir", str(folder))
+    assert_error(run(capsys, "demo", "--dir", folder, "--count", 1, *NO_PROGRESS), USAGE,
+                 f"cannot read --dir '{folder}': permission denied")
+
+
 def test_a_failed_list_that_cannot_be_written_says_not_writable(src, capsys, tmp_path, monkeypatch):
     (src / "cat" / "bad.png").write_bytes(b"not a png")
     listed = tmp_path / "failed.txt"
