@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 
-from _common import checkout_env, use_checkout
+from _common import checkout_env, import_preload, use_checkout
 
 use_checkout()
 
@@ -124,7 +124,7 @@ def child(name: str, args) -> dict:
                 "peak_mb": (peak.peak["VmRSS"] - base["VmRSS"]) / 1e6, "array_mb": x.nbytes / 1e6}
     import cv2  # noqa: F401 - imported before the baseline, as every child imports its library first
 
-    import preload
+    preload = import_preload()
 
     base = proc_status()
     threads = 1 if name.endswith("-1") else 2

@@ -50,7 +50,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, SEED, count_images, require_positive, use_checkout
+from _common import ROOT, SEED, count_images, import_preload, require_positive, use_checkout
 
 DATA = ROOT / "bench" / "data"
 SENTINEL = ".preload-samples.json"  # dot-files are not listed as images; written once all samples exist
@@ -211,9 +211,9 @@ def _child_build(args: argparse.Namespace) -> int:
     import importlib
 
     # Loaded before the baseline, so their code and data are not counted as the builder's.
-    for name in ("numpy", "cv2", "preload"):
+    for name in ("numpy", "cv2"):
         importlib.import_module(name)
-    import preload
+    preload = import_preload()
     from preload.measure import reset_high_water
 
     path = os.path.join(args.out, CACHE_NAME)
@@ -275,11 +275,11 @@ def _child_open(args: argparse.Namespace) -> int:
     import gc
     import importlib
 
-    for name in ("numpy", "cv2", "preload"):
+    for name in ("numpy", "cv2"):
         importlib.import_module(name)
     import numpy as np
 
-    import preload
+    preload = import_preload()
 
     path = os.path.join(args.out, CACHE_NAME)
     check = args.child == "open-check"

@@ -52,7 +52,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, checkout_env, prepare_data, require_positive, use_checkout
+from _common import ROOT, checkout_env, import_preload, prepare_data, require_positive, use_checkout
 
 INTERVAL = 0.01  # seconds between two memory samples
 MB = 1e6
@@ -119,9 +119,9 @@ def _child(args: argparse.Namespace) -> int:
     import importlib
     import logging
 
-    for name in ("numpy", "cv2", "preload"):
+    for name in ("numpy", "cv2"):
         importlib.import_module(name)
-    import preload
+    preload = import_preload()
     from preload.measure import read_status
 
     out = os.path.join(args.out, f"{args.child}.npy")

@@ -49,7 +49,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, checkout_env, require_positive, use_checkout
+from _common import ROOT, checkout_env, import_preload, require_positive, use_checkout
 
 DATA = ROOT / "bench" / "data" / "freshness"
 PART = 100_000
@@ -120,8 +120,7 @@ def rss_mb() -> tuple[float, float]:
 
 def child(mode: str, target: str) -> dict:
     """One measurement in this fresh interpreter; returns the figures."""
-    use_checkout()
-    import preload
+    preload = import_preload()
     from preload import freshness
 
     base, _ = rss_mb()

@@ -88,7 +88,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, SEED, require_positive, use_checkout
+from _common import ROOT, SEED, import_preload, require_positive, use_checkout
 
 DATA = ROOT / "bench" / "data"
 BATCH_SEED = 1234  # the random batches: the same for every store
@@ -413,9 +413,7 @@ def _child(spec: dict) -> dict:
 
     kind, store, out = spec["kind"], spec["store"], spec["out"]
     if kind == "build":
-        use_checkout()
-        import preload
-
+        preload = import_preload()
         started = time.perf_counter()
         ds = preload.build_cache(spec["source"], spec["cache"], size=spec["size"], layout="NHWC", progress=False)
         seconds = time.perf_counter() - started

@@ -1,8 +1,41 @@
-"""``python -m preload`` is the ``preload`` command."""
+"""``python -m preload`` and the ``preload`` command: :func:`preload.cli.main` in a process of its own.
+
+The command line's modules (NumPy, OpenCV, the cache) load inside
+:func:`main`, so a Ctrl-C while they load (seconds, on a cold disk) ends the
+way one during the work does: ``preload: interrupted`` on stderr and exit
+130, not a traceback. ``import preload`` itself loads none of them.
+"""
 
 import sys
 
-from .cli import main
+# What preload.cli.main ends an interrupted command with (a test holds them equal);
+# repeated here because importing preload.cli is the very thing a Ctrl-C may cut short.
+INTERRUPTED_LINE = "preload: interrupted"
+EXIT_INTERRUPTED = 130
+
+
+def main() -> int:
+    """Run the command on ``sys.argv``; the exit code (see the table in :mod:`preload.cli`)."""
+    try:
+        from .cli import main as run_command
+
+        code = run_command()
+    except KeyboardInterrupt:  # while the command's modules were still loading
+        try:
+            print(INTERRUPTED_LINE, file=sys.stderr)
+        except (OSError, KeyboardInterrupt):
+            pass
+        code = EXIT_INTERRUPTED
+    import signal
+
+    # The command is over. A Ctrl-C from now on (while the interpreter joins the decoding
+    # threads and flushes) ends the process at once, like any command's, without a traceback.
+    # Only Python's own handler is replaced: a SIGINT ignored from the start (a job started
+    # in the background) stays ignored.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return code
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,8 +10,10 @@ Exit codes
 2      a usage error: a bad option value or a bad path given by the user
        (missing, not writable, a file where a folder is expected or the other
        way round), also when the library is the one that refuses it
-3      no complete cache at that path (missing, an unfinished build, damaged)
-130    interrupted (Ctrl-C)
+3      no complete cache at that path (missing, an unfinished build, damaged);
+       for ``info`` and ``verify`` it is their answer, on stdout as
+       ``STATUS: what`` (``missing: no cache at ...``), not an error
+130    interrupted (Ctrl-C), wherever it lands: ``preload: interrupted``
 =====  ======================================================================
 
 Every error is one ``preload: error: ...`` line on stderr naming the path
@@ -54,7 +56,7 @@ from .errors import (
 )
 from .loader import load
 from .measure import STRATEGIES, PeakSampler
-from .options import OPTIONS, parse_size
+from .options import OPTIONS
 from .report import DEFAULT_SAMPLES, PLOT_HINT, REPORT_FILES, console_lines, run_report, write_report
 from .sources import IMAGE_EXTENSIONS, Manifest, manifest
 
@@ -73,7 +75,8 @@ preload.load: it is what OpenCV, Keras/TensorFlow and most image code use;
 PyTorch users pass --layout nchw.
 
 exit codes: 0 ok; 1 the work failed (verify: stale); 2 usage error (bad option
-value or path); 3 no complete cache; 130 interrupted.
+value or path); 3 no complete cache (info, verify: the answer, on stdout);
+130 interrupted.
 """
 
 EXIT_OK = 0
@@ -95,6 +98,10 @@ class _Parser(argparse.ArgumentParser):
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Examples kept as written; every option's help ends with its default (a test holds them to it)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # argparse would break "naive-vstack" or "--no-exif" at the hyphen.
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 # ------------------------------------------------------------------ output
@@ -139,6 +146,9 @@ _API_PHRASES = (
     (re.compile(r"e\.g\. 256 or \(224, 320\)"), "e.g. --size 256 or --size 224x320"),
     (re.compile(r"\bout='([^']*)'"), r"--out '\1'"),
     (re.compile(r"\bout= "), "--out "),
+    (re.compile(r"or None for every core"), "or all for every core"),
+    (re.compile(r"^(CSV '.*' has no '[^']*' column \(columns: .*\))$"),
+     r"\1; --path-column NAME names the column of image paths"),
 )
 _OPTION_WORD = re.compile(r"(?<![\w.-])(" + "|".join(sorted(OPTIONS, key=len, reverse=True)) + r")=(?=\S)")
 
@@ -154,11 +164,16 @@ def cli_words(text: str) -> str:
     "--on-error 'x' is not accepted"
     >>> cli_words("size=None is not accepted by the report")
     '--size none is not accepted by the report'
+    >>> cli_words("fill=(1, 2) is not accepted"), cli_words("size=(0, 5) is not accepted")
+    ('--fill 1,2 is not accepted', '--size 0x5 is not accepted')
     """
     for pattern, replacement in _API_PHRASES:
         text = pattern.sub(replacement, text)
     text = _OPTION_WORD.sub(lambda match: OPTIONS[match.group(1)].flag + " ", text)
-    return re.sub(r"(--[a-z-]+) (None|True|False)\b", lambda m: f"{m[1]} {m[2].lower()}", text)
+    text = re.sub(r"(--[a-z-]+) (None|True|False)\b", lambda m: f"{m[1]} {m[2].lower()}", text)
+    # A tuple as the flag takes it: --size HxW, --fill V,V,V.
+    text = re.sub(r"--size \((\d+), (\d+)\)", r"--size \1x\2", text)
+    return re.sub(r"(--[a-z-]+) \((\d+(?:, \d+)*)\)", lambda m: f"{m[1]} {m[2].replace(', ', ',')}", text)
 
 
 _MISMATCH = re.compile(r"but '(?P<a>.+)' is (?P<sa>\d+x\d+) and '(?P<b>.+)' is (?P<sb>\d+x\d+) \(height x width\)")
@@ -177,26 +192,64 @@ def _size_hint(exc: SizeMismatchError) -> tuple[str, int]:
 # ------------------------------------------------------------------ paths
 
 
+# What an errno says about a path the user gave, and the exit code (a bad path is a usage error).
 _PATH_ERRNOS = {
     errno.ENOENT: ("does not exist", EXIT_USAGE),
-    errno.ENOTDIR: ("is a file, not a folder (or is inside one)", EXIT_USAGE),
     errno.EISDIR: ("is a folder, not a file", EXIT_USAGE),
     errno.EEXIST: ("already exists and is a file, not a folder", EXIT_USAGE),
-    errno.EACCES: ("is not writable (permission denied)", EXIT_USAGE),
-    errno.EPERM: ("is not writable (operation not permitted)", EXIT_USAGE),
     errno.EROFS: ("is not writable (read-only file system)", EXIT_USAGE),
     errno.ENOSPC: ("cannot be written: no space left on its file system", EXIT_FAILED),
     errno.EDQUOT: ("cannot be written: disk quota exceeded", EXIT_FAILED),
 }
+# A permission error reads differently for a path being read and one being written.
+_DENIED = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
 
 
-def describe_os_error(exc: OSError, path: str | None = None) -> tuple[str, int]:
-    """One line naming the path and the reason, and the exit code (a bad path is a usage error)."""
+def is_path_mistake(exc: OSError) -> bool:
+    """True when the errno says the user's path is wrong (a usage error, exit 2), not that the work failed."""
+    return exc.errno in _DENIED or exc.errno == errno.ENOTDIR or _PATH_ERRNOS.get(exc.errno, ("", 0))[1] == EXIT_USAGE
+
+
+def describe_os_error(exc: OSError, path: str | None = None, *, what: str = "", doing: str | None = None
+                      ) -> tuple[str, int]:
+    """One line naming the path and the reason, and the exit code.
+
+    ``what`` names the path on the command line (``SOURCE``, ``--failed-list``);
+    ``doing`` is ``"read"`` or ``"write"``, what was being done with it, which
+    is what a permission error means; None when it is not known.
+
+    Examples
+    --------
+    >>> describe_os_error(PermissionError(errno.EACCES, "Permission denied"), "d", what="SOURCE", doing="read")
+    ("cannot read SOURCE 'd': permission denied", 2)
+    >>> describe_os_error(PermissionError(errno.EACCES, "Permission denied"), "f.txt", doing="write")
+    ("'f.txt' is not writable (permission denied)", 2)
+    """
     path = path or exc.filename or "?"
+    named = f"{what} '{path}'" if what else f"'{path}'"
+    if exc.errno in _DENIED:
+        denied = _DENIED[exc.errno]
+        if doing == "read":
+            return f"cannot read {named}: {denied}", EXIT_USAGE
+        if doing == "write":
+            return f"{named} is not writable ({denied})", EXIT_USAGE
+        return f"{named}: {denied}", EXIT_USAGE
+    if exc.errno == errno.ENOTDIR:
+        return f"{named}: '{_file_in_the_way(path)}' is a file, not a folder", EXIT_USAGE
     reason, code = _PATH_ERRNOS.get(exc.errno, (None, EXIT_FAILED))
     if reason is None:
         reason = f"cannot be used: {exc.strerror or exc}"
-    return f"'{path}' {reason}", code
+    return f"{named} {reason}", code
+
+
+def _file_in_the_way(path: str) -> str:
+    """The first part of ``path`` that is a file where a folder must be (ENOTDIR), or ``path`` itself."""
+    parts = os.path.normpath(path).split(os.sep)
+    for end in range(1, len(parts)):
+        head = os.sep.join(parts[:end]) or os.sep
+        if os.path.exists(head) and not os.path.isdir(head):
+            return head
+    return path
 
 
 class PathProblem(PreloadError):
@@ -212,11 +265,10 @@ def check_source(text: str) -> str:
     try:
         os.stat(text)
     except OSError as exc:
-        message, code = describe_os_error(exc, text)
-        raise PathProblem(f"SOURCE {message}", code) from None
+        raise PathProblem(*describe_os_error(exc, text, what="SOURCE", doing="read")) from None
     if os.path.isdir(text):
         if not os.access(text, os.R_OK | os.X_OK):
-            raise PathProblem(f"SOURCE '{text}' is not readable (permission denied)")
+            raise PathProblem(f"cannot read SOURCE '{text}': permission denied")
         return text
     if not text.lower().endswith(".csv"):
         message = (f"SOURCE '{text}' is a file, not a folder or a CSV file; give the folder that holds the "
@@ -232,8 +284,12 @@ def check_writable_folder(folder: str, what: str) -> None:
     the only honest test is to create a file.
     """
     folder = folder or "."
-    if not os.path.exists(folder):
-        raise PathProblem(f"{what}: the folder '{folder}' does not exist")
+    try:
+        os.stat(folder)
+    except FileNotFoundError:
+        raise PathProblem(f"{what}: the folder '{folder}' does not exist") from None
+    except OSError as exc:  # a folder above it cannot be searched, ...
+        raise PathProblem(*describe_os_error(exc, folder, what=f"{what}: the folder", doing="write")) from None
     if not os.path.isdir(folder):
         raise PathProblem(f"{what}: '{folder}' is a file, not a folder")
     try:
@@ -250,13 +306,19 @@ def check_writable_folder(folder: str, what: str) -> None:
     os.remove(probe)
 
 
-def check_npy_target(path: str, what: str) -> None:
-    """A ``.npy`` to be written: the right suffix, not a folder, in a writable folder."""
+def check_npy_target(path: str, what: str, *, force: bool = False) -> None:
+    """A ``.npy`` to be written: the right suffix, not a folder, in a writable folder.
+
+    Unless ``force`` (which discards it unread), what is there already must be
+    readable: a resume or a refresh starts by reading it.
+    """
     if not path.lower().endswith(".npy"):
         raise PathProblem(f"{what} '{path}' is not accepted; it must end in .npy")
     if os.path.isdir(path):
         raise PathProblem(f"{what} '{path}' is a folder, not a .npy file")
     check_writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} '{path}'")
+    if not force:
+        check_cache_files_readable(path, what)
 
 
 def check_output_folder(path: str, what: str) -> None:
@@ -307,11 +369,34 @@ def check_output_file(path: str, what: str) -> None:
 
 
 def check_cache_path(path: str) -> None:
-    """CACHE for info/verify: a ``.npy`` path (it need not exist), not a folder."""
+    """CACHE for info/verify: a ``.npy`` path (it need not exist), not a folder, readable where it exists.
+
+    No cache at the path is an answer (exit 3); a path that cannot be looked
+    at (a file where a folder should be, a file or folder without read
+    permission) is the user's mistake, said as such instead of as a missing
+    or damaged cache.
+    """
     if not path.lower().endswith(".npy"):
         raise PathProblem(f"CACHE '{path}' is not accepted; a cache path ends in .npy")
     if os.path.isdir(path):
         raise PathProblem(f"CACHE '{path}' is a folder, not a .npy file")
+    check_cache_files_readable(path, "CACHE")
+
+
+def check_cache_files_readable(path: str, what: str) -> None:
+    """The files of the cache at ``path`` that exist can be read (info, verify, a resume or a refresh read them)."""
+    files = CacheFiles(path)
+    for name in (files.data, files.meta, files.index, files.partial):
+        try:
+            info = os.stat(name)
+            if stat.S_ISREG(info.st_mode):  # anything else is the library's to refuse, unopened
+                os.close(os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if is_path_mistake(exc):
+                shown, named = (path, what) if name == files.data else (name, "")
+                raise PathProblem(*describe_os_error(exc, shown, what=named, doing="read")) from None
 
 
 # ------------------------------------------------------------------ options from the one table
@@ -348,47 +433,42 @@ def positive_int(text: str) -> int:
     return value
 
 
-# How a default of None reads on the command line, for the options where None means something.
-_NONE_MEANS = {"size": "none", "workers": "every usable core",
-               "progress": "on when stderr is a terminal", "interpolation": "auto"}
+_METAVARS = {"workers": "N|all", "max_pixels": "N", "fill": "V|V,V,V", "size": "N|HxW|none"}
 
 
-_METAVARS = {"workers": "N", "max_pixels": "N", "fill": "V|V,V,V", "size": "N|HxW"}
+def add_option(parser: argparse.ArgumentParser, name: str, *, default=None, default_words: str | None = None,
+               help_text: str | None = None, metavar: str | None = None) -> None:
+    """Add the option ``name`` of :data:`preload.options.OPTIONS` with its one description and default.
 
-
-def _show(value, name: str = "") -> str:
-    if value is None and name in _NONE_MEANS:
-        return _NONE_MEANS[name]
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
-def add_option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """Add the option ``name`` of :data:`preload.options.OPTIONS` with its one description and default."""
+    A command whose default differs from the API's (``demo --size 256``)
+    passes ``default`` and says it in ``default_words``; one that takes
+    fewer values than the API passes its own ``help_text`` and ``metavar``.
+    """
     option = OPTIONS[name]
     allowed = f" ({', '.join(option.allowed)})" if option.allowed else ""
-    kwargs.setdefault("default", option.default)
+    kwargs: dict = {"default": option.default if default_words is None else default}
     if option.accepts.startswith("bool"):  # --exif / --no-exif
-        kwargs.setdefault("action", argparse.BooleanOptionalAction)
+        kwargs["action"] = argparse.BooleanOptionalAction
     else:
-        kwargs.setdefault("type", argument_type(option.parse, option.flag))
-        kwargs.setdefault("metavar", _METAVARS.get(name, name.upper()))
-    kwargs = {key: value for key, value in kwargs.items() if value is not None or key == "default"}
+        kwargs["type"] = argument_type(option.parse, option.flag)
+        kwargs["metavar"] = metavar or _METAVARS.get(name, name.upper())
     action = parser.add_argument(option.flag, **kwargs)
-    # %(default)s would print Python's None/True (and BooleanOptionalAction appends it
-    # by itself): the default is spelled as a user would type it.
-    action.help = f"{option.help}{allowed} (default: {_show(kwargs['default'], name)})".replace("%", "%%")
+    # Set after add_argument: BooleanOptionalAction would append its own "(default: True)".
+    words = option.default_words if default_words is None else default_words
+    action.help = f"{help_text or option.help}{allowed} (default: {words})".replace("%", "%%")
 
 
-def add_decode_options(parser: argparse.ArgumentParser, *, default_size, names=("size", "layout", "color",
-                                                                                 "resize")) -> None:
-    """Add the decode options ``names`` (how each image becomes a row) to ``parser``."""
+def add_decode_options(parser: argparse.ArgumentParser, *, default_size=None,
+                       names=("size", "layout", "color", "resize")) -> None:
+    """Add the decode options ``names`` (how each image becomes a row) to ``parser``.
+
+    With ``default_size`` the command needs a size (the report compares arrays
+    of one shape), so ``--size none`` is not offered.
+    """
     for name in names:
-        if name == "size":
-            add_option(parser, "size", type=argument_type(parse_size, "--size"), default=default_size)
+        if name == "size" and default_size is not None:
+            add_option(parser, "size", default=default_size, default_words=str(default_size), metavar="N|HxW",
+                       help_text="output size: N (square) or HxW (height x width)")
         else:
             add_option(parser, name)
 
@@ -405,7 +485,7 @@ def _add_load_options(parser: argparse.ArgumentParser, default_size) -> None:
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     """What to read from SOURCE: the first N files, a CSV's column names, where failures are listed."""
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
-                        help="use only the first N files of SOURCE, in its order (default: all)")
+                        help="use only the first N files of SOURCE, in its order (default: every file)")
     parser.add_argument("--path-column", default="path", metavar="NAME",
                         help="CSV SOURCE: the column holding the image paths (default: %(default)s)")
     parser.add_argument("--label-column", default="label", metavar="NAME",
@@ -448,18 +528,20 @@ def _add_report_parser(commands) -> None:
     add_decode_options(parser, default_size=256)
     parser.add_argument(
         "--limit", type=positive_int, default=None, metavar="N",
-        help=f"use the first N files (without SOURCE: make N samples, default {DEFAULT_SAMPLES})",
+        help=f"use the first N files of SOURCE; without SOURCE, make N sample photos (default: every file of "
+             f"SOURCE; without SOURCE, {DEFAULT_SAMPLES} samples)",
     )
     parser.add_argument(
-        "--out", default="report", help="folder for report.json/.md and memory.png (default: %(default)s)"
+        "--out", default="report", metavar="FOLDER",
+        help="folder for report.json, report.md and memory.png, made if missing (default: %(default)s)",
     )
     parser.add_argument(
-        "--strategies", type=_strategy_list, default=list(STRATEGIES),
-        help=f"comma-separated, run in this order (default: {','.join(STRATEGIES)})",
+        "--strategies", type=_strategy_list, default=list(STRATEGIES), metavar="NAME,NAME",
+        help=f"the strategies to run, comma-separated, in this order (default: all four, {','.join(STRATEGIES)})",
     )
     add_workers_option(parser)
     parser.add_argument(
-        "--npy-dir", default=None,
+        "--npy-dir", default=None, metavar="FOLDER",
         help="where the memmap strategy writes its temporary .npy (default: the --out folder)",
     )
 
@@ -489,8 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    formatter_class=_Formatter)
 
     demo = command("demo", "make sample photos and load them; print shape, time, peak memory")
-    demo.add_argument("--count", type=positive_int, default=400, help="sample images to make (default: %(default)s)")
-    demo.add_argument("--dir", default=None, help="where to write the samples (default: a temporary folder)")
+    demo.add_argument("--count", type=positive_int, default=400, metavar="N",
+                      help="sample images to make (default: %(default)s)")
+    demo.add_argument("--dir", default=None, metavar="FOLDER",
+                      help="a new or empty folder to write the samples to, kept afterwards (default: a temporary "
+                           "folder, removed afterwards)")
     _add_load_options(demo, 256)
 
     load_cmd = command(
@@ -507,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write the result as a cache (pixels, labels, classes, paths) at FILE.npy "
                                "(default: none, the array stays in memory)")
     load_cmd.add_argument("--force", action="store_true",
-                          help="with --out: replace what is at FILE.npy (a cache of other options, another .npy)")
+                          help="with --out: replace what is at FILE.npy (a cache of other options, another .npy) "
+                               "(default: off, refuse to replace it)")
     _add_load_options(load_cmd, None)
     _add_source_options(load_cmd)
 
@@ -516,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("cache", help="the cache's .npy path")
     build.add_argument("--force", action="store_true",
                        help="discard what is at CACHE (a cache, an unfinished build, any other .npy) and start over "
-                            "(default: off)")
+                            "(default: off: resume an unfinished build, refresh a stale cache, refuse anything else)")
     build.add_argument("--deep", action="store_true",
                        help="re-read every row of a complete cache and decode again those whose checksum differs "
                             "(default: off; rows a verify --deep found damaged are redone anyway)")
@@ -531,11 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("verify", "check a cache is complete and fresh (exit 0), stale (1) or absent (3)")):
         sub = command(name, text)
         sub.add_argument("cache", help="the cache's .npy path")
-        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+        sub.add_argument("--json", action="store_true", help="print JSON instead of text (default: off, text)")
         if name == "verify":
             sub.add_argument("--deep", action="store_true",
                              help="also re-read every row and compare it with its checksum; names damaged rows "
-                                  "(default: off)")
+                                  "(default: off: check completeness and freshness only)")
 
     _add_report_parser(commands)
     return parser
@@ -600,8 +686,7 @@ def _report_failures(ds, args) -> None:
                 for failure in failed:
                     handle.write(f"{failure.path}\t{failure.reason}\t{failure.detail}\n")
         except OSError as exc:
-            message, code = describe_os_error(exc, target)
-            raise PathProblem(f"--failed-list {message}", code) from None
+            raise PathProblem(*describe_os_error(exc, target, what="--failed-list", doing="write")) from None
     if not failed:
         return
     say(f"failed   {len(failed)} file(s) not loaded:")
@@ -670,7 +755,11 @@ def _demo(args) -> int:
 
     if args.dir is not None:
         check_output_folder(args.dir, "--dir")
-        if os.path.isdir(args.dir) and os.listdir(args.dir):
+        try:  # the demo loads the folder back: it must be readable too
+            used = os.path.isdir(args.dir) and os.listdir(args.dir)
+        except OSError as exc:
+            raise PathProblem(*describe_os_error(exc, args.dir, what="--dir", doing="read")) from None
+        if used:
             # make_samples writes fixed names, and the demo loads the whole folder:
             # in a used folder it would overwrite the user's files and load them too.
             raise PathProblem(f"--dir '{args.dir}' is not empty; give a new or empty folder for the sample photos")
@@ -690,7 +779,7 @@ def _demo(args) -> int:
 def _load(args) -> int:
     source = _source(args)
     if args.out is not None:
-        check_npy_target(args.out, "--out")
+        check_npy_target(args.out, "--out", force=args.force)
     with contextlib.ExitStack() as stack:
         sampler = stack.enter_context(PeakSampler())
         if args.out is None:
@@ -739,7 +828,7 @@ def _watch_build(stack: contextlib.ExitStack) -> _BuildPlan:
 
 def _build(args) -> int:
     source = _source(args)
-    check_npy_target(args.cache, "CACHE")
+    check_npy_target(args.cache, "CACHE", force=args.force)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_no_stray_lock(args.cache))
         client = _dask_client(args.scheduler, stack) if args.scheduler else None
@@ -834,18 +923,19 @@ def _info(args) -> int:
         info["held_by"] = holder
     if args.json:
         say(json.dumps(info, indent=1))
+    # Not a complete cache: the answer, on stdout, in verify's form ("status: what"), exit 3.
     elif info["status"] == "missing" and holder:
-        say(f"a build of '{info['path']}' is starting: {holder} holds it")
+        say(f"missing: a build of '{info['path']}' is starting: {holder} holds it")
     elif info["status"] == "missing":
-        say(f"no cache at '{info['path']}'")
+        say(f"missing: no cache at '{info['path']}'")
     elif info["status"] == "damaged":
         say(f"damaged: {cli_words(info['problem'])}")
     elif info["status"] == "partial":
         written = (f"{info['done']:,} of {info['count']:,} images written (shape {tuple(info['shape'])})")
         if holder:
-            say(f"build in progress at '{info['path']}': {written}; {holder} holds it")
+            say(f"partial: build in progress at '{info['path']}': {written}; {holder} holds it")
         else:
-            say(f"unfinished build at '{info['path']}': {written}; run the same build again to finish it")
+            say(f"partial: unfinished build at '{info['path']}': {written}; run the same build again to finish it")
     else:
         options = info["options"]
         size = "x".join(map(str, options["size"]))
@@ -856,12 +946,16 @@ def _info(args) -> int:
         if classes:
             say(f"classes  {len(classes)}: {', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}")
         say(f"options  size {size}, color {options['color']}, resize {options['resize']}, "
-            f"exif {options['exif']}, reduce {options['reduce']}")
+            f"exif {_on_off(options['exif'])}, reduce {_on_off(options['reduce'])}")
         say(f"failed   {len(info['failed'])}" + (f"; first: '{info['failed'][0]['path']}': "
                                                  f"{info['failed'][0]['detail']}" if info["failed"] else ""))
         say(f"built    {info['created']} in {info['build_seconds']:.1f} s with preload "
             f"{info['versions']['preload']}, OpenCV {info['versions']['opencv']}")
     return EXIT_OK if info["status"] == "complete" else EXIT_NO_CACHE
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"  # as --exif / --no-exif say it
 
 
 def _verify(args) -> int:
@@ -967,7 +1061,7 @@ def error_line(exc: BaseException) -> tuple[str, int]:
         return f"{exc}; --on-error skip leaves such files out (--on-error zero keeps a zero row)", EXIT_FAILED
     if isinstance(exc, PreloadError):
         cause = exc.__cause__
-        if isinstance(cause, OSError) and _PATH_ERRNOS.get(cause.errno, (None, EXIT_FAILED))[1] == EXIT_USAGE:
+        if isinstance(cause, OSError) and is_path_mistake(cause):
             return cli_words(str(exc)), EXIT_USAGE
         return cli_words(str(exc)), EXIT_FAILED
     if isinstance(exc, OSError):
@@ -996,7 +1090,22 @@ class _CliLog(logging.Handler):
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit code (see the module docstring's table)."""
+    """Run the command line; returns the exit code (see the module docstring's table).
+
+    A Ctrl-C ends it with one line and exit 130 wherever it lands: while the
+    options are parsed, during the work, in the clean-up after an error or at
+    the final flush. What the command was writing is left as an interrupted
+    build leaves it: resumable, never half-renamed into place.
+    """
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        with contextlib.suppress(OSError, KeyboardInterrupt):
+            print("preload: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -1007,9 +1116,6 @@ def main(argv=None) -> int:
     logger.addHandler(handler)
     try:
         code = COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("preload: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout closed by its reader: not the user's error
         _stdout_to_devnull()
         return EXIT_OK

@@ -42,10 +42,10 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import sources
 from .errors import ImageDecodeError, Reason, open_error
 
 HEADER_BYTES = 1 << 16  # enough for the headers of nearly every file; more is read only when needed
@@ -657,11 +657,7 @@ def _avif(src: _Source, path: str) -> ImageInfo:
 
 
 def open_regular(path: str):
-    """Open ``path`` for reading, refusing anything but a regular file before a byte is read.
-
-    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
-    writer; fstat on the open descriptor then says what was opened, so a file
-    swapped for a FIFO or a device after a stat cannot slip through.
+    """Open an image for reading with :func:`preload.sources.open_regular`; what it refuses is a failure.
 
     Returns
     -------
@@ -674,38 +670,13 @@ def open_regular(path: str):
         directory, FIFO, socket or device.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        return sources.open_regular(path)
+    except sources.NotRegularFile as exc:
+        raise ImageDecodeError(path, Reason.UNREADABLE, f"it is {exc.kind}, not a regular file") from None
     except OSError as exc:
-        try:  # a socket cannot be opened at all (ENXIO): say what it is
-            kind = _file_kind(os.stat(path).st_mode)
-        except OSError:
-            kind = None
-        if kind is not None:
-            raise ImageDecodeError(path, Reason.UNREADABLE, f"it is {kind}, not a regular file") from None
         raise open_error(path, exc) from exc
     except ValueError:  # a NUL byte in the name
         raise ImageDecodeError(path, Reason.UNREADABLE, "the file name holds a NUL byte") from None
-    try:
-        info = os.fstat(fd)
-        kind = _file_kind(info.st_mode)
-        if kind is not None:
-            raise ImageDecodeError(path, Reason.UNREADABLE, f"it is {kind}, not a regular file")
-        # O_NONBLOCK stays set: it changes nothing for a regular file (reads from disk never return EAGAIN).
-        return os.fdopen(fd, "rb", buffering=0), info.st_size
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _file_kind(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return None
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "a special file"
 
 
 def read_header(handle, path: str, size: int) -> tuple[bytes, ImageInfo]:

@@ -287,6 +287,9 @@ class Option:
     ``parse`` turns the text of a command line into the value the API
     accepts (raising :class:`OptionError` with the same wording the API
     uses); ``allowed`` is the closed set of values, when there is one.
+    ``help`` and ``default_words`` are written for both readers: values as a
+    command line spells them (``none``, ``all``, ``off``), never Python's
+    ``None`` or ``False``.
     """
 
     name: str  # the keyword argument; on a command line ``--`` + name with "_" as "-"
@@ -295,6 +298,7 @@ class Option:
     allowed: tuple[str, ...] | None
     help: str  # one line
     parse: Callable[[str], object]
+    default_words: str  # what the default does, in words ("every usable core", not "None")
 
     @property
     def flag(self) -> str:
@@ -305,33 +309,41 @@ OPTIONS: dict[str, Option] = {
     option.name: option
     for option in (
         Option("size", "int, (height, width) or None", None, None,
-               "output size: N (square) or HxW; None keeps the images' own (common) size", parse_size),
+               "output size: N (square) or HxW (height x width); none keeps the images' own size, which must then "
+               "be the same for all", parse_size,
+               "none: keep the images' own size"),
         Option("layout", "str", "NHWC", LAYOUTS,
-               "axis order of the array (any letter case)", _choice_parser("layout", LAYOUTS)),
+               "axis order of the array (any letter case)", _choice_parser("layout", LAYOUTS), "NHWC"),
         Option("color", "str", "rgb", COLORS,
-               "channel order; gray gives one channel", _choice_parser("color", COLORS)),
+               "channel order; gray gives one channel", _choice_parser("color", COLORS), "rgb"),
         Option("resize", "str", "stretch", RESIZE_MODES,
-               "stretch to size; fit inside and pad; cover and crop the centre; shorter side to max(size), crop",
-               _choice_parser("resize", RESIZE_MODES)),
+               "stretch to the size; fit inside it and pad; cover it and crop the centre; shorter: scale the "
+               "shorter side to the larger of height and width, then crop the centre",
+               _choice_parser("resize", RESIZE_MODES), "stretch"),
         Option("interpolation", "str or None", None, tuple(INTERPOLATIONS),
-               "resize filter; None (auto): fast antialiased shrink, linear to enlarge (see preload.options)",
-               _choice_parser("interpolation", tuple(INTERPOLATIONS))),
+               "resize filter; auto: a fast antialiased shrink, linear to enlarge; the others are OpenCV's filters "
+               "of those names", _choice_parser("interpolation", tuple(INTERPOLATIONS)), "auto"),
         Option("fill", "int or tuple of int", 0, None,
-               "padding value for resize='fit', 0..255, one or per channel in color order", parse_fill),
+               "padding value of the fit resize: 0..255, one value or one per channel in color order", parse_fill,
+               "0, black"),
         Option("exif", "bool", True, None,
-               "apply the EXIF orientation tag (False keeps the stored pixel order)", parse_bool),
+               "turn each image by its EXIF orientation tag (off keeps the stored pixel order)", parse_bool, "on"),
         Option("reduce", "bool", True, None,
-               "let libjpeg decode at 1/2, 1/4 or 1/8 scale when the output is that much smaller", parse_bool),
+               "let libjpeg decode at 1/2, 1/4 or 1/8 scale when the output is that much smaller", parse_bool,
+               "on"),
         Option("max_pixels", "int", DEFAULT_MAX_PIXELS, None,
                "refuse images whose header announces more pixels (decompression bombs)",
-               parse_positive_int("max_pixels")),
+               parse_positive_int("max_pixels"), f"{DEFAULT_MAX_PIXELS} = 2**27"),
         Option("workers", "int or None", None, None,
-               "decoding threads; None uses every usable core, 1 runs serially", parse_workers),
+               "decoding threads: a number (1 decodes serially) or all for every usable core", parse_workers,
+               "all: every usable core"),
         Option("progress", "bool or None", None, None,
-               "show a progress bar on stderr; None shows it when stderr is a terminal or in a notebook", parse_bool),
+               "show a progress bar on stderr", parse_bool,
+               "shown when stderr is a terminal or in a Jupyter notebook"),
         Option("on_error", "str", "raise", ON_ERROR,
-               "a file that cannot be loaded: raise, skip it (rows stay aligned), or leave its slot zero",
-               _choice_parser("on_error", ON_ERROR)),
+               "a file that cannot be loaded: raise stops at it; skip leaves it out (rows stay aligned with the "
+               "remaining files); zero leaves its row zero", _choice_parser("on_error", ON_ERROR),
+               "raise"),
     )
 }
 """The decode and load options, by name (see :class:`Option`)."""

@@ -35,7 +35,8 @@ import io
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,47 +151,57 @@ class Manifest:
         """
         csv_text = os.fspath(csv_path)
         shown = display(csv_text)
-        reader = csv.reader(io.StringIO(_csv_text(csv_text), newline=""))
-        rows = []
-        try:
-            # reader.line_num is the physical line a row ends on, which is
-            # what a user sees in an editor even with quoted newlines.
-            rows.extend((reader.line_num, row) for row in reader)
-        except csv.Error as exc:  # a field over csv's 128 KB limit, an unclosed quote
-            message = f"CSV '{shown}' line {reader.line_num}: {exc}"
-            raise SourceError(message) from None
-        if not rows:
+        base = os.path.dirname(csv_text)
+        paths: list[str] = []
+        raw_labels: list[str] = []
+        label_lines = array("q")  # the line of each label, for a message about a bad one
+        distinct: dict[str, str] = {}  # one string per distinct label, not one per row
+        header = None
+        with _open_csv(csv_text) as text:
+            # The file is read a line at a time: memory holds the paths and labels kept,
+            # never the whole text (a 1 GB CSV of which a few columns are used).
+            reader = csv.reader(_csv_lines(text, shown))
+            try:
+                for row in reader:
+                    # reader.line_num is the physical line a row ends on, which is
+                    # what a user sees in an editor even with quoted newlines.
+                    line = reader.line_num
+                    if header is None:
+                        header = [name.strip() for name in row]
+                        if path_column not in header:
+                            message = f"CSV '{shown}' has no '{path_column}' column (columns: {', '.join(header)})"
+                            raise SourceError(message)
+                        path_at = header.index(path_column)
+                        label_at = header.index(label_column) if label_column in header else None
+                        continue
+                    if not any(cell.strip() for cell in row):
+                        continue
+                    if len(row) != len(header):
+                        message = f"CSV '{shown}' line {line} has {len(row)} fields, the header has {len(header)}"
+                        raise SourceError(message)
+                    cell = row[path_at].strip()
+                    if not cell:
+                        message = f"CSV '{shown}' line {line} has an empty '{path_column}'"
+                        raise SourceError(message)
+                    paths.append(os.path.join(base, cell))
+                    if label_at is not None:
+                        label = row[label_at].strip()
+                        raw_labels.append(distinct.setdefault(label, label))
+                        label_lines.append(line)
+            except csv.Error as exc:  # a field over csv's 128 KB limit, an unclosed quote
+                message = f"CSV '{shown}' line {reader.line_num}: {exc}"
+                raise SourceError(message) from None
+        if header is None:
             message = f"CSV '{shown}' is empty; it needs a header row with a '{path_column}' column"
             raise SourceError(message)
-        header = [name.strip() for name in rows[0][1]]
-        if path_column not in header:
-            message = f"CSV '{shown}' has no '{path_column}' column (columns: {', '.join(header)})"
-            raise SourceError(message)
-        path_at = header.index(path_column)
-        label_at = header.index(label_column) if label_column in header else None
-        base = os.path.dirname(csv_text)
-        paths, raw_labels, label_lines = [], [], []
-        for line, row in rows[1:]:
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                message = f"CSV '{shown}' line {line} has {len(row)} fields, the header has {len(header)}"
-                raise SourceError(message)
-            cell = row[path_at].strip()
-            if not cell:
-                message = f"CSV '{shown}' line {line} has an empty '{path_column}'"
-                raise SourceError(message)
-            paths.append(os.path.join(base, cell))
-            if label_at is not None:
-                raw_labels.append(row[label_at].strip())
-                label_lines.append(f"line {line}")
         if not paths:
             message = f"CSV '{shown}' has a header but no rows"
             raise SourceError(message)
         if label_at is None:
             return cls(paths, listing=(csv_text,))
         what = f"CSV '{shown}' column '{label_column}'"
-        label_array, classes = _encode_labels(raw_labels, what, numeric_text=True, where=label_lines)
+        label_array, classes = _encode_labels(raw_labels, what, numeric_text=True,
+                                              where=lambda i: f"line {label_lines[i]}")
         return cls(paths, label_array, classes, (csv_text,))
 
 
@@ -318,20 +329,20 @@ MAX_LABEL = 2**31 - 1  # integer labels are class indices: they fit int32 (torch
 
 
 def _encode_labels(
-    values: list, what: str, *, numeric_text: bool, where: list[str] | None = None
+    values: list, what: str, *, numeric_text: bool, where: Callable[[int], str] | None = None
 ) -> tuple[np.ndarray, list[str] | None]:
     """Integers stay integers (no classes); strings become indices into sorted classes.
 
     ``numeric_text``: text that spells an integer counts as one (CSV cells are
     always text); in a Python list a string is a class name, whatever it spells.
-    Integers must lie in 0..MAX_LABEL; ``where[i]`` names value ``i`` in the message.
+    Integers must lie in 0..MAX_LABEL; ``where(i)`` names value ``i`` in the message.
     """
     if all(_is_int(v, numeric_text) for v in values):
         numbers = []
         for i, value in enumerate(values):
             number = _label_number(value)
             if number is None:
-                at = where[i] if where else f"item {i}"
+                at = where(i) if where else f"item {i}"
                 shown = str(value) if len(str(value)) <= 24 else str(value)[:20] + "..."
                 message = (f"{what} {at} holds the integer label {shown}; integer labels are class "
                            f"indices from 0 to {MAX_LABEL} (use class names for anything else)")
@@ -364,49 +375,136 @@ def _label_number(value) -> int | None:
     return number if 0 <= number <= MAX_LABEL else None
 
 
-def _csv_text(path: str) -> str:
-    """The CSV file decoded as UTF-8 (a UTF-8 BOM at the start is dropped).
+MAX_CSV_LINE = 1 << 24  # characters: no CSV of paths has such a line; a binary file named .csv may have no newline
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as surrogateescape keeps them
 
-    Refused with the line named: bytes that are not UTF-8, and a byte-order
-    mark anywhere else (files joined with ``cat``, or UTF-16 files).
+
+class NotRegularFile(OSError):
+    """``path`` is a folder, FIFO, socket or device: refused before a byte is read. ``kind`` says which."""
+
+    def __init__(self, path: str, kind: str):
+        super().__init__(f"'{display(path)}' is {kind}, not a regular file")
+        self.path, self.kind = path, kind
+
+
+def open_regular(path: str, buffering: int = 0) -> tuple[io.RawIOBase | io.BufferedReader, int]:
+    """Open ``path`` for reading, refusing anything but a regular file before a byte is read.
+
+    The one opener of the files a user points at (images, CSV lists).
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
+    writer; fstat on the open descriptor then says what was opened, so a file
+    swapped for a FIFO or a device after a stat cannot slip through.
+
+    Returns
+    -------
+    (binary file object, size in bytes)
+        Unbuffered unless ``buffering`` (as for :func:`open`) says otherwise.
+
+    Raises
+    ------
+    NotRegularFile
+        A folder, FIFO, socket (which cannot even be opened) or device.
+    OSError
+        What opening raises: missing, permission denied, a symlink loop, ...
+    ValueError
+        The name holds a NUL byte.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        try:  # a socket cannot be opened at all (ENXIO): say what it is
+            kind = _file_kind(os.stat(path).st_mode)
+        except OSError:
+            kind = None
+        if kind is not None:
+            raise NotRegularFile(path, kind) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        kind = _file_kind(info.st_mode)
+        if kind is not None:
+            raise NotRegularFile(path, kind)
+        # O_NONBLOCK stays set: it changes nothing for a regular file (reads from disk never return EAGAIN).
+        return os.fdopen(fd, "rb", buffering=buffering), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is ("a FIFO (named pipe)", ...)."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _open_csv(path: str) -> io.TextIOWrapper:
+    """The CSV file as UTF-8 text, a UTF-8 byte-order mark at its start dropped; read it with :func:`_csv_lines`.
+
+    Opened once, by :func:`open_regular` (a FIFO or a device is refused
+    unread). A UTF-16 or UTF-32 byte-order mark is refused at once.
     """
     shown = display(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        raw, _ = open_regular(path, buffering=1 << 16)
+    except NotRegularFile as exc:
+        message = f"cannot read CSV '{shown}': it is {exc.kind}, not a regular file"
+        raise SourceError(message) from None
     except OSError as exc:
         message = f"cannot read CSV '{shown}': {exc.strerror or exc}"
         raise SourceError(message) from exc
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would block, a device never end
-            message = f"cannot read CSV '{shown}': it is not a regular file"
+    try:
+        start = raw.peek(4)[:4]
+    except OSError as exc:
+        raw.close()
+        message = f"cannot read CSV '{shown}': {exc.strerror or exc}"
+        raise SourceError(message) from exc
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                      (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if start.startswith(bom):
+            raw.close()
+            message = f"CSV '{shown}' line 1 starts with a {name} byte-order mark; save the file as UTF-8"
             raise SourceError(message)
-        os.set_blocking(fd, True)
+    # surrogateescape: a byte that is not UTF-8 is found in its own line (by _csv_lines),
+    # not in whichever 8 KB chunk the decoder was reading while csv was lines behind.
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _csv_lines(text: io.TextIOWrapper, shown: str) -> Iterator[str]:
+    """The physical lines of an open CSV, one at a time, each checked; they split as :mod:`csv` expects.
+
+    Refused with the line named: bytes that are not UTF-8, a byte-order mark
+    anywhere but at the start (files joined with ``cat``), a line over
+    :data:`MAX_CSV_LINE` characters.
+    """
+    number = 0
+    while True:
         try:
-            raw = handle.read()
+            line = text.readline(MAX_CSV_LINE + 1)
         except OSError as exc:
             message = f"cannot read CSV '{shown}': {exc.strerror or exc}"
             raise SourceError(message) from exc
-    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
-                      (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
-        if raw.startswith(bom):
-            message = f"CSV '{shown}' line 1 starts with a {name} byte-order mark; save the file as UTF-8"
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_CSV_LINE:
+            message = f"CSV '{shown}' line {number} is longer than {MAX_CSV_LINE:,} characters; is it a CSV file?"
             raise SourceError(message)
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8) :]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        message = (f"CSV '{shown}' line {line} is not UTF-8 (byte {raw[exc.start]:#04x}); "
-                   "save the file as UTF-8")
-        raise SourceError(message) from None
-    mark = text.find("\ufeff")
-    if mark >= 0:
-        line = text.count("\n", 0, mark) + 1
-        message = (f"CSV '{shown}' line {line} holds a byte-order mark (U+FEFF), as from joining "
-                   "files; remove it")
-        raise SourceError(message)
-    return text
+        bad = _NOT_UTF8.search(line)
+        if bad:
+            message = (f"CSV '{shown}' line {number} is not UTF-8 (byte {ord(bad.group()) - 0xDC00:#04x}); "
+                       "save the file as UTF-8")
+            raise SourceError(message)
+        if "\ufeff" in line:
+            message = (f"CSV '{shown}' line {number} holds a byte-order mark (U+FEFF), as from joining files; "
+                       "remove it")
+            raise SourceError(message)
+        yield line
 
 
 def _is_int(value, numeric_text: bool) -> bool:

@@ -343,21 +343,62 @@ def test_csv_column_names(classes_root, tmp_path, capsys):
     assert_one_line_error(capsys.readouterr().err, "--path-column and --label-column are for a CSV SOURCE")
 
 
-def test_every_api_option_is_on_load_and_build_with_its_default_in_help():
+def subcommands() -> dict[str, argparse.ArgumentParser]:
     parser = cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_a_csv_without_the_path_column_points_to_the_flag(tmp_path, capsys):
+    listed = tmp_path / "list.csv"
+    listed.write_text("file,label\na.png,cat\n")
+    assert main(["load", str(listed), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"preload: error: CSV '{listed}' has no 'path' column (columns: file, label); "
+                                       "--path-column NAME names the column of image paths\n")
+
+
+def test_every_api_option_is_on_load_and_build_with_its_default_in_help():
+    commands = subcommands()
     for name in ("load", "build", "demo"):
         actions = {flag: action for action in commands[name]._actions for flag in action.option_strings}
         help_text = commands[name].format_help()
         for option in OPTIONS.values():
             assert option.flag in actions, (name, option.flag)
             assert actions[option.flag].default == (256 if (name, option.name) == ("demo", "size") else option.default)
-        for action in commands[name]._actions:
-            if action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction)):
-                assert "(default: " in action.help, (name, action.option_strings)
         assert "--limit N" in help_text or name == "demo"
     for flag in ("--no-exif", "--no-reduce", "--no-progress", "--interpolation", "--fill", "--max-pixels"):
         assert flag in commands["build"].format_help()
+
+
+# Python's words, or an API keyword (size=...), where a command line user reads the help.
+API_WORDS = re.compile(r"\b(None|True|False)\b|\b[a-z_]+=\S")
+
+
+def test_every_option_s_help_ends_with_its_real_default_in_words():
+    defaults = {}
+    for name, parser in subcommands().items():
+        for action in parser._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            flag = action.option_strings[0]
+            found = re.search(r"\(default: (.+)\)$", action.help)
+            assert found, (name, flag, action.help)
+            assert found[1] not in ("None", "none", "True", "False", "yes", "no", "all"), (name, flag, found[1])
+            assert API_WORDS.search(action.help % {"default": action.default}) is None, (name, flag, action.help)
+            defaults[name, flag] = found[1]
+    assert defaults["load", "--size"] == "none: keep the images' own size"
+    assert defaults["demo", "--size"] == defaults["report", "--size"] == "256"
+    assert defaults["build", "--workers"] == "all: every usable core"
+    assert defaults["build", "--progress"] == "shown when stderr is a terminal or in a Jupyter notebook"
+    assert defaults["load", "--interpolation"] == "auto"
+    assert defaults["load", "--exif"] == defaults["load", "--reduce"] == "on"
+    assert defaults["load", "--max-pixels"] == "134217728 = 2**27"
+    assert defaults["info", "--json"] == "off, text"
+    assert defaults["load", "--force"] == "off, refuse to replace it"
+    assert defaults["report", "--limit"] == "every file of SOURCE; without SOURCE, 400 samples"
+    assert defaults["report", "--strategies"] == "all four, naive,naive-vstack,preload,preload-memmap"
+    help_text = subcommands()["report"].format_help()
+    assert "naive,naive-vstack," in " ".join(help_text.split())  # never broken at a hyphen
+    assert "N|HxW|none" not in help_text  # the report needs a size
 
 
 def test_api_options_reach_the_library(classes_root, capsys, monkeypatch):
@@ -382,6 +423,7 @@ def test_api_options_reach_the_library(classes_root, capsys, monkeypatch):
     [
         (["--out", "images.bin"], "--out 'images.bin' is not accepted; it must end in .npy"),
         (["--fill", "300"], "--fill 300 is not accepted; use an int 0..255"),
+        (["--fill", "1,2"], "--fill 1,2 is not accepted; use an int 0..255 or 3 such ints (in rgb order)"),
     ],
 )
 def test_load_rejected_values_are_one_line_errors_in_the_cli_words(classes_root, capsys, args, fragment):
@@ -393,6 +435,23 @@ def test_load_rejected_values_are_one_line_errors_in_the_cli_words(classes_root,
     assert captured.out == ""
     assert_one_line_error(captured.err, fragment)
     assert "fill=" not in captured.err and "out=" not in captured.err
+    assert "(" not in captured.err.split("accepted")[0]  # the value as typed, not a Python tuple
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--workers", "0"], "argument --workers: 0 is not accepted; use a positive int, or all for every core"),
+        (["--size", "0x5"], "argument --size: 0x5 is not accepted; height and width must be at least 1"),
+    ],
+)
+def test_rejected_values_are_said_as_the_flag_takes_them(classes_root, capsys, args, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["load", str(classes_root), "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert_one_line_error(err, fragment)
+    assert API_WORDS.search(err) is None, err
 
 
 def test_memory_check_points_to_the_out_flag(classes_root, capsys, monkeypatch):

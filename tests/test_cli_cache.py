@@ -31,6 +31,7 @@ def test_build_info_verify(tmp_path, source, capsys):
     assert code == 0
     assert "images   60 of 60 files, shape (60, 3, 8, 8) uint8, NCHW" in text
     assert "classes  3: ant, bee, cow" in text
+    assert "options  size 8x8, color rgb, resize stretch, exif on, reduce on" in text  # as the flags say it
 
     code, text, _ = run(capsys, "info", out, "--json")
     info = json.loads(text)
@@ -68,13 +69,13 @@ def test_missing_and_partial_caches_exit_3(tmp_path, source, capsys, monkeypatch
     code, text, _ = run(capsys, "verify", tmp_path / "none.npy")
     assert code == 3 and text.startswith("missing: no cache at")
     code, text, _ = run(capsys, "info", tmp_path / "none.npy")
-    assert code == 3 and "no cache at" in text
+    assert code == 3 and text.startswith("missing: no cache at")
 
     monkeypatch.setattr(cache, "fill_slots", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     code, _, err = run(capsys, "build", source, tmp_path / "p.npy", "--size", 8, "--no-progress")
     assert code == 130 and err == "preload: interrupted\n"
     code, text, _ = run(capsys, "info", tmp_path / "p.npy")
-    assert code == 3 and text.startswith(f"unfinished build at '{tmp_path / 'p.npy'}': 0 of 60 images written")
+    assert code == 3 and text.startswith(f"partial: unfinished build at '{tmp_path / 'p.npy'}': 0 of 60 images written")
     code, text, _ = run(capsys, "verify", tmp_path / "p.npy")
     assert code == 3 and text.startswith("partial: ")
 

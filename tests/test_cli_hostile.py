@@ -16,6 +16,7 @@ import errno
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import remove_tree, settle
-from preload import cache, cli, samples
+from preload import atomic, cache, cli, samples
 from preload.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +134,23 @@ def test_info_and_verify_under_proc_find_no_cache(capsys, command):
     # They only read: /proc is no worse than any folder without a cache (exit 3, the answer on stdout).
     code, out, err = run(capsys, command, "/proc/c.npy")
     assert (code, err) == (NO_CACHE, "")
-    assert "no cache at '/proc/c.npy'" in out
+    assert out.startswith("missing: no cache at '/proc/c.npy'")
+
+
+def test_no_complete_cache_is_the_same_answer_from_info_and_verify(src, capsys, tmp_path, monkeypatch):
+    # README's exit code 3: the answer of info and verify, on stdout as "STATUS: what", never an error line.
+    partial, damaged = tmp_path / "p.npy", tmp_path / "d.npy"
+    assert run(capsys, "build", src, damaged, "--size", 8, *NO_PROGRESS)[0] == 0
+    os.truncate(damaged, os.path.getsize(damaged) - 10)
+    monkeypatch.setattr(cache, "fill_slots", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert run(capsys, "build", src, partial, "--size", 8, *NO_PROGRESS)[0] == 130
+    for status, path in (("missing", tmp_path / "none.npy"), ("partial", partial), ("damaged", damaged)):
+        for command in ("info", "verify"):
+            code, out, err = run(capsys, command, path)
+            assert (code, err, out.count("\n")) == (NO_CACHE, "", 1), (command, status, out)
+            assert out.startswith(f"{status}: ") and str(path) in out, (command, out)
+            code, out, err = run(capsys, command, path, "--json")
+            assert (code, err, json.loads(out)["status"]) == (NO_CACHE, "", status), (command, out)
 
 
 def test_info_and_verify_read_a_read_only_cache(src, capsys, tmp_path):
@@ -186,10 +203,121 @@ def test_missing_paths(src, capsys, tmp_path):
                  f"--npy-dir '{missing}' is not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing written, no stray .lock
     # info and verify answer "no cache here" on stdout: it is their answer, not an error (exit 3).
-    for command, expected in (("info", f"no cache at '{missing / 'c.npy'}'"), ("verify", "missing: no cache at")):
+    for command, expected in (("info", f"missing: no cache at '{missing / 'c.npy'}'"),
+                              ("verify", "missing: no cache at")):
         code, out, err = run(capsys, command, missing / "c.npy")
         assert (code, err) == (NO_CACHE, "")
         assert out.startswith(expected)
+
+
+# ------------------------------------------------------------------ unreadable
+
+
+def denied_for(monkeypatch, module, name: str, blocked: str) -> None:
+    """``module.name`` (os.stat, os.open, ...) raises EACCES for ``blocked``, as for a user without the right."""
+    real = getattr(module, name)
+
+    def guarded(path, *args, **kwargs):
+        if os.fspath(path) == blocked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, guarded)
+
+
+def test_a_source_that_cannot_be_read_is_said_so_not_unwritable(src, capsys, tmp_path, monkeypatch):
+    hidden = tmp_path / "locked" / "src"  # a folder whose parent cannot be searched: stat fails
+    denied_for(monkeypatch, os, "stat", str(hidden))
+    for argv in (("load", hidden), ("build", hidden, tmp_path / "c.npy"), ("report", hidden, "--out", tmp_path / "r")):
+        line = assert_error(run(capsys, *argv, *NO_PROGRESS[: argv[0] != "report"]), USAGE,
+                            f"cannot read SOURCE '{hidden}': permission denied")
+        assert "writable" not in line
+    monkeypatch.undo()
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # chmod 000 on the folder itself
+    assert_error(run(capsys, "load", src, *NO_PROGRESS), USAGE, f"cannot read SOURCE '{src}': permission denied")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_an_unreadable_cache_is_a_path_mistake_not_a_missing_or_damaged_cache(src, capsys, tmp_path, monkeypatch):
+    target = tmp_path / "c.npy"
+    assert run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS)[0] == 0
+    denied_for(monkeypatch, os, "open", f"{target}.json")
+    for command in ("info", "verify"):
+        line = assert_error(run(capsys, command, target), USAGE, f"cannot read '{target}.json': permission denied")
+        assert "damaged" not in line and "Errno" not in line
+    # A rebuild reads the cache first; --force replaces it unread.
+    assert_error(run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS), USAGE,
+                 f"cannot read '{target}.json': permission denied")
+    denied_for(monkeypatch, os, "stat", str(target))
+    assert_error(run(capsys, "info", target), USAGE, f"cannot read CACHE '{target}': permission denied")
+
+
+def test_a_demo_folder_that_cannot_be_listed_says_cannot_read(capsys, tmp_path, monkeypatch):
+    folder = tmp_path / "samples"  # writable, but not readable (chmod 333)
+    folder.mkdir()
+    denied_for(monkeypatch, cli.os, "listdir", str(folder))
+    assert_error(run(capsys, "demo", "--dir", folder, "--count", 1, *NO_PROGRESS), USAGE,
+                 f"cannot read --dir '{folder}': permission denied")
+
+
+def test_a_failed_list_that_cannot_be_written_says_not_writable(src, capsys, tmp_path, monkeypatch):
+    (src / "cat" / "bad.png").write_bytes(b"not a png")
+    listed = tmp_path / "failed.txt"
+    real_create = atomic.create_new
+
+    def no_write(path):  # the list is written to a temporary name beside it, then renamed
+        if os.fspath(path).startswith(str(listed)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_create(path)
+
+    monkeypatch.setattr(atomic, "create_new", no_write)
+    assert_error(run(capsys, "load", src, "--on-error", "skip", "--failed-list", listed, *NO_PROGRESS), USAGE,
+                 f"--failed-list '{listed}' is not writable (permission denied)")
+
+
+def test_a_file_inside_a_cache_or_source_path_is_named(capsys, a_file):
+    for command in ("info", "verify"):  # before: "no cache at ..." (exit 3) and "[Errno 20] Not a directory"
+        assert_error(run(capsys, command, a_file / "c.npy"), USAGE,
+                     f"CACHE '{a_file / 'c.npy'}': '{a_file}' is a file, not a folder")
+    assert_error(run(capsys, "load", a_file / "images", *NO_PROGRESS), USAGE,
+                 f"SOURCE '{a_file / 'images'}': '{a_file}' is a file, not a folder")
+
+
+def without_permission_override(*argv: str) -> subprocess.CompletedProcess:
+    """``python -m preload ARGV`` as root without the capabilities that let root read any file."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    drop = "-dac_override,-dac_read_search"
+    command = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", sys.executable, "-m", "preload", *argv]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_chmod_000_for_real(src, tmp_path):
+    # The same, with real permission bits: root gives up the capabilities that ignore them.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the permission override")
+    probe = without_permission_override("--version")
+    if probe.returncode != 0:
+        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.strip()}")
+    locked = tmp_path / "locked"
+    shutil.copytree(src, locked)
+    os.chmod(locked, 0)
+    listed = tmp_path / "list.csv"
+    listed.write_text(f"path,label\n{src / 'cat' / '0.png'},cat\n{src / 'cat' / '1.png'},cat\n")
+    os.chmod(src / "cat" / "1.png", 0)
+    try:
+        done = without_permission_override("load", str(locked), "--size", "8", "--no-progress")
+        if done.returncode == 0:
+            pytest.skip("permission bits are not enforced for this process")
+        assert (done.returncode, done.stderr) == (USAGE, f"preload: error: cannot read SOURCE '{locked}': "
+                                                         "permission denied\n")
+        done = without_permission_override("load", str(listed), "--size", "8", "--no-progress")
+        assert done.returncode == FAILED
+        assert done.stderr.startswith(f"preload: error: cannot load '{src / 'cat' / '1.png'}': permission denied")
+        done = without_permission_override("load", str(listed), "--size", "8", "--no-progress", "--on-error", "skip")
+        assert done.returncode == 0 and "permission denied" in done.stdout
+    finally:
+        os.chmod(locked, 0o755)
+        os.chmod(src / "cat" / "1.png", 0o644)
 
 
 # ------------------------------------------------------------------ wrong type
@@ -321,15 +449,22 @@ def test_ctrl_c_is_130_for_every_command(src, capsys, tmp_path, monkeypatch, com
     assert (code, err) == (130, "preload: interrupted\n")
 
 
-def test_info_json_into_a_closed_pipe_is_not_an_error(src, capsys, tmp_path):
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [(["info", "{cache}", "--json"], 0), (["verify", "{cache}"], 0), (["load", "{src}", "--size", "8"], 0),
+     (["info", "{missing}"], NO_CACHE), (["build", "--help"], 0), ([], USAGE)],
+    ids=["info-json", "verify", "load", "info-missing", "help", "no-command"],
+)
+def test_a_closed_stdout_is_not_an_error(src, capsys, tmp_path, argv, code):
     target = tmp_path / "c.npy"
     assert run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS)[0] == 0
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    process = subprocess.Popen([sys.executable, "-m", "preload", "info", str(target), "--json"], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    argv = [a.format(cache=target, src=src, missing=tmp_path / "none.npy") for a in argv]
+    process = subprocess.Popen([sys.executable, "-m", "preload", *argv, *NO_PROGRESS[: argv[:1] == ["load"]]],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # the reader is gone before the first line (what `| head` does, every time)
     err = process.stderr.read().decode()
-    assert process.wait(timeout=60) == 0, err
+    assert process.wait(timeout=60) == code, err
     assert err == ""
 
 
@@ -340,7 +475,7 @@ def test_info_during_another_build_names_the_holder(src, capsys, tmp_path, monke
     with cache.BuildLock(str(target) + ".lock"):  # another open file: the flock conflicts as another process's
         code, out, err = run(capsys, "info", target)
         assert (code, err) == (NO_CACHE, "")
-        assert out.startswith(f"build in progress at '{target}': 0 of 3 images written (shape (3, 8, 8, 3)); "
+        assert out.startswith(f"partial: build in progress at '{target}': 0 of 3 images written (shape (3, 8, 8, 3)); "
                               f"pid {os.getpid()} on host ")
         assert out.rstrip().endswith(" holds it")
         code, out, _ = run(capsys, "info", target, "--json")
@@ -352,7 +487,7 @@ def test_info_during_another_build_names_the_holder(src, capsys, tmp_path, monke
         assert "run the same build again" not in out
     assert not os.path.exists(str(target) + ".lock")  # released: its holder removed it
     code, out, _ = run(capsys, "info", target)
-    assert out.startswith(f"unfinished build at '{target}'") and "run the same build again" in out
+    assert out.startswith(f"partial: unfinished build at '{target}'") and "run the same build again" in out
 
 
 def test_build_while_another_holds_the_lock_is_exit_1(src, capsys, tmp_path):

@@ -1,19 +1,28 @@
-"""Every Python block of the README and of docs/ runs, page by page, on a small generated dataset.
+"""Every code block of the README and of docs/ runs, page by page, on a small generated dataset.
 
-A page's blocks run in order in one namespace, in a fresh folder that holds
-``data/train`` (two class folders of JPEGs), ``data/train.csv`` and, unless the
-page builds it itself, ``cache/train.npy`` (a page that builds it makes its folder, as
-a reader would have to). A block whose fence reads
-```` ```python skip-if-missing=NAME ```` runs only where module NAME imports. The
-cluster page runs in a child interpreter, since the workers of its
-``LocalCluster`` import ``__main__``.
+A page's blocks run in order, in a fresh folder that holds ``data/train`` (two
+class folders of JPEGs), ``data/train.csv`` and, unless the page builds it
+itself, ``cache/train.npy`` (a page that builds it makes its folder, as a reader
+would have to). Python blocks share one namespace; a block whose fence reads
+```` ```python skip-if-missing=NAME ```` runs only where module NAME imports.
+A ``bash`` block's ``preload`` commands run through :func:`preload.cli.main` and
+must succeed (exit 0), as its ``mkdir -p`` lines do. A block that cannot run
+here says so in its fence, ```` ```bash parse-only ````: installs, the test
+suite, benchmarks, a cluster's address, thousands of sample photos; its
+``preload`` commands are still parsed, so every flag the docs show exists.
+Unlabelled blocks are output or configuration and may hold no ``preload``
+command. The cluster page's Python runs in a child interpreter, since the
+workers of its ``LocalCluster`` import ``__main__``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -23,20 +32,67 @@ import numpy as np
 import pytest
 
 import preload
+from preload import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```python([^\n]*)\n(.*?)^```", re.M | re.S)
+FENCE = re.compile(r"^[ \t]*```(\w*)([^\n]*)\n(.*?)^[ \t]*```", re.M | re.S)
+SHELLS = ("bash", "sh", "console")
+
+
+def blocks_of(page: Path) -> list[tuple[str, str, str]]:
+    """Every fenced block of the page, in order: (language, the rest of the fence line, code)."""
+    return FENCE.findall(page.read_text(encoding="utf-8"))
 
 
 def python_blocks(page: Path) -> list[str]:
     """The page's Python blocks that can run here, in order."""
     blocks = []
-    for info, code in FENCE.findall(page.read_text(encoding="utf-8")):
+    for language, info, code in blocks_of(page):
         needs = re.findall(r"skip-if-missing=(\S+)", info)
-        if all(importlib.util.find_spec(name) is not None for name in needs):
+        if language == "python" and all(importlib.util.find_spec(name) is not None for name in needs):
             blocks.append(code)
     return blocks
+
+
+def commands(code: str) -> list[list[str]]:
+    """The commands of a shell block, one per line or per ``&&`` part, comments dropped, split as the shell would."""
+    found = []
+    for line in code.splitlines():
+        command: list[str] = []
+        for word in shlex.split(line, comments=True):
+            if word == "&&":
+                found.append(command)
+                command = []
+            else:
+                command.append(word)
+        if command:
+            found.append(command)
+    return found
+
+
+def run_shell_block(code: str, info: str, where: str) -> None:
+    """Parse every ``preload`` command of a shell block; unless it is ``parse-only``, run them all."""
+    parser = cli.build_parser()
+    for argv in commands(code):
+        if argv[0] == "preload":
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                try:
+                    parser.parse_args(argv[1:])
+                except SystemExit:
+                    pytest.fail(f"{where}: {shlex.join(argv)} does not parse: {err.getvalue().strip()}")
+    if "parse-only" in info:
+        return
+    for argv in commands(code):
+        if argv[:2] == ["mkdir", "-p"]:
+            for folder in argv[2:]:
+                os.makedirs(folder, exist_ok=True)
+        elif argv[0] == "preload":
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+                status = cli.main([*argv[1:], *(["--no-progress"] if argv[1] in ("build", "load") else [])])
+            assert status == 0, f"{where}: {shlex.join(argv)} exited {status}: {err.getvalue()}"
+        else:
+            pytest.fail(f"{where}: cannot run {shlex.join(argv)!r} here; mark the block `bash parse-only`")
 
 
 def make_dataset(folder: Path) -> None:
@@ -58,22 +114,44 @@ def test_every_page_has_been_found():
     assert {"README.md", "loading.md", "caches.md", "training.md", "cluster.md", "api.md"} <= names
 
 
-@pytest.mark.parametrize("page", [page for page in PAGES if page.name != "cluster.md"], ids=lambda page: page.name)
-def test_the_python_blocks_of_the_page_run(page, tmp_path, monkeypatch):
-    blocks = python_blocks(page)
-    if not blocks:
-        pytest.skip(f"{page.name} has no Python block that can run here")
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_the_code_blocks_of_the_page_run(page, tmp_path, monkeypatch):
+    blocks = blocks_of(page)
+    runnable = python_blocks(page) if page.name != "cluster.md" else []
+    shells = [(info, code) for language, info, code in blocks if language in SHELLS]
+    if not runnable and not shells:
+        pytest.skip(f"{page.name} has no block that can run here")
     make_dataset(tmp_path)
-    code = "\n".join(blocks)
-    if "build_cache(" not in code:
+    everything = "\n".join(code for _, _, code in blocks)
+    if "build_cache(" not in everything and "preload build " not in everything:
         (tmp_path / "cache").mkdir()
         preload.build_cache(str(tmp_path / "data" / "train"), str(tmp_path / "cache" / "train.npy"), size=32,
                             progress=False)
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__main__"}
-    for number, block in enumerate(blocks, 1):
-        # the documented code is the test
-        exec(compile(block, f"{page.name}, Python block {number}", "exec"), namespace)
+    for number, (language, info, code) in enumerate(blocks, 1):
+        where = f"{page.name}, block {number}"
+        if language == "python" and code in runnable:
+            # the documented code is the test
+            exec(compile(code, where, "exec"), namespace)
+        elif language in SHELLS:
+            run_shell_block(code, info, where)
+        elif language == "":
+            assert not re.search(r"^\s*preload ", code, re.M), f"{where}: a command in an unlabelled block"
+
+
+def test_the_shell_checks_see_a_wrong_flag_and_a_failing_command(tmp_path, monkeypatch):
+    # The checks above must be able to fail: a flag that does not exist, a command that exits 1.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(pytest.fail.Exception, match="does not parse: .*unrecognized arguments: --jsn"):
+        run_shell_block("preload info cache/train.npy --jsn\n", " parse-only", "page")
+    with pytest.raises(AssertionError, match="preload load missing exited 2"):
+        run_shell_block("preload load missing   # a comment\n", "", "page")
+    with pytest.raises(pytest.fail.Exception, match="cannot run 'pip install x' here"):
+        run_shell_block("mkdir -p a && pip install x\n", "", "page")
+    assert (tmp_path / "a").is_dir()
+    assert commands('pip install ".[demo]" && preload demo   # install\nruff check .\n') == [
+        ["pip", "install", ".[demo]"], ["preload", "demo"], ["ruff", "check", "."]]
 
 
 def test_the_cluster_example_builds_the_cache_it_prints(tmp_path):
@@ -99,7 +177,7 @@ def test_the_readme_stays_the_front_door():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     lines = text.splitlines()
     assert len(lines) <= 200
-    first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).splitlines()
+    first_block = re.search(r"```bash[^\n]*\n(.*?)```", text, re.S).group(1).splitlines()
     assert first_block[0].startswith('pip install ".[demo]" && preload demo')
     assert first_block[1].startswith('pip install -e ".[dev]" && python -m pytest')
     for page in re.findall(r"\]\((docs/[^)#]+)", text):

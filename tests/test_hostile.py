@@ -517,7 +517,7 @@ def test_running_out_of_memory_mid_decode_stops_the_build_and_is_not_remembered_
     cv2.imwrite(str(folder / "small.png"), np.full((8, 8, 3), 5, np.uint8))
     cache = tmp_path / "c.npy"
     code = (
-        "import resource, sys, psutil, preload\n"
+        "import resource, sys, psutil, preload, preload.cache  # loaded before the limit (import preload is lazy)\n"
         "room = psutil.Process().memory_info().vms + 60_000_000\n"
         "resource.setrlimit(resource.RLIMIT_AS, (room, room))\n"
         "for on_error in ('skip', 'zero', 'raise'):\n"

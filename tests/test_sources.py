@@ -674,7 +674,7 @@ def test_hostile_csv_bytes_are_a_source_error_naming_the_line(tmp_path, raw, wor
 def test_a_csv_that_is_a_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "d.csv"
     os.mkfifo(fifo)
-    with pytest.raises(SourceError, match="it is not a regular file"):
+    with pytest.raises(SourceError, match=r"it is a FIFO \(named pipe\), not a regular file"):
         Manifest.from_csv(fifo)
 
 
@@ -741,3 +741,64 @@ def test_a_symlink_loop_deep_down_is_still_a_source_error_and_a_link_to_a_siblin
     os.symlink(root / "cat" / "x", os.path.join(bottom, "up"))  # leads back to a folder above it
     with pytest.raises(SourceError, match=r"'.*/d/up' leads back to a folder above it \(a symlink loop\)"):
         Manifest.from_folder(root)
+
+
+def test_a_csv_is_read_line_by_line_not_whole(tmp_path):
+    # A CSV whose other columns are large: memory holds the paths kept, not the file's text
+    # (before: its bytes, its decoded text and every row at once, about 6x the file).
+    import tracemalloc
+
+    notes = "n" * 2000
+    lines = ["path,label,notes", *(f"img/{k:05d}.png,{'cat' if k % 3 else 'dog'},{notes}" for k in range(5000))]
+    csv_path = write_csv(tmp_path / "big.csv", lines)
+    size = os.path.getsize(csv_path)
+    tracemalloc.start()
+    try:
+        m = Manifest.from_csv(csv_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (len(m), m.classes, m.paths[-1]) == (5000, ["cat", "dog"], str(tmp_path / "img" / "04999.png"))
+    assert m.labels[:3].tolist() == [1, 0, 0]
+    assert size > 10_000_000
+    assert peak < size / 4, (peak, size)
+
+
+def test_csv_problems_far_into_the_file_name_their_own_line(tmp_path):
+    # The decoder reads ahead in chunks; the line named is the one holding the bad byte.
+    rows = [f"img/{k}.png,cat" for k in range(20_000)]
+    raw = ("path,label\n" + "\n".join(rows[:12_344])).encode() + b"\nb\xe9.png,dog\n" + "\n".join(rows).encode()
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_bytes(raw)
+    with pytest.raises(SourceError, match=rf"^CSV '{esc(csv_path)}' line 12346 is not UTF-8 \(byte 0xe9\)"):
+        Manifest.from_csv(csv_path)
+    csv_path.write_text("path,label\n" + "\n".join(rows[:999]) + "\n\ufeffa.png,cat\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=rf"^CSV '{esc(csv_path)}' line 1001 holds a byte-order mark"):
+        Manifest.from_csv(csv_path)
+    numbered = [f"img/{k}.png,{k % 5}" for k in range(9)]
+    csv_path.write_text("path,label\n" + "\n".join(numbered) + "\nx.png," + "9" * 30 + "\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"column 'label' line 11 holds the integer label 99999999999999999999\.\.\."):
+        Manifest.from_csv(csv_path)
+
+
+def test_a_csv_without_line_breaks_is_refused_at_its_first_line(tmp_path, monkeypatch):
+    from preload import sources
+
+    monkeypatch.setattr(sources, "MAX_CSV_LINE", 1000)  # 16 M characters for real
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_bytes(b"path,label\n" + b"x" * 5000)
+    with pytest.raises(SourceError, match=rf"^CSV '{esc(csv_path)}' line 2 is longer than 1,000 characters"):
+        Manifest.from_csv(csv_path)
+
+
+def test_csv_and_images_share_one_opener_that_refuses_a_fifo(tmp_path):
+    from preload import headers, sources
+
+    fifo = tmp_path / "d.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(sources.NotRegularFile, match=r"is a FIFO \(named pipe\), not a regular file"):
+        sources.open_regular(str(fifo))
+    with pytest.raises(preload.ImageDecodeError, match=r"it is a FIFO \(named pipe\), not a regular file"):
+        headers.open_regular(str(fifo))
+    with pytest.raises(SourceError, match=r"cannot read CSV '.*': it is a FIFO \(named pipe\), not a regular file"):
+        Manifest.from_csv(fifo)
