@@ -31,7 +31,8 @@ For a JPEG the header also gives the decoder its frame (:class:`JpegFrame`:
 coding process, precision, components) and the stray bytes between
 segments that libjpeg skips, which the decoder cuts out before its strict
 decode. The marker scan is as lenient as libjpeg's: it skips what libjpeg
-skips, up to 64 MB.
+skips, up to 64 MB. TIFF tags are read as libtiff reads them: one value of
+any integer type, signed or not, for a single-valued tag.
 
 Only the bytes a header needs are read: a parser asks for byte ranges, which
 come from the bytes already read or, for an open file, from ``os.pread``, so
@@ -443,9 +444,15 @@ def _webp_orientation(src: _Source) -> int:
 
 # ---------------------------------------------------------------------- TIFF
 
-_TIFF_TYPES = {1: 1, 3: 2, 4: 4, 16: 8}  # BYTE, SHORT, LONG, LONG8: the integer types we read
+# The field types libtiff reads an integer tag from, as (bytes, signed), checked
+# against OpenCV 5.1's libtiff 4.7: BYTE, SHORT, LONG, LONG8 and their signed
+# twins (a negative value leaves the tag unset, as does any other type).
+_TIFF_INTEGERS = {1: (1, False), 3: (2, False), 4: (4, False), 16: (8, False),
+                  6: (1, True), 8: (2, True), 9: (4, True), 17: (8, True)}
 _TIFF_TAGS = {256: "width", 257: "height", 258: "bits per sample", 262: "photometric", 274: "orientation",
               277: "samples per pixel", 284: "planar configuration", 338: "extra samples", 339: "sample format"}
+# Tags libtiff reads as one value (a count other than 1 leaves the tag unset), and their largest value.
+_TIFF_SINGLE = {256: 0xFFFFFFFF, 257: 0xFFFFFFFF, 262: 0xFFFF, 274: 0xFFFF, 277: 0xFFFF, 284: 0xFFFF}
 
 
 def _tiff(src: _Source, path: str) -> ImageInfo:
@@ -453,7 +460,7 @@ def _tiff(src: _Source, path: str) -> ImageInfo:
     big = head[:2] == b"MM"
     bigtiff = _u16(head, 2, big) == 43
     ifd = int.from_bytes(head[8:16], "big" if big else "little") if bigtiff else _u32(head, 4, big)
-    count_size, entry_size, value_size = (8, 20, 8) if bigtiff else (2, 12, 4)
+    count_size, entry_size = (8, 20) if bigtiff else (2, 12)
     raw_count = src.get(ifd, count_size)
     if len(raw_count) < count_size:
         raise _truncated(path, "truncated TIFF (its first directory is past the end of the file)")
@@ -463,26 +470,19 @@ def _tiff(src: _Source, path: str) -> ImageInfo:
     table = src.get(ifd + count_size, count * entry_size)
     if len(table) < count * entry_size:
         raise _truncated(path, "truncated TIFF (the file ends inside its first directory)")
-    order = "big" if big else "little"
+    fields = _TiffFields(src, bigtiff, "big" if big else "little")
     tags: dict[int, list[int]] = {}
     for k in range(count):
         entry = table[k * entry_size : (k + 1) * entry_size]
-        tag, kind = int.from_bytes(entry[0:2], order), int.from_bytes(entry[2:4], order)
+        tag = fields.number(entry[0:2])
         if tag not in _TIFF_TAGS:
             continue
         if tag in tags:  # readers disagree on which copy wins: refuse rather than guess
             raise _corrupt(path, f"corrupt TIFF (tag {tag}, {_TIFF_TAGS[tag]}, appears twice in its directory)")
-        number = int.from_bytes(entry[4:12] if bigtiff else entry[4:8], order)
-        width_of = _TIFF_TYPES.get(kind)
-        if width_of is None or number == 0:
-            tags[tag] = []
-            continue
-        number = min(number, 16)  # the tags read here hold a few values
-        raw = entry[12:20] if bigtiff else entry[8:12]
-        if number * width_of > value_size:
-            raw = src.get(int.from_bytes(raw, order), number * width_of)
-        tags[tag] = [int.from_bytes(raw[i * width_of : (i + 1) * width_of], order)
-                     for i in range(min(number, len(raw) // width_of))]
+        values = fields.values(entry, 16)  # the tags read here hold a few values
+        if tag in _TIFF_SINGLE and (len(values) != 1 or values[0] > _TIFF_SINGLE[tag]):
+            values = []  # libtiff leaves the tag unset (its default, or a missing size OpenCV refuses)
+        tags[tag] = values
 
     def first(tag: int, default: int | None) -> int | None:
         values = tags.get(tag)
@@ -493,6 +493,30 @@ def _tiff(src: _Source, path: str) -> ImageInfo:
     if not 1 <= orientation <= 8:
         orientation = 1
     return ImageInfo("tiff", height, width, orientation, _tiff_unsupported(tags, first))
+
+
+class _TiffFields:
+    """Values of one TIFF directory's entries, read the way libtiff reads integer tags."""
+
+    def __init__(self, src: _Source, bigtiff: bool, order: str):
+        self.src, self.bigtiff, self.order = src, bigtiff, order
+
+    def number(self, raw: bytes, signed: bool = False) -> int:
+        return int.from_bytes(raw, self.order, signed=signed)
+
+    def values(self, entry: bytes, most: int) -> list[int]:
+        """Up to ``most`` values of ``entry``; none if its type is not an integer or a value is negative."""
+        kind = _TIFF_INTEGERS.get(self.number(entry[2:4]))
+        count = self.number(entry[4:12] if self.bigtiff else entry[4:8])
+        if kind is None or count == 0:
+            return []
+        size, signed = kind
+        number = min(count, most)
+        raw = entry[12:20] if self.bigtiff else entry[8:12]
+        if count * size > len(raw):  # stored elsewhere: the field holds its offset
+            raw = self.src.get(self.number(raw), number * size)
+        values = [self.number(raw[i * size : (i + 1) * size], signed) for i in range(min(number, len(raw) // size))]
+        return values if min(values, default=0) >= 0 else []
 
 
 def _tiff_unsupported(tags: dict[int, list[int]], first) -> str | None:

@@ -38,6 +38,9 @@ def only_failure(path: str, **options) -> preload.Failure:
 # ------------------------------------------------------------ byte-level writers
 
 
+TIFF_PACK = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}  # struct codes of TIFF types
+
+
 def tiff(tags: dict[int, tuple[int, list[int]]], strips: list[bytes]) -> bytes:
     """A little-endian one-page TIFF: ``tags`` maps tag -> (type, values); strips follow the header."""
     out = bytearray(b"II*\x00\x00\x00\x00\x00")
@@ -49,7 +52,7 @@ def tiff(tags: dict[int, tuple[int, list[int]]], strips: list[bytes]) -> bytes:
     entries = []
     for tag in sorted(tags):
         kind, values = tags[tag]
-        raw = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+        raw = struct.pack(f"<{len(values)}{TIFF_PACK[kind]}", *values)
         if len(raw) > 4:
             entries.append((tag, kind, len(values), struct.pack("<I", len(out))))
             out += raw + b"\x00" * (len(raw) & 1)
@@ -254,6 +257,46 @@ def test_exif_true_and_false_differ_exactly_when_the_file_says_so(tmp_path, rng,
     as_stored = preload.load([str(path)], color="bgr", exif=False, progress=False)
     assert np.array_equal(as_told.images[0], upright)
     assert np.array_equal(as_stored.images[0], stored)
+
+
+# TIFF Orientation as libtiff reads it (OpenCV's TIFF reader turns the image by what libtiff read):
+# one value of any integer type; a negative one, one too large for a SHORT or two values are no value.
+ORIENTATION_FIELDS = [
+    ((3, [6]), 6), ((4, [8]), 8), ((1, [6]), 6), ((6, [6]), 6), ((8, [6]), 6), ((9, [8]), 8), ((16, [6]), 6),
+    ((17, [8]), 8), ((8, [-6]), 1), ((9, [-6]), 1), ((4, [65536 + 6]), 1), ((3, [6, 6]), 1), ((3, [9]), 1),
+]
+
+
+@pytest.mark.parametrize("field, read", ORIENTATION_FIELDS, ids=[f"type{f[0]}-{f[1]}" for f, _ in ORIENTATION_FIELDS])
+@pytest.mark.parametrize("shape", [(24, 24), (16, 28)])
+def test_tiff_orientation_is_read_as_libtiff_reads_it(tmp_path, rng, field, read, shape):
+    image = smooth_image(rng, *shape)
+    tags = {**rgb_tiff_tags(*shape), 274: field}
+    path = tmp_path / "o.tif"
+    path.write_bytes(tiff(tags, [np.ascontiguousarray(image[:, :, ::-1]).tobytes()]))
+    turned = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR_BGR)  # as libtiff read the tag
+    upright = np.ascontiguousarray(TURN[read](image)) if read != 1 else image
+    assert np.array_equal(turned, upright)  # the premise: what OpenCV makes of the field
+    assert preload.headers.probe(str(path)).orientation == read
+    as_told = preload.load([str(path)], color="bgr", progress=False)  # size=None: the sizes must agree too
+    as_stored = preload.load([str(path)], color="bgr", exif=False, progress=False)
+    assert as_told.failed == [] and as_stored.failed == []
+    assert np.array_equal(as_told.images[0], upright)
+    assert np.array_equal(as_stored.images[0], image)
+
+
+@pytest.mark.parametrize("kind, read", [(16, 6), (17, 6), (8, 6)])
+def test_bigtiff_orientation_of_a_64_bit_type_is_read(tmp_path, rng, kind, read):
+    tifffile = pytest.importorskip("tifffile")
+    image = smooth_image(rng, 16, 28)
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, image[:, :, ::-1], photometric="rgb", bigtiff=True, metadata=None,
+                     extratags=[(274, kind, 1, 6, True)])
+    assert preload.headers.probe(str(path)).orientation == read
+    # (cv2.imread fails on a turned non-square TIFF in OpenCV 5.1: "Internal imread issue")
+    assert np.array_equal(cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR_BGR), np.rot90(image, -1))
+    assert np.array_equal(preload.load([str(path)], color="bgr", progress=False).images[0], np.rot90(image, -1))
+    assert np.array_equal(preload.load([str(path)], color="bgr", exif=False, progress=False).images[0], image)
 
 
 # -------------------------------------------- 3. special files, huge files, any format
