@@ -15,12 +15,17 @@ The path of one image, and why each step is where it is:
 2. JPEGs are decoded by libjpeg-turbo through simplejpeg (the same pixels
    as ``cv2.imdecode``, about 10-35% less CPU), in strict mode: where
    libjpeg would paint the rest of a damaged scan gray and print a
-   warning, the file fails with reason ``damaged``. Stray bytes between
-   header segments, which libjpeg skips with the pixels intact, are cut out
-   and the file decoded strictly again. Damage the entropy decoder cannot
-   see (bits flipped into other valid codes, a DC shift) stays undetected,
-   as in every decoder. CMYK, 12-bit, lossless and arithmetic-coded JPEGs
-   and other header quirks go to OpenCV, as does every other format.
+   warning, the file fails with reason ``damaged``. The header quirks
+   libjpeg repairs exactly (stray bytes between segments, an unknown JFIF
+   version or Adobe transform, odd baseline scan parameters) are repaired
+   the same way and the file decoded strictly again. Damage the entropy
+   decoder cannot see (bits flipped into other valid codes, a DC shift)
+   stays undetected, as in every decoder. CMYK JPEGs (checked by a strict
+   read at 1/8 scale first), 12-bit, lossless and arithmetic-coded JPEGs
+   and other header quirks go to OpenCV, as does every other format; for
+   JPEGs and TIFFs, what libjpeg and libtiff print during that decode is
+   read back per file (one such decode at a time) and a warning about the
+   data makes the file ``damaged``; Deflate TIFF strips are checked with zlib.
    JPEGs are decoded at 1/2, 1/4 or 1/8 scale when the geometry still
    leaves at least twice the output's pixels on each axis: libjpeg-turbo
    scales in the IDCT, which is both the cheapest decode and a good
@@ -39,6 +44,7 @@ import math
 import os
 import re
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,8 +54,9 @@ import numpy as np
 import simplejpeg
 
 from .errors import ImageDecodeError, InsufficientMemoryError, Reason, open_error
-from .headers import ImageInfo, check_end, open_regular, read_header
+from .headers import ImageInfo, JpegFrame, check_end, open_regular, read_header
 from .options import DEFAULT_MAX_PIXELS, DecodeOptions
+from .quiet import stderr_lines
 
 _OPENCV_LIMIT = "more pixels than OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS) allows"
 
@@ -215,11 +222,18 @@ def _turbo_decodes(info: ImageInfo) -> bool:
     return frame is not None and frame.sof in _TURBO_SOF and frame.precision == 8 and frame.components in (1, 3)
 
 
+def _turbo_checks(info: ImageInfo) -> bool:
+    """True for the JPEGs OpenCV decodes that simplejpeg can still read strictly: CMYK and YCCK."""
+    frame = info.jpeg
+    return frame is not None and frame.sof in _TURBO_SOF and frame.precision == 8 and frame.components == 4
+
+
 # libjpeg's warnings (jerror.h JWRN_*) that mean the entropy-coded data, hence
 # the pixels, is damaged: libjpeg fills what it could not decode with gray or
 # with garbage and carries on. "Unsupported marker type" is libjpeg's error for
 # an 0xFF byte in the scan followed by garbage. Checked only for warnings
-# raised after the header was read without complaint (see _jpeg_verdict).
+# raised after the header was read without complaint (see _jpeg_verdict), or
+# printed while OpenCV decodes a header without quirks (see _repaired).
 _DAMAGE = re.compile(
     r"premature end of data segment|bad Huffman code|bad arithmetic code|instead of RST"
     r"|Premature end of JPEG file|Inconsistent progression sequence|extraneous bytes before marker"
@@ -227,38 +241,150 @@ _DAMAGE = re.compile(
     re.IGNORECASE,
 )
 _EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})", re.IGNORECASE)
+# libjpeg's header warnings about the bytes JpegFrame.patches rewrites.
+_PATCHED = re.compile(
+    r"unknown JFIF revision number|Unknown Adobe color transform code|Invalid SOS parameters for sequential",
+    re.IGNORECASE,
+)
 
 
-def _jpeg_verdict(message: str, data: bytes, junk) -> str:
-    """Sort simplejpeg's strict-mode error: "damaged", "strip" (header junk) or "opencv".
+def _jpeg_verdict(message: str, data: bytes, frame: JpegFrame) -> str:
+    """Sort simplejpeg's strict-mode error: "damaged", "repair" (a header quirk) or "opencv".
 
     The header (everything before the first scan) is read again, strictly:
     a complaint there is about a header quirk libjpeg recovers from with the
-    pixels intact, such as stray bytes between segments ("strip": the bytes
-    :func:`preload.headers.parse` found are cut out and the image decoded
-    again, still strictly) or an unknown JFIF version (left to OpenCV, which
-    decodes it as before). A header that reads cleanly puts the complaint in
-    the entropy-coded data: damaged pixels, unless it is not a data warning
-    at all (a feature simplejpeg lacks: OpenCV).
+    pixels intact. The quirks :func:`preload.headers.parse` found (stray
+    bytes between segments, an unknown JFIF version or Adobe transform,
+    the first scan's parameters) are "repair": the caller decodes
+    :func:`_repaired` data, still strictly. Other header quirks go to
+    OpenCV. A header that reads cleanly puts the complaint in the
+    entropy-coded data: damaged pixels, unless it is not a data warning at
+    all (a feature simplejpeg lacks: OpenCV).
     """
     try:
         simplejpeg.decode_jpeg_header(data, strict=True)
     except ValueError as exc:
-        found = _EXTRANEOUS.search(str(exc))
-        if found and (int(found[1]), int(found[2], 16)) in {(count, marker) for _, _, count, marker in junk}:
-            return "strip"
-        return "opencv"
+        complaint = str(exc)
+        found = _EXTRANEOUS.search(complaint)
+        if found and (int(found[1]), int(found[2], 16)) in {(count, marker) for _, _, count, marker in frame.junk}:
+            return "repair"
+        return "repair" if frame.patches and _PATCHED.search(complaint) else "opencv"
+    if frame.patches and _PATCHED.search(message):  # the scan header's quirk, raised as decoding starts
+        return "repair"
     return "damaged" if _DAMAGE.search(message) else "opencv"
 
 
-def _without_junk(data: bytes, junk) -> bytes:
-    """``data`` without the stray header bytes libjpeg would skip (same pixels)."""
+def _repaired(data: bytes, frame: JpegFrame) -> bytes:
+    """``data`` without the header quirks libjpeg warns about and repairs exactly (the same pixels).
+
+    The stray bytes between segments are cut out, and the bytes libjpeg
+    warns about and then reads as another value are given that value (see
+    :class:`preload.headers.JpegFrame`). Without those warnings, what
+    libjpeg prints is about the data: it prints only its first warning, so
+    a quirk left in would hide the damage after it.
+    """
+    if not frame.junk and not frame.patches:
+        return data
+    if frame.patches:
+        patched = bytearray(data)
+        for at, value in frame.patches:
+            if at < len(patched):
+                patched[at] = value
+        data = patched
     parts, last = [], 0
-    for start, stop, _, _ in junk:
+    for start, stop, _, _ in frame.junk:
         parts.append(data[last:start])
         last = stop
     parts.append(data[last:])
     return b"".join(parts)
+
+
+def _damaged_jpeg(path: str, message: str) -> ImageDecodeError:
+    detail = f"damaged JPEG data: libjpeg reports {message!r} (its pixels would be partly made up)"
+    return ImageDecodeError(path, Reason.DAMAGED, detail)
+
+
+def _strictly(decode, data: bytes, path: str, frame: JpegFrame) -> tuple[np.ndarray | None, str]:
+    """``decode(data)`` with simplejpeg in strict mode, its complaint sorted by :func:`_jpeg_verdict`.
+
+    Returns the image, or None and the complaint when OpenCV must decode
+    the file (a quirk not repaired, or a feature simplejpeg lacks).
+
+    Raises
+    ------
+    ImageDecodeError
+        ``DAMAGED`` for damaged entropy-coded data.
+    """
+    repaired = False
+    while True:
+        try:
+            return decode(data), ""
+        except ValueError as exc:
+            message = str(exc).strip()
+            verdict = _jpeg_verdict(message, data, frame)
+            if verdict == "damaged":
+                raise _damaged_jpeg(path, message) from None
+            if verdict == "opencv" or repaired:
+                return None, message
+            data, repaired = _repaired(data, frame), True
+
+
+# What libtiff reports through OpenCV's logger ("TIFF_Error <module>: <text>").
+_TIFF_MESSAGE = re.compile(r"TIFF_(Error|Warning) (?:(\w+): )?(.*)")
+# The routines that read the directory: libtiff ignores or repairs a tag there
+# ("Unknown field with tag", "Incorrect count for Orientation; tag ignored",
+# "Bad value 9 for Orientation"), the pixels intact; a directory it cannot
+# repair makes the decode fail anyway. A codec's set-up warns about what it
+# then handles ("Old-style LZW codes", a last JPEG strip taller than the
+# image, progressive JPEG in a TIFF); data it cannot decode it reports later,
+# as an error. Whatever else libtiff reports while OpenCV reads the strips or
+# tiles is about their data: OpenCV's 8-bit reader carries on past a strip
+# libtiff could not decode, keeping the garbage.
+_TIFF_DIRECTORY = re.compile(
+    r"_?TIFF(ReadDir|ReadCustomDir|ReadEXIFDir|ReadGPSDir|Fetch|V?[SG]etField|MergeFields|SetupFields|FieldWith"
+    r"|CheckDir|AdvanceDir|NumberOfDir|ClientOpen)|\w+VSetField|EstimateStripByteCounts|JPEGFixupTags|MissingRequired"
+)
+_TIFF_SETUP = re.compile(r"\w+(PreDecode|SetupDecode)$")
+
+
+def _tiff_damage(lines: list[str]) -> str | None:
+    """The first line libtiff printed about damaged strip or tile data, if any."""
+    for line in lines:
+        found = _TIFF_MESSAGE.search(line)
+        if found is None:
+            continue
+        kind, module, text = found.groups()
+        if module is not None and (_TIFF_DIRECTORY.match(module) or kind == "Warning" and _TIFF_SETUP.match(module)):
+            continue
+        if module == "JPEGLib" and kind == "Warning" and not _DAMAGE.search(text):
+            continue  # a JPEG-in-TIFF header quirk (an unknown JFIF version, say)
+        return text if module is None or text.startswith(module) else f"{module}: {text}"
+    return None
+
+
+def _check_zlib(data, info: ImageInfo, path: str) -> None:
+    """Refuse a Deflate TIFF whose zlib streams fail zlib's own checks (Adler-32, code structure).
+
+    libtiff stops inflating a strip once it has the strip's bytes, so damage
+    that still inflates to the right length (zeroed bytes do) reaches the
+    pixels without a word; zlib's checksum at the end of the stream sees it.
+    The input goes in small steps, so no step inflates to more than a few MB.
+    """
+    view = memoryview(data)
+    for k, (offset, length) in enumerate(info.zlib_chunks):
+        stream = zlib.decompressobj()
+        chunk = view[offset : offset + length]
+        try:
+            for start in range(0, len(chunk), 1 << 14):
+                piece = chunk[start : start + (1 << 14)]
+                while piece and not stream.eof:
+                    stream.decompress(piece, 1 << 22)
+                    piece = stream.unconsumed_tail
+                if stream.eof:
+                    break
+        except zlib.error as exc:
+            detail = f"damaged TIFF data: the Deflate stream of strip or tile {k} fails zlib's check ({exc})"
+            raise ImageDecodeError(path, Reason.DAMAGED, detail) from None
 
 
 # Room a file may take beyond its pixels (metadata, thumbnails, the video of a
@@ -410,9 +536,15 @@ class Decoder:
             oriented = info.oriented_size(options.exif)
             if options.reduce and size is not None and oriented is not None:
                 factor = reduction_for(*oriented, size, options.resize)
-            image, why = self._decode_jpeg(data, path, info, factor, size, slot) if _turbo_decodes(info) else (None, "")
+            image, why = None, ""
+            if _turbo_decodes(info):
+                image, why = self._decode_jpeg(data, path, info, factor, size, slot)
+            elif _turbo_checks(info):
+                # OpenCV makes the pixels (its own CMYK conversion); libjpeg's strict
+                # reading at 1/8 scale, which entropy-decodes every block all the same, checks the data.
+                _, why = _strictly(lambda d: simplejpeg.decode_jpeg(d, "CMYK", min_factor=8), data, path, info.jpeg)
             if image is None:
-                image = self._decode_opencv(data, path, info, factor, why)
+                image = self._decode_opencv(_repaired(data, info.jpeg), path, info, factor, why)
             order = options.color
         else:
             image, order = self._decode_opencv(data, path, info, 1), None
@@ -432,6 +564,14 @@ class Decoder:
 
         ``why`` is simplejpeg's complaint when this is its fallback, named
         in the error if OpenCV cannot decode the file either.
+
+        libjpeg and libtiff report damaged data they decode anyway only by
+        printing a warning, so JPEGs (rare here: CMYK, 12-bit, lossless,
+        arithmetic-coded, header quirks) and TIFFs are decoded one at a time
+        under :func:`preload.quiet.stderr_lines`, and a warning about the data
+        makes the file a ``damaged`` failure. A JPEG arrives here
+        :func:`_repaired`, so what libjpeg prints is not a header quirk it
+        repairs exactly. Deflate TIFF strips are checked with zlib first.
         """
         options = self.options
         # Orientation is applied below from the header's reading of it, the same
@@ -444,19 +584,35 @@ class Decoder:
             # conversion rounds, while preload promises value >> 8.
             flags |= cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
         kind = "image" if info.format == "other" else info.format.upper()
+        if info.zlib_chunks:
+            _check_zlib(data, info, path)
+        lines: list[str] = []
         try:
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+            if info.format in ("jpeg", "tiff"):
+                with stderr_lines() as lines:
+                    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+            else:
+                image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         except cv2.error as exc:
             _raise_if_out_of_memory(path, exc)
             if _opencv_refused_size(str(exc), info):
                 raise ImageDecodeError(path, Reason.TOO_LARGE, _OPENCV_LIMIT) from None
             detail = f"the {kind} decoder failed: {opencv_reason(exc)}" + (f" (simplejpeg: {why})" if why else "")
             raise ImageDecodeError(path, Reason.CORRUPT, detail) from None
+        if info.format == "jpeg":
+            damage = next((line for line in lines if _DAMAGE.search(line)), None)
+        else:
+            damage = _tiff_damage(lines) if info.format == "tiff" else None
         if image is None or image.size == 0:
             if _opencv_refused_size("", info):
                 raise ImageDecodeError(path, Reason.TOO_LARGE, _OPENCV_LIMIT)
-            detail = f"corrupt {kind} data (the decoder gave up" + (f"; simplejpeg: {why})" if why else ")")
-            raise ImageDecodeError(path, Reason.CORRUPT, detail)
+            said = f"; simplejpeg: {why}" if why else f"; it reports {damage!r}" if damage else ""
+            raise ImageDecodeError(path, Reason.CORRUPT, f"corrupt {kind} data (the decoder gave up{said})")
+        if damage is not None and info.format == "jpeg":
+            raise _damaged_jpeg(path, damage)
+        if damage is not None:
+            detail = f"damaged TIFF data: libtiff reports {damage!r} (its pixels would be partly made up)"
+            raise ImageDecodeError(path, Reason.DAMAGED, detail)
         if info.format == "tiff":
             if not options.exif and info.orientation != 1:
                 image = _undo_orientation(image, info.orientation)  # OpenCV's TIFF reader always applies it
@@ -479,13 +635,14 @@ class Decoder:
         overwritten mid-scan, a file cut short with an end marker appended)
         by painting the rest of the scan gray, and only prints a warning.
         simplejpeg's ``strict`` mode turns every warning into an error, which
-        :func:`_jpeg_verdict` sorts: damaged pixels are a failure (reason
-        ``damaged``); stray bytes between header segments, which leave the
-        pixels intact, are cut out and the image decoded strictly again;
-        other header quirks and what simplejpeg cannot do go to OpenCV
-        (returns None and simplejpeg's complaint: the caller decodes with
-        OpenCV). The image is turned as the EXIF orientation says (with
-        ``exif``), so it never goes straight into the slot when it must turn.
+        :func:`_strictly` sorts: damaged pixels are a failure (reason
+        ``damaged``); the header quirks libjpeg repairs exactly (stray bytes
+        between segments, an unknown JFIF version, ...) are repaired and the
+        image decoded strictly again; other header quirks and what simplejpeg
+        cannot do go to OpenCV (returns None and simplejpeg's complaint: the
+        caller decodes with OpenCV). The image is turned as the EXIF
+        orientation says (with ``exif``), so it never goes straight into the
+        slot when it must turn.
         """
         options = self.options
         height, width = info.height, info.width
@@ -505,22 +662,15 @@ class Decoder:
             buffer = self._scratch((height, width, options.channels), "decoded")
         colorspace = _TURBO_COLOR[options.color]
         least = (height, width) if factor > 1 else (0, 0)
-        stripped = False
-        while True:
-            try:
-                image = simplejpeg.decode_jpeg(
-                    data, colorspace, min_height=least[0], min_width=least[1], buffer=buffer, strict=True
-                )
-                break
-            except ValueError as exc:
-                message = str(exc).strip()
-                verdict = _jpeg_verdict(message, data, info.jpeg.junk)
-                if verdict == "damaged":
-                    detail = f"damaged JPEG data: libjpeg reports {message!r} (its pixels would be partly made up)"
-                    raise ImageDecodeError(path, Reason.DAMAGED, detail) from None
-                if verdict == "opencv" or stripped:
-                    return None, message
-                data, stripped = _without_junk(data, info.jpeg.junk), True
+
+        def decode(data: bytes) -> np.ndarray:
+            return simplejpeg.decode_jpeg(
+                data, colorspace, min_height=least[0], min_width=least[1], buffer=buffer, strict=True
+            )
+
+        image, why = _strictly(decode, data, path, info.jpeg)
+        if image is None:
+            return None, why
         if options.color == "gray":
             image = image.reshape(image.shape[:2])
         if orientation != 1:

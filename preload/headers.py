@@ -28,10 +28,13 @@ output differs from the file's pixels):
   writer at hand makes one).
 
 For a JPEG the header also gives the decoder its frame (:class:`JpegFrame`:
-coding process, precision, components) and the stray bytes between
-segments that libjpeg skips, which the decoder cuts out before its strict
-decode. The marker scan is as lenient as libjpeg's: it skips what libjpeg
-skips, up to 64 MB.
+coding process, precision, components), the stray bytes between segments
+that libjpeg skips, and the header bytes libjpeg warns about and then
+reads as another value; the decoder repairs both before its strict decode.
+The marker scan is as lenient as libjpeg's: it skips what libjpeg skips, up
+to 64 MB. For a Deflate TIFF it gives where each strip's zlib stream is, for
+the decoder's checksum test. TIFF tags are read as libtiff reads them: one
+value of any integer type, signed or not, for a single-valued tag.
 
 Only the bytes a header needs are read: a parser asks for byte ranges, which
 come from the bytes already read or, for an open file, from ``os.pread``, so
@@ -68,6 +71,7 @@ class ImageInfo:
     unsupported: str | None = None
     body: int = 0  # where the image data starts (JPEG: the first scan), for the truncation check
     jpeg: JpegFrame | None = None  # JPEG only: the frame header and the junk libjpeg skips
+    zlib_chunks: tuple[tuple[int, int], ...] = ()  # Deflate TIFF: (offset, length) of each strip's zlib stream
 
     def oriented_size(self, exif: bool) -> tuple[int, int] | None:
         """(height, width) as the decoder will return it, or None if unknown."""
@@ -85,13 +89,28 @@ class JpegFrame:
     ``junk`` lists the stray bytes between header segments that libjpeg
     skips with the warning "N extraneous bytes before marker 0xMM": each
     entry is ``(start, stop, count, marker)``, ``data[start:stop]`` being the
-    bytes to drop and ``count`` the number libjpeg reports.
+    bytes to drop and ``count`` the number libjpeg reports. ``patches``
+    lists ``(offset, value)``: header bytes libjpeg warns about and then
+    reads as ``value`` anyway, so writing ``value`` there changes no pixel.
+    They are the major version of a JFIF segment ("unknown JFIF revision
+    number 3.01": libjpeg knows 1, and the version decides nothing else) and
+    the colour transform of an Adobe segment ("Unknown Adobe color transform
+    code 5": libjpeg then assumes YCbCr for 3 components, YCCK for 4), and
+    the spectral selection of a sequential JPEG's first scan ("Invalid SOS
+    parameters for sequential JPEG": a sequential scan holds all 64).
     """
 
     sof: int  # the SOFn marker: 0xC0 baseline, 0xC1 extended, 0xC2 progressive, others rarer
     precision: int  # bits per sample
     components: int  # 1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK
     junk: tuple[tuple[int, int, int, int], ...] = ()
+    patches: tuple[tuple[int, int], ...] = ()
+
+
+# Sequential DCT coding (Huffman, extended, arithmetic): a scan's spectral selection must be 0..63, no approximation.
+_SEQUENTIAL = (0xC0, 0xC1, 0xC9)
+# Adobe transform codes libjpeg accepts without a warning, and the one it assumes otherwise, by component count.
+_ADOBE_TRANSFORMS = {3: ((0, 1), 1), 4: ((0, 2), 2)}
 
 
 class _NeedMore(Exception):
@@ -253,6 +272,8 @@ def _jpeg(src: _Source, path: str) -> ImageInfo:
     frame = None
     orientation = None
     junk: list[tuple[int, int, int, int]] = []
+    patches: list[tuple[int, int]] = []
+    adobe: list[tuple[int, int]] = []  # (offset, value) of each Adobe segment's transform code
     segments = 0
     while True:
         segments += 1
@@ -268,6 +289,8 @@ def _jpeg(src: _Source, path: str) -> ImageInfo:
         if marker == 0xD9:
             raise _corrupt(path, "corrupt JPEG (end-of-image marker before any scan)")
         if marker == 0xDA:  # start of scan: the header is over
+            if frame is not None and frame[0] in _SEQUENTIAL:
+                patches += _sequential_scan(src, pos)
             break
         segment = src.get(pos + 2, 2)
         if len(segment) < 2:
@@ -285,14 +308,39 @@ def _jpeg(src: _Source, path: str) -> ImageInfo:
         elif marker == 0xE1 and orientation is None and length >= 8:
             if src.get(pos + 4, 6) == b"Exif\x00\x00":
                 orientation = _exif_orientation(src.get(pos + 10, length - 8))
+        elif marker in (0xE0, 0xEE) and length >= 14:  # libjpeg reads 14 (APP0) or 12 (APP14) bytes of these
+            identifier = src.get(pos + 4, 12)
+            if marker == 0xE0 and length >= 16 and identifier[:5] == b"JFIF\x00" and identifier[5:6] != b"\x01":
+                patches.append((pos + 9, 1))
+            elif marker == 0xEE and identifier[:5] == b"Adobe" and len(identifier) == 12:
+                adobe.append((pos + 15, identifier[11]))
         pos = end
     if height is None:
         raise _corrupt(path, "corrupt JPEG (no frame header before the scan)")
+    quiet, assumed = _ADOBE_TRANSFORMS.get(frame[2], ((), 0))
+    patches += [(at, assumed) for at, value in adobe if quiet and value not in quiet]
     info = ImageInfo("jpeg", height or None, width or None, orientation or 1, body=pos,
-                     jpeg=JpegFrame(*frame, tuple(junk)))
+                     jpeg=JpegFrame(*frame, tuple(junk), tuple(patches)))
     if src.complete:
         check_end(src.data, info, path)
     return info
+
+
+def _sequential_scan(src: _Source, pos: int) -> list[tuple[int, int]]:
+    """Patches for the first scan header (SOS at ``pos``) of a sequential JPEG.
+
+    libjpeg warns "Invalid SOS parameters for sequential JPEG" when the
+    spectral selection is not 0..63 or an approximation is set, then ignores
+    them: a sequential scan holds every coefficient whatever they say.
+    """
+    head = src.get(pos + 4, 1)
+    if len(head) < 1:
+        return []
+    at = pos + 5 + 2 * head[0]
+    fields = src.get(at, 3)
+    if len(fields) < 3 or tuple(fields) == (0, 63, 0):
+        return []
+    return [(at, 0), (at + 1, 63), (at + 2, 0)]
 
 
 def check_end(data, info: ImageInfo, path: str) -> None:
@@ -443,9 +491,19 @@ def _webp_orientation(src: _Source) -> int:
 
 # ---------------------------------------------------------------------- TIFF
 
-_TIFF_TYPES = {1: 1, 3: 2, 4: 4, 16: 8}  # BYTE, SHORT, LONG, LONG8: the integer types we read
+# The field types libtiff reads an integer tag from, as (bytes, signed), checked
+# against OpenCV 5.1's libtiff 4.7: BYTE, SHORT, LONG, LONG8 and their signed
+# twins (a negative value leaves the tag unset, as does any other type).
+_TIFF_INTEGERS = {1: (1, False), 3: (2, False), 4: (4, False), 16: (8, False),
+                  6: (1, True), 8: (2, True), 9: (4, True), 17: (8, True)}
 _TIFF_TAGS = {256: "width", 257: "height", 258: "bits per sample", 262: "photometric", 274: "orientation",
               277: "samples per pixel", 284: "planar configuration", 338: "extra samples", 339: "sample format"}
+# Tags libtiff reads as one value (a count other than 1 leaves the tag unset), and their largest value.
+_TIFF_SINGLE = {256: 0xFFFFFFFF, 257: 0xFFFFFFFF, 262: 0xFFFF, 274: 0xFFFF, 277: 0xFFFF, 284: 0xFFFF}
+# Compression, and where the strips or tiles of a Deflate-compressed image are (for the decoder's zlib check).
+_TIFF_LAYOUT = (259, 273, 279, 324, 325)
+_TIFF_DEFLATE = (8, 32946)  # Adobe Deflate and the older code for the same zlib streams
+_MAX_TIFF_CHUNKS = 1 << 20  # strips or tiles listed for the zlib check; beyond that it is skipped
 
 
 def _tiff(src: _Source, path: str) -> ImageInfo:
@@ -453,7 +511,7 @@ def _tiff(src: _Source, path: str) -> ImageInfo:
     big = head[:2] == b"MM"
     bigtiff = _u16(head, 2, big) == 43
     ifd = int.from_bytes(head[8:16], "big" if big else "little") if bigtiff else _u32(head, 4, big)
-    count_size, entry_size, value_size = (8, 20, 8) if bigtiff else (2, 12, 4)
+    count_size, entry_size = (8, 20) if bigtiff else (2, 12)
     raw_count = src.get(ifd, count_size)
     if len(raw_count) < count_size:
         raise _truncated(path, "truncated TIFF (its first directory is past the end of the file)")
@@ -463,26 +521,23 @@ def _tiff(src: _Source, path: str) -> ImageInfo:
     table = src.get(ifd + count_size, count * entry_size)
     if len(table) < count * entry_size:
         raise _truncated(path, "truncated TIFF (the file ends inside its first directory)")
-    order = "big" if big else "little"
+    fields = _TiffFields(src, bigtiff, "big" if big else "little")
     tags: dict[int, list[int]] = {}
+    layout: dict[int, bytes | None] = {}
     for k in range(count):
         entry = table[k * entry_size : (k + 1) * entry_size]
-        tag, kind = int.from_bytes(entry[0:2], order), int.from_bytes(entry[2:4], order)
+        tag = fields.number(entry[0:2])
+        if tag in _TIFF_LAYOUT:
+            layout[tag] = None if tag in layout else entry  # None: twice, so which strips are meant is unclear
+            continue
         if tag not in _TIFF_TAGS:
             continue
         if tag in tags:  # readers disagree on which copy wins: refuse rather than guess
             raise _corrupt(path, f"corrupt TIFF (tag {tag}, {_TIFF_TAGS[tag]}, appears twice in its directory)")
-        number = int.from_bytes(entry[4:12] if bigtiff else entry[4:8], order)
-        width_of = _TIFF_TYPES.get(kind)
-        if width_of is None or number == 0:
-            tags[tag] = []
-            continue
-        number = min(number, 16)  # the tags read here hold a few values
-        raw = entry[12:20] if bigtiff else entry[8:12]
-        if number * width_of > value_size:
-            raw = src.get(int.from_bytes(raw, order), number * width_of)
-        tags[tag] = [int.from_bytes(raw[i * width_of : (i + 1) * width_of], order)
-                     for i in range(min(number, len(raw) // width_of))]
+        values = fields.values(entry, 16)  # the tags read here hold a few values
+        if tag in _TIFF_SINGLE and (len(values) != 1 or values[0] > _TIFF_SINGLE[tag]):
+            values = []  # libtiff leaves the tag unset (its default, or a missing size OpenCV refuses)
+        tags[tag] = values
 
     def first(tag: int, default: int | None) -> int | None:
         values = tags.get(tag)
@@ -492,7 +547,48 @@ def _tiff(src: _Source, path: str) -> ImageInfo:
     orientation = first(274, 1)
     if not 1 <= orientation <= 8:
         orientation = 1
-    return ImageInfo("tiff", height, width, orientation, _tiff_unsupported(tags, first))
+    return ImageInfo("tiff", height, width, orientation, _tiff_unsupported(tags, first),
+                     zlib_chunks=_deflate_chunks(layout, fields))
+
+
+class _TiffFields:
+    """Values of one TIFF directory's entries, read the way libtiff reads integer tags."""
+
+    def __init__(self, src: _Source, bigtiff: bool, order: str):
+        self.src, self.bigtiff, self.order = src, bigtiff, order
+
+    def number(self, raw: bytes, signed: bool = False) -> int:
+        return int.from_bytes(raw, self.order, signed=signed)
+
+    def values(self, entry: bytes, most: int) -> list[int]:
+        """Up to ``most`` values of ``entry``; none if its type is not an integer or a value is negative."""
+        kind = _TIFF_INTEGERS.get(self.number(entry[2:4]))
+        count = self.number(entry[4:12] if self.bigtiff else entry[4:8])
+        if kind is None or count == 0:
+            return []
+        size, signed = kind
+        number = min(count, most)
+        raw = entry[12:20] if self.bigtiff else entry[8:12]
+        if count * size > len(raw):  # stored elsewhere: the field holds its offset
+            raw = self.src.get(self.number(raw), number * size)
+        values = [self.number(raw[i * size : (i + 1) * size], signed) for i in range(min(number, len(raw) // size))]
+        return values if min(values, default=0) >= 0 else []
+
+
+def _deflate_chunks(layout: dict[int, bytes | None], fields: _TiffFields) -> tuple[tuple[int, int], ...]:
+    """(offset, length) of each strip or tile of a Deflate-compressed TIFF; () when unknown or not Deflate."""
+    if None in layout.values() or 259 not in layout:
+        return ()
+    compression = fields.values(layout[259], 1)
+    if len(compression) != 1 or compression[0] not in _TIFF_DEFLATE:
+        return ()
+    for offsets_tag, lengths_tag in ((273, 279), (324, 325)):
+        if offsets_tag in layout and lengths_tag in layout:
+            offsets = fields.values(layout[offsets_tag], _MAX_TIFF_CHUNKS + 1)
+            lengths = fields.values(layout[lengths_tag], _MAX_TIFF_CHUNKS + 1)
+            if 0 < len(offsets) == len(lengths) <= _MAX_TIFF_CHUNKS:
+                return tuple(zip(offsets, lengths, strict=True))
+    return ()
 
 
 def _tiff_unsupported(tags: dict[int, list[int]], first) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -426,3 +428,39 @@ def test_damaged_png_data_is_refused_by_libpngs_checksums(tmp_path, rng):
     ds = preload.load(paths, size=32, on_error="skip", progress=False)
     assert len(ds) == 0
     assert [f.reason for f in ds.failed] == [preload.errors.Reason.CORRUPT] * 2
+
+
+# ------------------------------------------------------- what a decoder prints about one file
+
+
+def test_stderr_lines_gives_the_blocks_own_lines_and_passes_them_on(capfd, caplog):
+    from preload.quiet import quiet_opencv, stderr_lines
+
+    with quiet_opencv():  # a load keeps OpenCV's logger silent; the block needs its warnings
+        assert cv2.utils.logging.getLogLevel() == cv2.utils.logging.LOG_LEVEL_SILENT
+        with stderr_lines() as lines:
+            os.write(2, b"Corrupt JPEG data: premature end of data segment\n")
+            os.write(2, b"[ WARN:0@0.01] global grfmt_tiff.cpp:123 TIFF_Warning PackBitsDecode: Discarding\n")
+            assert cv2.utils.logging.getLogLevel() == cv2.utils.logging.LOG_LEVEL_WARNING
+        assert cv2.utils.logging.getLogLevel() == cv2.utils.logging.LOG_LEVEL_SILENT
+        assert lines == ["Corrupt JPEG data: premature end of data segment",
+                         "[ WARN:0@0.01] global grfmt_tiff.cpp:123 TIFF_Warning PackBitsDecode: Discarding"]
+        with stderr_lines() as lines:
+            pass
+        assert lines == []  # the private file starts empty each time
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    # libjpeg's line went on to the load's summary; the logger line only the raised level let through did not
+    assert "after" in err and "PackBitsDecode" not in err
+    assert "printed 1 message(s) during the load, e.g. 'Corrupt JPEG data: premature end" in caplog.text
+
+
+def test_stderr_lines_passes_on_what_it_caught_outside_a_load(capfd):
+    from preload.quiet import stderr_lines
+
+    level = cv2.utils.logging.getLogLevel()
+    with stderr_lines() as lines:
+        os.write(2, b"someone else's line\n")
+    assert lines == ["someone else's line"]
+    assert cv2.utils.logging.getLogLevel() == level
+    assert capfd.readouterr().err == "someone else's line\n"

@@ -38,6 +38,9 @@ def only_failure(path: str, **options) -> preload.Failure:
 # ------------------------------------------------------------ byte-level writers
 
 
+TIFF_PACK = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}  # struct codes of TIFF types
+
+
 def tiff(tags: dict[int, tuple[int, list[int]]], strips: list[bytes]) -> bytes:
     """A little-endian one-page TIFF: ``tags`` maps tag -> (type, values); strips follow the header."""
     out = bytearray(b"II*\x00\x00\x00\x00\x00")
@@ -49,7 +52,7 @@ def tiff(tags: dict[int, tuple[int, list[int]]], strips: list[bytes]) -> bytes:
     entries = []
     for tag in sorted(tags):
         kind, values = tags[tag]
-        raw = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+        raw = struct.pack(f"<{len(values)}{TIFF_PACK[kind]}", *values)
         if len(raw) > 4:
             entries.append((tag, kind, len(values), struct.pack("<I", len(out))))
             out += raw + b"\x00" * (len(raw) & 1)
@@ -254,6 +257,46 @@ def test_exif_true_and_false_differ_exactly_when_the_file_says_so(tmp_path, rng,
     as_stored = preload.load([str(path)], color="bgr", exif=False, progress=False)
     assert np.array_equal(as_told.images[0], upright)
     assert np.array_equal(as_stored.images[0], stored)
+
+
+# TIFF Orientation as libtiff reads it (OpenCV's TIFF reader turns the image by what libtiff read):
+# one value of any integer type; a negative one, one too large for a SHORT or two values are no value.
+ORIENTATION_FIELDS = [
+    ((3, [6]), 6), ((4, [8]), 8), ((1, [6]), 6), ((6, [6]), 6), ((8, [6]), 6), ((9, [8]), 8), ((16, [6]), 6),
+    ((17, [8]), 8), ((8, [-6]), 1), ((9, [-6]), 1), ((4, [65536 + 6]), 1), ((3, [6, 6]), 1), ((3, [9]), 1),
+]
+
+
+@pytest.mark.parametrize("field, read", ORIENTATION_FIELDS, ids=[f"type{f[0]}-{f[1]}" for f, _ in ORIENTATION_FIELDS])
+@pytest.mark.parametrize("shape", [(24, 24), (16, 28)])
+def test_tiff_orientation_is_read_as_libtiff_reads_it(tmp_path, rng, field, read, shape):
+    image = smooth_image(rng, *shape)
+    tags = {**rgb_tiff_tags(*shape), 274: field}
+    path = tmp_path / "o.tif"
+    path.write_bytes(tiff(tags, [np.ascontiguousarray(image[:, :, ::-1]).tobytes()]))
+    turned = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR_BGR)  # as libtiff read the tag
+    upright = np.ascontiguousarray(TURN[read](image)) if read != 1 else image
+    assert np.array_equal(turned, upright)  # the premise: what OpenCV makes of the field
+    assert preload.headers.probe(str(path)).orientation == read
+    as_told = preload.load([str(path)], color="bgr", progress=False)  # size=None: the sizes must agree too
+    as_stored = preload.load([str(path)], color="bgr", exif=False, progress=False)
+    assert as_told.failed == [] and as_stored.failed == []
+    assert np.array_equal(as_told.images[0], upright)
+    assert np.array_equal(as_stored.images[0], image)
+
+
+@pytest.mark.parametrize("kind, read", [(16, 6), (17, 6), (8, 6)])
+def test_bigtiff_orientation_of_a_64_bit_type_is_read(tmp_path, rng, kind, read):
+    tifffile = pytest.importorskip("tifffile")
+    image = smooth_image(rng, 16, 28)
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, image[:, :, ::-1], photometric="rgb", bigtiff=True, metadata=None,
+                     extratags=[(274, kind, 1, 6, True)])
+    assert preload.headers.probe(str(path)).orientation == read
+    # (cv2.imread fails on a turned non-square TIFF in OpenCV 5.1: "Internal imread issue")
+    assert np.array_equal(cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR_BGR), np.rot90(image, -1))
+    assert np.array_equal(preload.load([str(path)], color="bgr", progress=False).images[0], np.rot90(image, -1))
+    assert np.array_equal(preload.load([str(path)], color="bgr", exif=False, progress=False).images[0], image)
 
 
 # -------------------------------------------- 3. special files, huge files, any format
@@ -541,3 +584,123 @@ def test_running_out_of_memory_mid_decode_stops_the_build_and_is_not_remembered_
     row = [str(p).endswith("big.png") for p in ds.paths].index(True)
     alone = preload.load([str(folder / "big.png")], size=(4, 4), progress=False).images[0]
     assert alone.min() > 0 and np.array_equal(ds.images[row], alone)
+
+
+# --------------------------------- damaged TIFF data: libtiff's printed warning, zlib's check
+
+TIFF_CODECS = {"lzw": 5, "packbits": 32773, "jpeg": 7, "deflate": 8, "adobe-deflate": 32946}
+
+
+def compressed_tiff(rng, codec: str, height: int = 160, width: int = 200) -> bytes:
+    image = np.clip(smooth_image(rng, height, width).astype(int) + rng.integers(-30, 30, (height, width, 3)), 0, 255)
+    params = [cv2.IMWRITE_TIFF_COMPRESSION, TIFF_CODECS[codec], cv2.IMWRITE_TIFF_ROWSPERSTRIP, 16]
+    ok, encoded = cv2.imencode(".tif", image.astype(np.uint8), params)
+    assert ok
+    return encoded.tobytes()
+
+
+def zeroed_middle(data: bytes, count: int = 2048) -> bytes:
+    """``count`` zero bytes in the middle of the strips (OpenCV writes its directory after them)."""
+    assert struct.unpack("<I", data[4:8])[0] > len(data) // 2 + count
+    middle = len(data) // 2
+    return data[:middle] + bytes(count) + data[middle + count :]
+
+
+@pytest.mark.parametrize("codec", list(TIFF_CODECS))
+def test_damaged_tiff_strips_are_a_named_failure_under_every_policy(tmp_path, rng, codec):
+    clean = compressed_tiff(rng, codec)
+    damaged = zeroed_middle(clean)
+    decoded = opencv(damaged)  # the premise: OpenCV decodes it without an error, some rows made up
+    assert decoded is not None and not np.array_equal(decoded, opencv(clean))
+    paths = []
+    for name, data in (("a", clean), ("b", damaged), ("c", clean)):
+        (tmp_path / f"{name}.tif").write_bytes(data)
+        paths.append(str(tmp_path / f"{name}.tif"))
+    for on_error in ("skip", "zero"):
+        ds = preload.load(paths, color="bgr", on_error=on_error, progress=False, workers=2)
+        assert [(f.index, f.reason) for f in ds.failed] == [(1, Reason.DAMAGED)]
+        assert ds.failed[0].detail.startswith("damaged TIFF data: ")
+        assert np.array_equal(ds.images[0], opencv(clean))
+    with pytest.raises(preload.ImageDecodeError, match=r"damaged TIFF data: .*\[damaged\]") as caught:
+        preload.load(paths, size=16, progress=False)
+    assert caught.value.path == paths[1]
+
+
+def test_what_libtiff_says_about_each_codec_is_named(tmp_path, rng):
+    said = {}
+    for codec in ("lzw", "packbits", "jpeg", "deflate"):
+        path = tmp_path / f"{codec}.tif"
+        path.write_bytes(zeroed_middle(compressed_tiff(rng, codec)))
+        said[codec] = only_failure(str(path)).detail
+    assert said["lzw"].startswith("damaged TIFF data: libtiff reports 'LZWDecode: ")
+    assert said["packbits"].startswith("damaged TIFF data: libtiff reports 'PackBitsDecode: Discarding ")
+    assert said["jpeg"].startswith("damaged TIFF data: libtiff reports 'JPEGLib: Corrupt JPEG data")
+    # nothing reports damaged Deflate data that still inflates to the strip's length: zlib's Adler-32 does
+    assert said["deflate"].startswith("damaged TIFF data: the Deflate stream of strip or tile ")
+    assert "incorrect data check" in said["deflate"]
+
+
+def test_tiff_directory_quirks_libtiff_repairs_still_load(tmp_path, rng):
+    """An unknown tag, a tag of the wrong count or value: libtiff complains, ignores it, the pixels are intact."""
+    image = smooth_image(rng, 12, 10)
+    strip = [np.ascontiguousarray(image[:, :, ::-1]).tobytes()]
+    cases = {
+        "unknown-tag": {40000: (3, [5])},
+        "orientation-twice-over": {274: (3, [6, 6])},  # "Incorrect count for Orientation; tag ignored"
+        "orientation-9": {274: (3, [9])},  # an error: "Bad value 9 for Orientation tag"
+        "resolution-unit-long8": {296: (16, [2])},
+    }
+    paths = []
+    for name, extra in cases.items():
+        (tmp_path / f"{name}.tif").write_bytes(tiff({**rgb_tiff_tags(12, 10), **extra}, strip))
+        paths.append(str(tmp_path / f"{name}.tif"))
+    ds = preload.load(paths, color="bgr", on_error="skip", progress=False)
+    assert ds.failed == []
+    assert all(np.array_equal(row, image) for row in ds.images)
+
+
+def test_a_deflate_tiff_of_many_strips_and_tiles_loads_unchanged(tmp_path, rng):
+    tifffile = pytest.importorskip("tifffile")
+    image = smooth_image(rng, 64, 80)
+    paths = []
+    for name, layout in (("strips", {"rowsperstrip": 3}), ("tiles", {"tile": (32, 32)})):
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, image[:, :, ::-1], photometric="rgb", compression="zlib", predictor=True, **layout)
+        paths.append(str(path))
+        chunks = preload.headers.probe(str(path)).zlib_chunks
+        assert len(chunks) == (22 if name == "strips" else 6)
+    ds = preload.load(paths, color="bgr", progress=False)
+    assert all(np.array_equal(row, image) for row in ds.images)
+
+
+def test_decoder_warnings_are_attributed_to_their_own_file_across_threads(tmp_path, rng, monkeypatch):
+    """Damaged and intact TIFFs and JPEGs only OpenCV decodes, with PNGs between them, on 4 threads."""
+    monkeypatch.setattr(preload.decode, "_turbo_decodes", lambda info: False)  # every JPEG through OpenCV's libjpeg
+    jpeg = cv2.imencode(".jpg", np.clip(smooth_image(rng, 96, 128) + rng.integers(0, 40, (96, 128, 3)), 0, 255)
+                        .astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    scan = jpeg.index(b"\xff\xda")
+    middle = (scan + len(jpeg)) // 2
+    kinds = {
+        "lzw": compressed_tiff(rng, "lzw", 96, 128),
+        "packbits": compressed_tiff(rng, "packbits", 96, 128),
+        "jpeg": jpeg,
+    }
+    damaged = {
+        "lzw": zeroed_middle(kinds["lzw"], 1024),
+        "packbits": zeroed_middle(kinds["packbits"], 1024),
+        "jpeg": jpeg[:middle] + bytes(1024) + jpeg[middle + 1024 :],
+    }
+    png = cv2.imencode(".png", smooth_image(rng, 96, 128))[1].tobytes()
+    files = [(kind, bad) for kind in kinds for bad in (False, True)] * 4 + [("png", False)] * 8
+    paths, expected = [], []
+    for k, (kind, bad) in enumerate(files[i] for i in rng.permutation(len(files))):
+        data = png if kind == "png" else damaged[kind] if bad else kinds[kind]
+        path = tmp_path / f"{k:02d}.img"
+        path.write_bytes(data)
+        paths.append(str(path))
+        if bad:
+            expected.append(k)
+    for _ in range(3):
+        ds = preload.load(paths, size=32, on_error="zero", progress=False, workers=4)
+        assert [f.index for f in ds.failed] == expected
+        assert {f.reason for f in ds.failed} == {Reason.DAMAGED}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 
@@ -132,15 +131,66 @@ def test_stray_header_bytes_do_not_hide_a_damaged_scan(tmp_path, rng):
     assert caught.value.reason is Reason.DAMAGED
 
 
-def test_unknown_jfif_version_goes_to_opencv_with_the_same_pixels(tmp_path, rng):
+def with_unknown_jfif_version(data: bytes) -> bytes:
+    assert data[6:11] == b"JFIF\x00"
+    return data[:11] + b"\x03" + data[12:]  # version 3.01: libjpeg warns, then decodes as for 1.01
+
+
+def with_unknown_adobe_transform(data: bytes) -> bytes:
+    """The JFIF segment replaced by an Adobe one of transform 5: libjpeg warns, then assumes YCbCr."""
+    assert data[2:4] == b"\xff\xe0"
+    adobe = b"\xff\xee\x00\x0e" + b"Adobe\x00\x64\x00\x00\x00\x00\x05"
+    return data[:2] + adobe + data[4 + struct.unpack(">H", data[4:6])[0] :]
+
+
+def with_odd_scan_parameters(data: bytes) -> bytes:
+    """A baseline scan header saying coefficients 0..62: libjpeg warns, then decodes all 64 as always."""
+    sos = scan_start(data)
+    at = sos + 5 + 2 * data[sos + 4] + 1  # Se
+    assert data[at] == 63
+    return data[:at] + b"\x3e" + data[at + 1 :]
+
+
+QUIRKS = {
+    "unknown JFIF version": (with_unknown_jfif_version, "unknown JFIF revision"),
+    "unknown Adobe transform": (with_unknown_adobe_transform, "Unknown Adobe color transform"),
+    "odd scan parameters": (with_odd_scan_parameters, "Invalid SOS parameters"),
+    "stray header bytes": (lambda data: insert_before(data, b"\xff\xdb", b"\x12\x34"), "extraneous bytes"),
+}
+
+
+@pytest.mark.parametrize("quirk", list(QUIRKS))
+def test_header_quirks_are_repaired_and_decoded_strictly_with_the_same_pixels(tmp_path, rng, monkeypatch, quirk):
+    make, warning = QUIRKS[quirk]
     clean = detailed_jpeg(rng, 64, 96)
-    assert clean[6:11] == b"JFIF\x00"
-    data = clean[:11] + b"\x03" + clean[12:]  # version 3.01: libjpeg warns, decodes as usual
-    with pytest.raises(ValueError, match="unknown JFIF revision"):
-        simplejpeg.decode_jpeg(data, strict=True)
-    path = tmp_path / "jfif3.jpg"
+    data = make(clean)
+    with pytest.raises(ValueError, match=warning):
+        simplejpeg.decode_jpeg(data, strict=True)  # what a decoder rejecting every warning does
+    assert np.array_equal(reference(data), reference(clean))  # libjpeg's own recovery: the same pixels
+    path = tmp_path / "quirk.jpg"
     path.write_bytes(data)
-    assert np.array_equal(preload.load([str(path)], progress=False).images[0], reference(clean))
+    calls = spy_on_simplejpeg(monkeypatch)
+    ds = preload.load([str(path)], progress=False)
+    assert ds.failed == []
+    assert np.array_equal(ds.images[0], reference(clean))
+    assert len(calls) == 2  # refused with the quirk, decoded without it: not OpenCV, which would hide damage
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip", "zero"])
+@pytest.mark.parametrize("quirk", list(QUIRKS))
+def test_a_header_quirk_does_not_hide_a_damaged_scan(tmp_path, rng, quirk, on_error):
+    """libjpeg prints only its first warning: a quirk decoded as it is would hide the damage after it."""
+    make, _ = QUIRKS[quirk]
+    path = tmp_path / "both.jpg"
+    path.write_bytes(make(zeroed(detailed_jpeg(rng))))
+    if on_error == "raise":
+        with pytest.raises(ImageDecodeError, match="libjpeg reports 'Corrupt JPEG data") as caught:
+            preload.load([str(path)], size=32, progress=False)
+        assert caught.value.reason is Reason.DAMAGED
+        return
+    ds = preload.load([str(path)], size=32, on_error=on_error, progress=False)
+    assert [(f.index, f.reason) for f in ds.failed] == [(0, Reason.DAMAGED)]
+    assert "extraneous bytes before marker 0xd9" in ds.failed[0].detail
 
 
 @pytest.mark.parametrize("complete", [True, False])
@@ -238,19 +288,53 @@ def test_progressive_jpeg_is_simplejpegs_with_opencvs_pixels(tmp_path, rng, monk
     assert len(calls) == 1
 
 
-def test_cmyk_jpeg_is_left_to_opencv(tmp_path, rng, monkeypatch):
-    image = pytest.importorskip("PIL.Image")
-    cmyk = image.fromarray(rng.integers(0, 256, (40, 56, 4), dtype=np.uint8), "CMYK")
-    buffer = io.BytesIO()
-    cmyk.save(buffer, "JPEG", quality=95)
-    data = buffer.getvalue()
+def cmyk_jpeg(rng, height=120, width=160) -> bytes:
+    image = np.dstack([smooth_image(rng, height, width), smooth_image(rng, height, width, 1)])
+    noise = rng.integers(-30, 30, image.shape)
+    image = np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)
+    return simplejpeg.encode_jpeg(image, 95, "CMYK")
+
+
+def test_cmyk_jpeg_is_decoded_by_opencv_and_checked_by_simplejpeg(tmp_path, rng, monkeypatch):
+    data = cmyk_jpeg(rng, 40, 56)
     assert headers.parse(data, "c.jpg", complete=True).jpeg.components == 4
     path = tmp_path / "c.jpg"
     path.write_bytes(data)
     calls = spy_on_simplejpeg(monkeypatch)
     ds = preload.load([str(path)], progress=False)
-    assert calls == []
+    # OpenCV's pixels (its CMYK conversion); simplejpeg only reads the data strictly, at 1/8 scale
     assert np.array_equal(ds.images[0], reference(data))
+    assert [(call["colorspace"], call["min_factor"]) for call in calls] == [("CMYK", 8)]
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_cmyk_jpeg_is_a_named_failure(tmp_path, rng, damage):
+    data = DAMAGES[damage](cmyk_jpeg(rng), rng)
+    assert reference(data) is not None  # OpenCV alone decodes it, with made-up rows
+    path = tmp_path / "c.jpg"
+    path.write_bytes(data)
+    ds = preload.load([str(path)], size=32, on_error="zero", progress=False)
+    assert [(f.index, f.reason) for f in ds.failed] == [(0, Reason.DAMAGED)]
+    assert "libjpeg reports" in ds.failed[0].detail
+
+
+def test_damage_in_a_jpeg_only_opencv_decodes_is_attributed_to_its_file(tmp_path, rng, monkeypatch):
+    """12-bit, lossless or arithmetic-coded: libjpeg's printed warning is the only report of damage."""
+    monkeypatch.setattr(decode, "_turbo_decodes", lambda info: False)
+    calls = spy_on_simplejpeg(monkeypatch)
+    good = detailed_jpeg(rng, 128, 160)
+    files = [good, zeroed(good), with_unknown_jfif_version(good), cut_with_end_marker(good),
+             with_unknown_jfif_version(zeroed(good)), good]
+    paths = []
+    for k, data in enumerate(files):
+        (tmp_path / f"{k}.jpg").write_bytes(data)
+        paths.append(str(tmp_path / f"{k}.jpg"))
+    ds = preload.load(paths, size=None, on_error="skip", progress=False, workers=3)
+    assert calls == []
+    assert [(f.index, f.reason) for f in ds.failed] == [(1, Reason.DAMAGED), (3, Reason.DAMAGED), (4, Reason.DAMAGED)]
+    assert "premature end of data segment" in ds.failed[1].detail
+    assert ds.paths == [paths[0], paths[2], paths[5]]
+    assert all(np.array_equal(image, reference(good)) for image in ds.images)
 
 
 @pytest.mark.parametrize("exif", [True, False])
@@ -282,21 +366,17 @@ def test_junk_past_the_first_read_is_found_by_pread_and_cut_out(tmp_path, rng):
     assert np.array_equal(preload.load([str(path)], progress=False).images[0], reference(clean))
 
 
-def with_unknown_jfif_version(data: bytes) -> bytes:
-    assert data[6:11] == b"JFIF\x00"
-    return data[:11] + b"\x03" + data[12:]  # libjpeg warns, simplejpeg's strict mode refuses: OpenCV decodes
-
-
 @pytest.mark.parametrize("route", ["simplejpeg", "opencv"])
 @pytest.mark.parametrize("exif", [True, False])
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_orientation_is_applied_once_on_every_jpeg_route(tmp_path, rng, monkeypatch, route, exif, orientation):
     from conftest import with_exif_orientation
 
-    clean = detailed_jpeg(rng, 40, 64)
-    data = with_exif_orientation(clean if route == "simplejpeg" else with_unknown_jfif_version(clean), orientation)
+    data = with_exif_orientation(detailed_jpeg(rng, 40, 64), orientation)
     path = tmp_path / "r.jpg"
     path.write_bytes(data)
+    if route == "opencv":  # what a 12-bit or arithmetic-coded JPEG takes (no writer at hand makes one)
+        monkeypatch.setattr(decode, "_turbo_decodes", lambda info: False)
     # OpenCV's own reader turns JPEGs as their EXIF says: the reference, independent of preload's turning
     expected = reference(data, cv2.IMREAD_COLOR_RGB | (0 if exif else cv2.IMREAD_IGNORE_ORIENTATION))
     assert expected.shape[:2] == ((64, 40) if exif and orientation >= 5 else (40, 64))
@@ -307,7 +387,7 @@ def test_orientation_is_applied_once_on_every_jpeg_route(tmp_path, rng, monkeypa
     assert np.array_equal(out[0], expected)
     straight = [call["buffer"] is not None and np.shares_memory(call["buffer"], out) for call in calls]
     if route == "opencv":
-        assert len(calls) == 1  # tried, refused (the header quirk), then OpenCV
+        assert calls == []
     else:  # into the slot only when nothing must turn
         assert straight == [not exif or orientation == 1]
 
