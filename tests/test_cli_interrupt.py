@@ -106,12 +106,19 @@ def test_the_entry_point_ends_interrupts_as_the_command_does():
 def test_after_the_command_a_second_ctrl_c_ends_the_process_at_once(monkeypatch):
     # While the interpreter joins the decoding threads, a Ctrl-C must not print a traceback.
     monkeypatch.setattr(cli, "main", lambda argv=None: 0)
-    monkeypatch.setattr(signal, "signal", lambda number, handler: calls.append((number, handler)))
-    calls = []
+    calls, state = [], {"handler": signal.default_int_handler}
+
+    def fake_signal(number, handler):
+        calls.append((number, handler))
+        state["handler"], old = handler, state["handler"]
+        return old
+
+    monkeypatch.setattr(signal, "signal", fake_signal)
+    monkeypatch.setattr(signal, "getsignal", lambda number: state["handler"])
     assert entry.main() == 0
-    assert calls == [(signal.SIGINT, signal.SIG_DFL)]
+    assert len(calls) == 2 and calls[-1] == (signal.SIGINT, signal.SIG_DFL)  # noted while loading, then default
     calls.clear()
-    monkeypatch.setattr(signal, "getsignal", lambda number: signal.SIG_IGN)  # started in the background
+    state["handler"] = signal.SIG_IGN  # started in the background: stays ignored
     assert entry.main() == 0
     assert calls == []
 
@@ -168,9 +175,41 @@ def test_a_real_sigint_at_any_moment_is_one_line(source, tmp_path):
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
-        if process.returncode in (0, -signal.SIGINT):  # it had finished; or the signal ended it at exit,
-            assert err == ""  # which a shell reports as 130 too
+        if process.returncode == 0:  # it had finished
+            assert err == ""
+        elif process.returncode == -signal.SIGINT:  # the signal ended it at exit, which a shell reports as 130 too
+            assert err in ("", INTERRUPTED)
         else:
             assert (process.returncode, err) == (130, INTERRUPTED), out
     assert main(["build", str(source), str(target), "--size", "64", "--no-progress"]) == 0
     assert main(["verify", str(target)]) == 0
+
+
+IMPORT_CUT_SHORT = """
+import importlib.abc, os, signal, sys, time
+class Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "preload.cli":
+            if {interrupt}:
+                try:  # NumPy's C-extension import turns the KeyboardInterrupt into an ImportError
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5)
+                except KeyboardInterrupt as exc:
+                    raise ImportError("PyCapsule_Import could not import module 'datetime'") from exc
+            raise ImportError("a broken install")
+        return None
+sys.meta_path.insert(0, Finder())
+import preload.__main__
+sys.argv = ["preload", "--version"]
+sys.exit(preload.__main__.main())
+"""
+
+
+@pytest.mark.parametrize("interrupt", [True, False])
+def test_an_import_error_caused_by_ctrl_c_is_an_interrupt_and_a_real_one_is_not_hidden(interrupt):
+    done = subprocess.run([sys.executable, "-c", IMPORT_CUT_SHORT.format(interrupt=interrupt)], capture_output=True,
+                          text=True, timeout=60, env=child_env())
+    if interrupt:
+        assert (done.returncode, done.stderr) == (130, INTERRUPTED)
+    else:
+        assert done.returncode == 1 and done.stderr.rstrip().endswith("ImportError: a broken install")
