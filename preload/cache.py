@@ -1,6 +1,6 @@
 """On-disk caches: build once into a ``.npy``, reopen in milliseconds, survive kills.
 
-Format, version 2
+Format, version 3
 -----------------
 A cache named ``train.npy`` is these files in one folder:
 
@@ -12,7 +12,7 @@ A cache named ``train.npy`` is these files in one folder:
     The metadata, and the cache's *commit point*: it is written last, under a
     temporary name, fsynced and renamed into place (:mod:`preload.atomic`), so
     a cache is complete if and only if this file exists. Fields: ``format``
-    (``"preload-cache"``), ``version`` (2), ``build_id`` (16 hex digits, new
+    (``"preload-cache"``), ``version`` (3), ``build_id`` (16 hex digits, new
     for every build or refresh), ``checksum`` (``"xxh3_64"``), ``shape``,
     ``dtype``, ``data_offset`` and ``data_bytes`` (where the pixels sit in
     ``train.npy``, to detect truncation), ``options`` (size, layout, color,
@@ -22,18 +22,19 @@ A cache named ``train.npy`` is these files in one folder:
     detail of each file not loaded, in index order), ``versions`` (preload,
     numpy, opencv, python), ``created`` and ``build_seconds``. A cache of
     another version of this format (version 1 kept no ctimes and no
-    folders) is built again by the next build, without ``force``.
+    folders, version 2 no inode numbers) is built again by the next build,
+    without ``force``.
 ``train.npy.index.npz``
     The source files as the build saw them, an uncompressed ``.npz`` whose
     members are memory-mapped in place (:func:`preload.freshness.read_index`):
-    per file its folder id, base name, size, mtime and ctime (ns); the folders;
+    per file its folder id, base name, size, mtime and ctime (ns), inode number; the folders;
     the folders listed (or the CSV) with their stamps; when the record was
     taken and the timestamp granularity assumed; ``labels`` (int64, or absent),
     ``classes`` (UTF-8 joined by NUL, or absent) and ``rows`` (for each row of
     the array, the index of its source file; absent when row i is file i);
     per row of the array, ``checksums`` (uint64: xxh3_64 of the row's bytes,
     computed right after the row was decoded). The per-file members are
-    listed in :mod:`preload.freshness`. About 52 bytes a file plus 8 a row,
+    listed in :mod:`preload.freshness`. About 60 bytes a file plus 8 a row,
     kept apart from the JSON and memory-mapped so opening a million-image
     cache parses nothing per file: a path is decoded when ``Dataset.paths``
     is read.
@@ -51,7 +52,7 @@ of) the files above:
     The plan: options, shape, source, ``build_id``, and the per-file index as above.
 ``train.npy.journal``
     Which rows are final: the 8 bytes ``PRELOADJ``, a little-endian uint32
-    format version (2), uint32 reserved, uint64 N, the SHA-256 of the plan
+    format version (3), uint32 reserved, uint64 N, the SHA-256 of the plan
     JSON (so of its ``build_id``), then N bits (``np.packbits``, little bit
     order). A bit is set only after the row's pixels have been flushed to
     disk (``msync``), any failure for it logged and its checksum written, so
@@ -98,8 +99,8 @@ cannot be parsed, is an :class:`IncompleteCacheError` ("damaged", CLI exit
 3). Pixels are read only by ``verify_cache(deep=True)`` (``preload verify
 --deep``), which hashes every row again (several GB/s warm: the disk is the
 limit) and names each damaged row and its source file. What no check here
-sees: a change of the source images that keeps their size and mtime (see
-Freshness), and bytes damaged before they were hashed (in RAM, by the decoder).
+sees: a change of the source images that keeps their size, times and inode
+(see Freshness), and bytes damaged before they were hashed (in RAM, by the decoder).
 
 A stale cache is refreshed in a copy (a reflink on btrfs/XFS, else a full
 copy: it needs the space of one more cache): the old ``train.npy`` stays in
@@ -108,10 +109,14 @@ process that has it open keeps reading the old bytes, never a mix.
 
 Freshness
 ---------
-:func:`open_cache` compares every source file's size, mtime and ctime with
-the index, and the folders the build listed (or the CSV) first: only a
-folder whose stamps moved is listed again (a CSV is read again and its labels
-compared too). Files modified within the timestamp granularity of the build
+:func:`open_cache` compares every source file's size, mtime, ctime and inode
+number with the index, and the folders the build listed (or the CSV) first:
+only a folder whose stamps moved is listed again (a CSV is read again and its
+labels compared too). The inode number catches a folder renamed or swapped
+with another, which moves its files without touching their stamps; on a file
+system that numbers inodes anew at each mount (FAT, CIFS with ``noserverino``)
+a cache is stale after a remount (:mod:`preload.freshness` says why). Files
+modified within the timestamp granularity of the build
 are *unverifiable*: ``verify`` lists them and the next build decodes them
 again. The ``stat`` calls run on a thread pool sized from a quick latency
 probe: one thread on a warm local disk, dozens on a network file system. The
@@ -196,7 +201,7 @@ from .target import NpyHeader, PathLock, create_npy, inspect_npy, open_npy, shri
 logger = logging.getLogger("preload.cache")
 
 FORMAT = "preload-cache"
-VERSION = 2  # 2: the index holds ctime, folders and the time of the record (preload.freshness)
+VERSION = 3  # 2: the index holds ctime, folders and the time of the record (preload.freshness); 3: inodes
 CHECKSUM = "xxh3_64"  # of each row's bytes, in the index's ``checksums``
 JOURNAL_MAGIC = b"PRELOADJ"
 JOURNAL_HEADER = 8 + 4 + 4 + 8 + 32
@@ -264,6 +269,7 @@ class Snapshot:
         )
         mine, theirs = self.table, other.table
         same_stat = (mine.size == theirs.size) & (mine.mtime_ns == theirs.mtime_ns) & (mine.ctime_ns == theirs.ctime_ns)
+        same_stat &= mine.inode == theirs.inode  # a swapped folder keeps its files' stamps, not their inodes
         return same_path & same_stat & ~mine.unverifiable()
 
     def save(self, path: str, rows: np.ndarray | None = None, checksums: np.ndarray | None = None) -> None:
@@ -1272,7 +1278,7 @@ def _load_state(files: CacheFiles, *, paths: bool = False) -> CacheState:
     for name in INDEX_MEMBERS:
         if name not in arrays:
             problems.append(f"it has no '{name}'")
-    for name in ("folder_of", "file_size", "mtime_ns", "ctime_ns"):  # lengths from the headers: nothing is read
+    for name in ("folder_of", "file_size", "mtime_ns", "ctime_ns", "inode"):  # lengths from the headers: nothing read
         if name in arrays and arrays[name].shape != (count,):
             problems.append(f"it has {len(arrays[name]):,} {name} for the {count:,} source files of the metadata")
     if "name_starts" in arrays and arrays["name_starts"].shape != (count + 1,):
@@ -1303,8 +1309,8 @@ def _load_state(files: CacheFiles, *, paths: bool = False) -> CacheState:
 
 
 # Every index has these (preload.freshness.FileTable.arrays); labels, classes, rows and checksums are optional.
-INDEX_MEMBERS = ("folders", "folder_of", "names", "name_starts", "file_size", "mtime_ns", "ctime_ns", "listing",
-                 "listing_stat", "taken")
+INDEX_MEMBERS = ("folders", "folder_of", "names", "name_starts", "file_size", "mtime_ns", "ctime_ns", "inode",
+                 "listing", "listing_stat", "taken")
 
 
 def _read_index(files: CacheFiles) -> dict[str, np.ndarray]:
