@@ -1,6 +1,6 @@
 """On-disk caches: build once into a ``.npy``, reopen in milliseconds, survive kills.
 
-Format, version 2
+Format, version 3
 -----------------
 A cache named ``train.npy`` is these files in one folder:
 
@@ -12,7 +12,7 @@ A cache named ``train.npy`` is these files in one folder:
     The metadata, and the cache's *commit point*: it is written last, under a
     temporary name, fsynced and renamed into place (:mod:`preload.atomic`), so
     a cache is complete if and only if this file exists. Fields: ``format``
-    (``"preload-cache"``), ``version`` (2), ``build_id`` (16 hex digits, new
+    (``"preload-cache"``), ``version`` (3), ``build_id`` (16 hex digits, new
     for every build or refresh), ``checksum`` (``"xxh3_64"``), ``shape``,
     ``dtype``, ``data_offset`` and ``data_bytes`` (where the pixels sit in
     ``train.npy``, to detect truncation), ``options`` (size, layout, color,
@@ -20,20 +20,27 @@ A cache named ``train.npy`` is these files in one folder:
     (``kind``: folder, csv or paths, and the folder or CSV path),
     ``classes``, ``count`` (source files), ``failed`` (index, path, reason,
     detail of each file not loaded, in index order), ``versions`` (preload,
-    numpy, opencv, python), ``created`` and ``build_seconds``. A cache of
-    another version of this format (version 1 kept no ctimes and no
-    folders) is built again by the next build, without ``force``.
+    numpy, opencv, python), ``created``, ``build_seconds``; and what binds
+    the three files together (see Integrity): ``probe_rows`` (up to
+    :data:`PROBE_ROWS` row numbers), ``index_digests`` (per member of the
+    index, the xxh3_128 of its dtype, shape and bytes, hex) and
+    ``meta_digest`` (SHA-256, hex, of every other field as JSON with sorted
+    keys and no spaces). A cache of another version of this format (version
+    1 kept no ctimes and no folders, version 2 no inode numbers and nothing
+    binding its files together) is refused by readers and built again by
+    the next build, without ``force``.
 ``train.npy.index.npz``
     The source files as the build saw them, an uncompressed ``.npz`` whose
     members are memory-mapped in place (:func:`preload.freshness.read_index`):
-    per file its folder id, base name, size, mtime and ctime (ns); the folders;
+    per file its folder id, base name, size, mtime and ctime (ns), inode number; the folders;
     the folders listed (or the CSV) with their stamps; when the record was
     taken and the timestamp granularity assumed; ``labels`` (int64, or absent),
     ``classes`` (UTF-8 joined by NUL, or absent) and ``rows`` (for each row of
     the array, the index of its source file; absent when row i is file i);
     per row of the array, ``checksums`` (uint64: xxh3_64 of the row's bytes,
-    computed right after the row was decoded). The per-file members are
-    listed in :mod:`preload.freshness`. About 52 bytes a file plus 8 a row,
+    computed right after the row was decoded); ``build_id`` (the metadata's,
+    ASCII). The per-file members are listed in :mod:`preload.freshness`.
+    About 60 bytes a file plus 8 a row,
     kept apart from the JSON and memory-mapped so opening a million-image
     cache parses nothing per file: a path is decoded when ``Dataset.paths``
     is read.
@@ -58,7 +65,7 @@ of) the files above:
     The plan: options, shape, source, ``build_id``, and the per-file index as above.
 ``train.npy.journal``
     Which rows are final: the 8 bytes ``PRELOADJ``, a little-endian uint32
-    format version (2), uint32 reserved, uint64 N, the SHA-256 of the plan
+    format version (3), uint32 reserved, uint64 N, the SHA-256 of the plan
     JSON (so of its ``build_id``), then N bits (``np.packbits``, little bit
     order). A bit is set only after the row's pixels have been flushed to
     disk (``msync``), any failure for it logged and its checksum written, so
@@ -110,17 +117,39 @@ decoded, and a ``.npy`` that is not a preload cache is replaced only with
 ``force=True``. :func:`open_cache`, :func:`cache_info` and
 :func:`verify_cache` check the files against each other: the ``.npy``
 header's shape, dtype and order against the metadata, the metadata's
-layout, color and size against the rows' shape, the index's label, row and
-checksum counts against the metadata; any disagreement, or a sidecar that
-cannot be parsed, is an :class:`IncompleteCacheError` ("damaged", CLI exit
-3). The ``.npy`` header is checked and the pixels are mapped through one open
+layout, color and size against the rows' shape, and every member of the
+index -- its dtype, its shape, and the range of its values
+(:func:`index_problems`, the one check every reader and the build run) --
+against the metadata. The three files must also be the ones one build wrote
+together: the metadata's ``meta_digest`` must match its fields (a hand
+edit of classes, options or source shows), the index must hold the
+metadata's ``build_id`` (the index or metadata of another cache shows),
+each index member must match its digest (an edited label shows), the
+index's classes must be the metadata's, and for a folder source every file
+must lie in the source and its label name its class folder. The digests
+bind against mix-ups and edits, not against someone who recomputes them:
+they are not signatures. Any disagreement, or a sidecar that cannot be
+parsed, is an :class:`IncompleteCacheError` ("damaged", CLI exit 3).
+The ``.npy`` header is checked and the pixels are mapped through one open
 file, so a build renaming a new array into place meanwhile cannot pair one
 file's header with another's data; and a reader reads everything again when
-the metadata (the commit point) was replaced while it read. Pixels are read
-only by ``verify_cache(deep=True)`` (``preload verify --deep``), which hashes
-every row again (several GB/s warm: the disk is the limit) and names each
-damaged row and its source file. What no check here sees: a change of the
-source images that keeps their size and mtime (see Freshness), and bytes
+the metadata (the commit point) was replaced while it read.
+
+Every open hashes the :data:`PROBE_ROWS` rows the metadata names -- the first,
+the last and those of the files changed most recently, which a refresh decoded
+last -- and compares them with the index's checksums, so the ``.npy`` of
+another cache, or a copy of this one from before its last refresh, is refused
+for the cost of reading those few rows (:class:`WrongRowsError`); a build then
+checks every row and decodes again those that differ (all of them for another
+cache's array). Other pixels are read only by ``verify_cache(deep=True)``
+(``preload verify --deep``), which hashes every row again (several GB/s warm:
+the disk is the limit) and names each damaged row and its source file.
+``open_cache`` with ``check=False`` reads nothing per file: it checks the
+dtypes and shapes of every member but reads the values (and digests) only of
+those it keeps (labels, row map, classes, folders, listing); the per-file
+members are checked when the first path is read (:class:`LazyPaths`), the
+checksums by ``verify``. What no check here sees: a change of the source
+images that keeps their size, times and inode (see Freshness), and bytes
 damaged before they were hashed (in RAM, by the decoder).
 
 A stale cache is refreshed in a copy (a reflink on btrfs/XFS, else a full
@@ -130,20 +159,24 @@ process that has it open keeps reading the old bytes, never a mix.
 
 Freshness
 ---------
-:func:`open_cache` compares every source file's size, mtime and ctime with
-the index, and the folders the build listed (or the CSV) first: only a
-folder whose stamps moved is listed again (a CSV is read again and its labels
-compared too). Files modified within the timestamp granularity of the build
-are *unverifiable*: ``verify`` lists them and the next build decodes them
-again. The ``stat`` calls run on a thread pool sized from a quick latency
-probe: one thread on a warm local disk, dozens on a network file system. The
-rules, the engine and its knobs are in :mod:`preload.freshness`; the measured
-cost is on the benchmark page (``bench/freshness.py``). Added, removed,
-changed or relabelled files raise :class:`StaleCacheError`; ``check=False``
-skips all of it. ``build_cache`` on a stale cache re-decodes only the
-changed, added (and unverifiable) files: the rows of the others are kept, in
-a copy of the cache when the files are the same, moved to their new places
-when files were added or removed.
+:func:`open_cache` compares every source file's size, mtime, ctime and inode
+number with the index, and the folders the build listed (or the CSV) first:
+only a folder whose stamps moved is listed again (a CSV is read again and its
+labels compared too). The inode number catches a folder renamed or swapped
+with another, which moves its files without touching their stamps; on a file
+system that numbers inodes anew at each mount (FAT, CIFS with ``noserverino``)
+a cache is stale after a remount (:mod:`preload.freshness` says why). Files
+modified within the timestamp granularity of the build are *unverifiable*:
+``verify`` lists them and the next build decodes them again. The ``stat``
+calls run on a thread pool sized from a quick latency probe: one thread on a
+warm local disk, dozens on a network file system. The rules, the engine and
+its knobs are in :mod:`preload.freshness`; the measured cost is on the
+benchmark page (``bench/freshness.py``). Added, removed, changed or relabelled
+files raise :class:`StaleCacheError`; ``check=False`` skips all of it.
+``build_cache`` on a stale cache re-decodes only the changed, added (and
+unverifiable) files: the rows of the others are kept, in a copy of the cache
+when the files are the same, moved to their new places when files were added
+or removed.
 
 Memory while building, and what RSS means for a reader
 -----------------------------------------------------
@@ -220,12 +253,14 @@ from .target import NpyHeader, PathLock, create_npy, inspect_npy, open_npy, read
 logger = logging.getLogger("preload.cache")
 
 FORMAT = "preload-cache"
-VERSION = 2  # 2: the index holds ctime, folders and the time of the record (preload.freshness)
+VERSION = 3  # 2: the index holds ctime, folders and the time of the record (preload.freshness);
+# 3: and inode numbers; the metadata, the index and the array are bound together (build_id, digests, probe rows)
 CHECKSUM = "xxh3_64"  # of each row's bytes, in the index's ``checksums``
 JOURNAL_MAGIC = b"PRELOADJ"
 JOURNAL_HEADER = 8 + 4 + 4 + 8 + 32
 COMMIT_SECONDS = 1.0  # flush + journal at least this often ...
 COMMIT_BYTES = 128 << 20  # ... and whenever this many bytes of rows are waiting
+PROBE_ROWS = 8  # rows hashed by every open, to tell this build's array from another's
 COMPACT_BYTES = 32 << 20  # rows moved per step of an on_error="skip" compaction
 DEEP_BLOCK_BYTES = 64 << 20  # rows hashed between two page drops of a deep verify
 OPEN_ATTEMPTS = 3  # reads of a cache that a committing build replaced meanwhile, before giving up
@@ -300,6 +335,7 @@ class Snapshot:
         mine, theirs = self.table, now.table
         same_stat = ((mine.size[i] == theirs.size) & (mine.mtime_ns[i] == theirs.mtime_ns)
                      & (mine.ctime_ns[i] == theirs.ctime_ns))
+        same_stat &= mine.inode[i] == theirs.inode  # a swapped folder keeps its files' stamps, not their inodes
         return found & same_path & same_stat & ~mine.unverifiable()[i] & _same_labels(self.manifest, now.manifest, i)
 
     def match(self, now: Snapshot) -> np.ndarray:
@@ -311,48 +347,62 @@ class Snapshot:
         return np.fromiter((where.get(path, -1) for path in new_paths), np.int64, len(new_paths))
 
     @classmethod
-    def from_index(cls, arrays: dict[str, np.ndarray], path: str) -> Snapshot:
-        """The record held by the members of an index file (as :func:`preload.freshness.read_index` gives them)."""
-        try:
-            table = FileTable.from_arrays(arrays)
-        except KeyError as exc:
-            message = (f"the cache index '{path}' lacks its {exc} column; build the cache again "
-                       "(a build replaces a damaged cache of its own)")
-            raise IncompleteCacheError(message) from None
-        return cls(table)
+    def from_index(cls, arrays: dict[str, np.ndarray], path: str, digests: dict | None = None) -> Snapshot:
+        """The record held by the members of an index file, every member checked (:func:`index_problems`).
 
-    def save(self, path: str, rows: np.ndarray | None = None, checksums: np.ndarray | None = None) -> None:
+        ``digests`` (the metadata's ``index_digests``): also check that the
+        members a path is made of are the ones the build wrote.
+        """
+        problems = index_problems(arrays)
+        if not problems and digests is not None:
+            problems = _digest_problems(arrays, digests, PATH_MEMBERS)
+        if problems:
+            message = (f"the cache index '{path}' is damaged: {'; '.join(problems)}; build the cache again "
+                       "(a build replaces a damaged cache of its own)")
+            raise IncompleteCacheError(message)
+        return cls(FileTable.from_arrays(arrays))
+
+    def save(self, path: str, rows: np.ndarray | None = None, checksums: np.ndarray | None = None, *,
+             build_id: str | None = None) -> None:
         arrays = self.table.arrays()
         if rows is not None:
             arrays["rows"] = np.asarray(rows, np.int64)
         if checksums is not None:
             arrays["checksums"] = np.asarray(checksums, np.uint64)
+        if build_id is not None:
+            arrays["build_id"] = np.frombuffer(build_id.encode("ascii"), np.uint8)
         freshness.write_index(path, arrays)  # through atomic.atomic_write: O_NOFOLLOW, temp name, rename
 
     @classmethod
-    def load(cls, path: str) -> tuple[Snapshot, np.ndarray | None]:
+    def load(cls, path: str, digests: dict | None = None) -> tuple[Snapshot, np.ndarray | None]:
+        """The index at ``path``, every member checked (:func:`index_problems`), and its row map.
+
+        ``digests`` (the metadata's ``index_digests``): also check that the
+        members a path is made of are the ones the build wrote.
+        """
         index = read_index(path)
         rows = index.get("rows")
-        return cls.from_index(index, path), None if rows is None else np.asarray(rows)
+        return cls.from_index(index, path, digests), None if rows is None else np.asarray(rows)
 
 
 class LazyPaths(Sequence):
     """The paths of a cache, read from its memory-mapped index one at a time, when asked."""
 
     def __init__(self, index_path: str, rows: np.ndarray | None, count: int,
-                 arrays: dict[str, np.ndarray] | None = None):
+                 arrays: dict[str, np.ndarray] | None = None, digests: dict | None = None):
         self._index_path = index_path
         self._rows = rows
         self._count = count
         self._arrays = arrays  # the index that was opened with the array, so paths match its rows
+        self._digests = digests  # of the members a path is made of: checked once, on first use
         self._table: FileTable | None = None
 
     def _file_table(self) -> FileTable:
         if self._table is None:
             if self._arrays is not None:
-                self._table = Snapshot.from_index(self._arrays, self._index_path).table
+                self._table = Snapshot.from_index(self._arrays, self._index_path, self._digests).table
             else:
-                self._table = Snapshot.load(self._index_path)[0].table
+                self._table = Snapshot.load(self._index_path, self._digests)[0].table
         return self._table
 
     def __getstate__(self) -> dict:
@@ -848,12 +898,14 @@ def _existing_cache(files: CacheFiles) -> CacheState | None:
     if not os.path.lexists(files.meta):
         return None
     try:
-        return _load_state(files)
+        # A refresh reads every file's record: check all of it first. Rows that do not match are
+        # found by the refresh, which then checks every row (_refresh).
+        return _load_state(files, paths=True, probe_rows=False)
     except IncompleteCacheError as exc:
         with contextlib.suppress(CacheError):
             meta = _read_json(files.meta)
             if isinstance(meta, dict) and meta.get("format") == FORMAT:  # ours, of any version: build it anew
-                logger.warning("%s; building it again", exc)
+                logger.warning("%s; building it again", str(exc).removesuffix(OTHER_VERSION_HINT))
                 return None
         message = f"{exc}; pass force=True (--force) to build a new cache in its place"
         raise IncompleteCacheError(message) from None
@@ -944,6 +996,8 @@ def _refresh(files: CacheFiles, plan: dict, snapshot: Snapshot, state: CacheStat
         return None
     of = old.match(snapshot)
     same = old.same_files(snapshot, of)
+    # Probe rows that differ: damage, or another array (then every row differs and it is built anew).
+    deep = deep or bool(_wrong_probe_rows(files, state))
     damaged = _damaged_rows(state, np.arange(state.meta["shape"][0]) if deep else _marked_rows(files, state))
     changes = _changes(old, of, same, damaged=len(damaged))
     if len(damaged):
@@ -1292,7 +1346,7 @@ def _finalize(files: CacheFiles, plan: dict, snapshot: Snapshot, journal: Journa
     _remove(files.meta)  # a cache being refreshed ends here; its readers keep the old file open
     os.replace(files.partial, files.data)
     fsync_folder(files.data)
-    snapshot.save(files.index, rows, sums)
+    snapshot.save(files.index, rows, sums, build_id=plan["build_id"])
     header = inspect_npy(files.data)
     meta = {
         "format": FORMAT,
@@ -1312,6 +1366,7 @@ def _finalize(files: CacheFiles, plan: dict, snapshot: Snapshot, journal: Journa
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 3),
     }
+    _bind(files, meta, snapshot.table, rows, header.shape[0])
     _write_json(files.meta, meta)
     fsync_folder(files.meta)
     _remove(files.damaged, *files.build_files())
@@ -1419,8 +1474,10 @@ def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
     """Open a complete cache: a read-only memmap and its labels, without reading pixels.
 
     The ``.npy`` header, the metadata and the index are checked against each
-    other first (shape, dtype, order, layout, row and label counts); pixels
-    are checked only by :func:`verify_cache` with ``deep=True``.
+    other first (shape, dtype, order, layout, every index member, the digests
+    and build id that bind them) and the few rows the metadata names are
+    hashed (see the module docs, Integrity); the other pixels are checked
+    only by :func:`verify_cache` with ``deep=True``.
 
     Parameters
     ----------
@@ -1448,9 +1505,9 @@ def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
     preload.errors.IncompleteCacheError: no cache at '/nonexistent/cache.npy' (no '/nonexistent/cache.npy.json')
     """
     files = CacheFiles(path)
-    state = _load_state(files)
+    state = _load_state(files, paths=check)  # a check reads every file's record anyway: check all of it first
     images = state.images
-    paths = LazyPaths(files.index, state.rows, images.shape[0], state.index)
+    paths = LazyPaths(files.index, state.rows, images.shape[0], state.index, state.meta["index_digests"])
     if check:
         marked = _marked_rows(files, state)
         if len(marked):
@@ -1463,9 +1520,11 @@ def open_cache(path: str | os.PathLike, *, check: bool = True) -> Dataset:
     return Dataset(images, labels, state.meta["classes"], paths, state.failed, state.options, cache=files.data)
 
 
-META_FIELDS = {"format": str, "version": int, "shape": list, "dtype": str, "data_offset": int, "data_bytes": int,
-               "options": dict, "source": dict, "classes": (list, type(None)), "count": int, "failed": list,
-               "versions": dict, "created": str, "build_seconds": (int, float)}
+OTHER_VERSION_HINT = "; build it again (a build replaces a cache of another version of its own)"
+META_FIELDS = {"format": str, "version": int, "build_id": str, "shape": list, "dtype": str, "data_offset": int,
+               "data_bytes": int, "options": dict, "source": dict, "classes": (list, type(None)), "count": int,
+               "failed": list, "versions": dict, "created": str, "build_seconds": (int, float), "probe_rows": list,
+               "index_digests": dict, "meta_digest": str}
 
 
 def _damaged(files: CacheFiles, problem: str) -> IncompleteCacheError:
@@ -1494,6 +1553,8 @@ def _read_meta(files: CacheFiles) -> dict:
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         message = (f"'{files.meta}' is not a version-{VERSION} preload cache "
                    f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+        if meta.get("format") == FORMAT:
+            message += OTHER_VERSION_HINT
         raise IncompleteCacheError(message)
     missing = [key for key in META_FIELDS if key not in meta]
     if missing:
@@ -1506,15 +1567,19 @@ def _read_meta(files: CacheFiles) -> dict:
         raise _damaged(files, f"'{files.meta}' has shape {shape!r}; a cache is 4 non-negative sizes")
     if meta["dtype"] != "uint8":
         raise _damaged(files, f"'{files.meta}' has dtype {meta['dtype']!r}; a cache is uint8")
+    if meta["classes"] is not None and not all(isinstance(name, str) for name in meta["classes"]):
+        raise _damaged(files, f"'{files.meta}' has classes {meta['classes']!r}; class names are strings")
     return meta
 
 
-def _load_state(files: CacheFiles, *, paths: bool = False) -> CacheState:
+def _load_state(files: CacheFiles, *, paths: bool = False, probe_rows: bool = True) -> CacheState:
     """Read the metadata, the ``.npy`` header and the index, and check they describe one array.
 
     ``paths=True`` also checks the index's file names and folders against
     the number of files (reads them all; for :func:`verify_cache` and
-    :func:`cache_info`). Raises IncompleteCacheError saying what disagrees.
+    :func:`cache_info`). ``probe_rows=False`` skips hashing the rows that
+    tell this build's array from another (for a caller that hashes every
+    row anyway). Raises IncompleteCacheError saying what disagrees.
 
     A build that commits meanwhile renames a new array, index and metadata
     into place one by one, the metadata last. The array and the index are
@@ -1525,7 +1590,7 @@ def _load_state(files: CacheFiles, *, paths: bool = False) -> CacheState:
     for _ in range(OPEN_ATTEMPTS):
         before = _identity(files.meta)
         try:
-            state = _read_state(files, paths)
+            state = _read_state(files, paths, probe_rows)
         except IncompleteCacheError:
             if _identity(files.meta) == before:
                 raise
@@ -1546,7 +1611,7 @@ def _identity(path: str) -> tuple | None:
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
-def _read_state(files: CacheFiles, paths: bool) -> CacheState:
+def _read_state(files: CacheFiles, paths: bool, probe_rows: bool) -> CacheState:
     meta = _read_meta(files)
     options = _checked_options(meta["options"], files.meta)
     try:
@@ -1565,7 +1630,7 @@ def _read_state(files: CacheFiles, paths: bool) -> CacheState:
         # The same open file: a build renaming a new array into place cannot slip in between.
         images = np.memmap(handle, np.uint8, "r", header.offset, header.shape)
     images.filename = files.data  # as np.load(mmap_mode="r") names it (mapped from a descriptor, it has no name)
-    return _check_index(files, meta, options, header, images, paths)
+    return _check_index(files, meta, options, header, images, paths, probe_rows)
 
 
 def _check_header(files: CacheFiles, meta: dict, options: DecodeOptions, header: NpyHeader) -> None:
@@ -1596,53 +1661,139 @@ def _check_header(files: CacheFiles, meta: dict, options: DecodeOptions, header:
 
 
 def _check_index(files: CacheFiles, meta: dict, options: DecodeOptions, header: NpyHeader, images: np.memmap,
-                 paths: bool) -> CacheState:
+                 paths: bool, probe_rows: bool) -> CacheState:
     """The cache's state, once its index was read and found to fit the metadata (IncompleteCacheError if not)."""
     shape = tuple(meta["shape"])
     problems = []
     count = meta["count"]
     failed = _checked_failures(files, meta["failed"], count)
     arrays = _read_index(files)
+    problems = index_problems(arrays, count, rows_count=shape[0], skipped=len(failed), classes=meta["classes"],
+                              full=paths)
+    if problems:
+        raise _damaged(files, f"the index '{files.index}' does not match the metadata: {'; '.join(problems)}")
+    problems = _binding_problems(files, meta, arrays, full=paths)
+    if problems:
+        raise _damaged(files, "; ".join(problems))
     # Copies of the small members a reader keeps; the index itself is only mapped.
     labels = np.array(arrays["labels"]) if "labels" in arrays else None
     rows = np.array(arrays["rows"]) if "rows" in arrays else None
     checksums = arrays.get("checksums")
-    for name in INDEX_MEMBERS:
-        if name not in arrays:
-            problems.append(f"it has no '{name}'")
-    for name in ("folder_of", "file_size", "mtime_ns", "ctime_ns"):  # lengths from the headers: nothing is read
-        if name in arrays and arrays[name].shape != (count,):
-            problems.append(f"it has {len(arrays[name]):,} {name} for the {count:,} source files of the metadata")
-    if "name_starts" in arrays and arrays["name_starts"].shape != (count + 1,):
-        problems.append(f"it has {len(arrays['name_starts']) - 1:,} name offsets for the {count:,} source files "
-                        "of the metadata")
-    if paths and not problems:
-        problems += _name_problems(arrays, count)
+    probe = meta["probe_rows"]
+    if not all(isinstance(row, int) and not isinstance(row, bool) and 0 <= row < shape[0] for row in probe):
+        raise _damaged(files, f"'{files.meta}' has probe_rows {probe} for an array of {shape[0]:,} rows")
+    state = CacheState(meta, options, header, count, labels, rows, checksums, failed, images, arrays)
+    wrong = _wrong_probe_rows(files, state) if probe_rows else []
+    if wrong:
+        message = (f"the cache '{files.data}' is damaged: row(s) {', '.join(map(str, wrong))} do not match the "
+                   "checksums in its index: the array is another build's (a copied .npy?) or its bytes were damaged; "
+                   "build the cache again (it decodes only the rows that differ)")
+        raise WrongRowsError(message)
+    return state
+
+
+# Every index has these (preload.freshness.FileTable.arrays); labels, classes, rows, checksums and
+# build_id (a complete cache's, see _bind) are optional.
+INDEX_MEMBERS = ("folders", "folder_of", "names", "name_starts", "file_size", "mtime_ns", "ctime_ns", "inode",
+                 "listing", "listing_stat", "taken")
+# Members whose values only a check of every file reads (open_cache's check, info, verify, build): an open
+# with check=False neither reads nor hashes them ...
+PER_FILE_MEMBERS = ("folder_of", "names", "name_starts", "file_size", "mtime_ns", "ctime_ns", "inode", "checksums")
+PATH_MEMBERS = ("folders", "folder_of", "names", "name_starts")  # ... but hashes these when a path is first read
+TEXT_MEMBERS = ("folders", "names", "listing", "classes", "build_id")  # UTF-8 (or ASCII) bytes
+
+
+def index_problems(arrays: dict[str, np.ndarray], count: int | None = None, *, rows_count: int | None = None,
+                   skipped: int = 0, classes: list | None = None, full: bool = True) -> list[str]:
+    """What is wrong with the members of an index: presence, dtype, shape, and their values' ranges.
+
+    The one check of an index (a cache's or an unfinished build's), so that
+    no reader meets a member it cannot use. Dtypes and shapes come from the
+    members' headers (nothing is read); ``full=False`` skips the ranges of
+    the per-file members (:data:`PER_FILE_MEMBERS`: it reads them all), so
+    that ``open_cache(check=False)`` reads no more than the labels and row
+    map it keeps.
+
+    Parameters
+    ----------
+    count : int, optional
+        Source files the metadata lists; default: as many as ``folder_of`` has.
+    rows_count, skipped : int, optional
+        Rows of the array and files skipped (``on_error="skip"``): ``rows`` must map one onto the other.
+    classes : list of str, optional
+        The metadata's classes: labels must index them.
+
+    Examples
+    --------
+    >>> from preload.freshness import FileTable
+    >>> arrays = FileTable.from_paths(["/a/x.png", "/b/y.png"]).arrays()
+    >>> index_problems(arrays)
+    []
+    >>> index_problems({**arrays, "folder_of": np.array([0, 7], np.int32)})
+    ['its folder numbers run from 0 to 7 but it lists 2 folders']
+    >>> index_problems({**arrays, "file_size": np.array(["a", "b"])})
+    ["its member 'file_size' is <U1 of shape (2,); it must be integers of shape (2,)"]
+    """
+    missing = [name for name in INDEX_MEMBERS if name not in arrays]
+    if missing:
+        return [f"it has no {', '.join(repr(name) for name in missing)}"]
+    if count is None:
+        count = len(arrays["folder_of"]) if arrays["folder_of"].ndim == 1 else -1
+    problems = []
+
+    def expect(name: str, dtype, shape: tuple | None, size_word=None) -> bool:
+        """One member's dtype ("int": any integer type) and shape (None: any 1-D length)."""
+        array = arrays.get(name)
+        if array is None:
+            return False
+        kind_ok = array.dtype.kind in "iu" if dtype == "int" else array.dtype == dtype
+        shape_ok = array.ndim == 1 if shape is None else array.shape == shape
+        if kind_ok and not shape_ok and size_word and array.ndim == 1:
+            problems.append(size_word(len(array)))  # only the length differs: say it in the metadata's terms
+            return False
+        if not (kind_ok and shape_ok):
+            what = "integers" if dtype == "int" else np.dtype(dtype).name
+            where = "1-D" if shape is None else f"of shape {shape}"
+            problems.append(f"its member '{name}' is {array.dtype} of shape {array.shape}; "
+                            f"it must be {what} {where}")
+            return False
+        return True
+
+    for name in TEXT_MEMBERS:
+        expect(name, np.uint8, None)
+    for name in ("folder_of", "file_size", "mtime_ns", "ctime_ns"):
+        expect(name, "int", (count,), lambda n, name=name: f"it has {n:,} {name} for the {count:,} source files of "
+               "the metadata")
+    expect("inode", np.uint64, (count,), lambda n: f"it has {n:,} inode numbers for the {count:,} source files")
+    expect("name_starts", "int", (count + 1,), lambda n: f"it has {n - 1:,} name offsets for the {count:,} source "
+           "files of the metadata")
+    listed = len(freshness.split_texts(arrays["listing"])) if arrays["listing"].dtype == np.uint8 else 0
+    expect("listing_stat", "int", (listed, 3))
+    if expect("taken", "int", (2,)) and (arrays["taken"][0] < 0 or arrays["taken"][1] < 0):
+        problems.append(f"its record time and granularity {arrays['taken'].tolist()} are negative")
+    labels, rows, checksums = arrays.get("labels"), arrays.get("rows"), arrays.get("checksums")
     if labels is not None:
-        classes = meta["classes"]
         if labels.shape != (count,) or labels.dtype.kind not in "iu":
             problems.append(f"it has {labels.dtype} labels of shape {labels.shape} for {count:,} source files")
         elif classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
             problems.append(f"its labels run from {labels.min()} to {labels.max()} but there are {len(classes)} "
                             "classes")
-    if rows is None and shape[0] != count:
-        problems.append(f"the array has {shape[0]:,} rows for {count:,} source files and no row map")
+    if rows_count is not None and rows is None and rows_count != count:
+        problems.append(f"the array has {rows_count:,} rows for {count:,} source files and no row map")
     if rows is not None:
-        ok = rows.shape == (shape[0],) and rows.dtype.kind in "iu" and shape[0] + len(failed) == count
+        ok = rows.dtype.kind in "iu" and rows.ndim == 1
+        if rows_count is not None:
+            ok = ok and len(rows) == rows_count and rows_count + skipped == count
         ok = ok and (len(rows) == 0 or (rows[0] >= 0 and rows[-1] < count and bool(np.all(np.diff(rows) > 0))))
         if not ok:
-            problems.append(f"its row map ({rows.dtype}, {rows.shape}) does not fit {shape[0]:,} rows of "
-                            f"{count:,} files with {len(failed)} skipped")
-    if checksums is not None and (checksums.shape != (shape[0],) or checksums.dtype != np.uint64):
-        problems.append(f"it has {checksums.dtype} checksums of shape {checksums.shape} for {shape[0]:,} rows")
-    if problems:
-        raise _damaged(files, f"the index '{files.index}' does not match the metadata: {'; '.join(problems)}")
-    return CacheState(meta, options, header, count, labels, rows, checksums, failed, images, arrays)
-
-
-# Every index has these (preload.freshness.FileTable.arrays); labels, classes, rows and checksums are optional.
-INDEX_MEMBERS = ("folders", "folder_of", "names", "name_starts", "file_size", "mtime_ns", "ctime_ns", "listing",
-                 "listing_stat", "taken")
+            problems.append(f"its row map ({rows.dtype}, {rows.shape}) does not fit {rows_count:,} rows of "
+                            f"{count:,} files with {skipped} skipped")
+    if checksums is not None and rows_count is not None and (checksums.shape != (rows_count,)
+                                                               or checksums.dtype != np.uint64):
+        problems.append(f"it has {checksums.dtype} checksums of shape {checksums.shape} for {rows_count:,} rows")
+    if full and not problems:
+        problems += _name_problems(arrays, count)
+    return problems
 
 
 def _read_index(files: CacheFiles) -> dict[str, np.ndarray]:
@@ -1658,25 +1809,150 @@ def _read_index(files: CacheFiles) -> dict[str, np.ndarray]:
 
 
 def _name_problems(arrays: dict[str, np.ndarray], count: int) -> list[str]:
-    """What is wrong with the index's names and folders (reads them: O(files))."""
+    """What is wrong with the values of the per-file members (reads them: O(files)); their types are checked."""
     problems = []
     names = arrays["names"].view(np.ndarray)
     starts = arrays["name_starts"].view(np.ndarray).astype(np.int64)
     folder_of = arrays["folder_of"].view(np.ndarray)
     folders = freshness.split_texts(arrays["folders"])
     end = len(names) + 1 if count else 0
-    if names.dtype != np.uint8 or starts[0] != 0 or starts[-1] != end or np.any(np.diff(starts) < 1):
+    if starts[0] != 0 or starts[-1] != end or np.any(np.diff(starts) < 1):
         problems.append(f"its name offsets do not cut its {len(names):,} bytes of names into {count:,} names")
     elif int(np.count_nonzero(names == 0)) != max(0, count - 1):
         problems.append(f"its names hold {int(np.count_nonzero(names == 0)) + 1:,} names for {count:,} files")
-    if count and (folder_of.dtype.kind not in "iu" or folder_of.min() < 0 or folder_of.max() >= len(folders)):
+    elif np.any(names == ord("/")):  # a name is what follows its folder's last separator
+        problems.append("its names hold a '/', but each is the part of a path after its folder")
+    if count and (folder_of.min() < 0 or folder_of.max() >= len(folders)):
         problems.append(f"its folder numbers run from {folder_of.min()} to {folder_of.max()} but it lists "
                         f"{len(folders)} folders")
-    listed = len(freshness.split_texts(arrays["listing"]))
-    if arrays["listing_stat"].size != 3 * listed or arrays["taken"].shape != (2,):
-        problems.append(f"its stamps of the {listed} folders listed ({arrays['listing_stat'].shape}) or of the "
-                        f"record ({arrays['taken'].shape}) have the wrong shape")
+    if count and np.any(arrays["file_size"].view(np.ndarray) < freshness.MISSING):
+        problems.append("it has file sizes below -1 (-1: not stat-ed)")
     return problems
+
+
+# -------------------------------------------------------------- the files bound together
+
+
+def _member_digest(array: np.ndarray) -> str:
+    """xxh3_128 of a member's dtype, shape and bytes."""
+    digest = xxhash.xxh3_128(f"{array.dtype.str} {array.shape}".encode("ascii"))
+    digest.update(np.ascontiguousarray(array.view(np.ndarray)).reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _meta_digest(meta: dict) -> str:
+    """SHA-256 of every field of the metadata but ``meta_digest`` itself, as canonical JSON."""
+    fields = {key: value for key, value in meta.items() if key != "meta_digest"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def _bind(files: CacheFiles, meta: dict, table: FileTable, rows: np.ndarray | None, row_count: int) -> None:
+    """Add the fields that tie the metadata to the index and the array (see the module docs, Integrity)."""
+    meta["probe_rows"] = _probe_rows(table, rows, row_count)
+    meta["index_digests"] = {name: _member_digest(array) for name, array in read_index(files.index).items()}
+    meta["meta_digest"] = _meta_digest(meta)
+
+
+def _probe_rows(table: FileTable, rows: np.ndarray | None, row_count: int) -> list[int]:
+    """Rows an open hashes to tell this build's array from another: the first, the last, the newest files'.
+
+    The rows of the files changed most recently (by ctime) are the ones a
+    refresh decoded last, so an older copy of this very cache differs there.
+    """
+    if row_count == 0:
+        return []
+    ctime = np.asarray(table.ctime_ns)
+    if rows is not None:
+        ctime = ctime[rows]
+    if row_count <= PROBE_ROWS:
+        return list(range(row_count))
+    between = ctime[1:-1]  # the first and last rows are probed anyway
+    newest = PROBE_ROWS - 2
+    picked = np.argpartition(between, len(between) - newest)[len(between) - newest :] + 1
+    return sorted([0, row_count - 1, *(int(row) for row in picked)])
+
+
+def _digest_problems(arrays: dict[str, np.ndarray], digests: dict, names) -> list[str]:
+    changed = [name for name in names if name in arrays and _member_digest(arrays[name]) != digests.get(name)]
+    if not changed:
+        return []
+    return [f"its member(s) {', '.join(repr(name) for name in changed)} are not the ones the build wrote "
+            "(edited, or taken from another cache)"]
+
+
+def _binding_problems(files: CacheFiles, meta: dict, arrays: dict[str, np.ndarray], *, full: bool) -> list[str]:
+    """What shows that the metadata and the index are not the two files one build wrote together.
+
+    Always (cheap): the metadata's own digest, the build id both hold, the
+    set of members, the digests of every member but the per-file ones, the
+    classes; with ``full``: the per-file members' digests too, and for a
+    folder source, that every file lies in the source and its label names
+    its class folder.
+    """
+    if _meta_digest(meta) != meta["meta_digest"]:
+        return [f"'{files.meta}' is not as the build wrote it: its fields do not match its meta_digest "
+                "(edited by hand?)"]
+    build_id = arrays.get("build_id")
+    theirs = build_id.tobytes().decode("ascii", "replace") if build_id is not None else None
+    if theirs != meta["build_id"]:
+        return [f"the index '{files.index}' was written by build {theirs!r} and '{files.meta}' by build "
+                f"{meta['build_id']!r}: the files of two caches are mixed"]
+    digests = meta["index_digests"]
+    if set(digests) != set(arrays):
+        return [f"the index '{files.index}' holds the members {sorted(arrays)}, but the build wrote {sorted(digests)}"]
+    names = sorted(arrays) if full else [name for name in sorted(arrays) if name not in PER_FILE_MEMBERS]
+    problems = [f"the index '{files.index}': {problem}" for problem in _digest_problems(arrays, digests, names)]
+    stored = freshness.split_texts(arrays["classes"]) if "classes" in arrays else None
+    if stored != meta["classes"]:
+        problems.append(f"the index '{files.index}' has the classes {stored}, '{files.meta}' {meta['classes']}")
+    if full and not problems and meta["source"].get("kind") == "folder":
+        problems += _folder_problems(files, meta, arrays)
+    return problems
+
+
+def _folder_problems(files: CacheFiles, meta: dict, arrays: dict[str, np.ndarray]) -> list[str]:
+    """A folder source's files lie in it, and each label is the index of the class folder its file is in."""
+    root = meta["source"].get("path")
+    if not isinstance(root, str):
+        return [f"'{files.meta}' has a folder source without a path: {meta['source']}"]
+    prefix = os.path.join(root, "")
+    folders = freshness.split_texts(arrays["folders"])
+    outside = [folder for folder in folders if not folder.startswith(prefix)]
+    if outside:
+        return [f"the index '{files.index}' lists the folder '{outside[0]}', which is not in the source '{root}'"]
+    classes = meta["classes"]
+    labels = arrays.get("labels")
+    if classes is None or labels is None:
+        if classes is not None or labels is not None or folders not in ([prefix], []):
+            return [f"the index '{files.index}' does not describe a flat folder nor one of class folders"]
+        return []
+    number = {name: k for k, name in enumerate(classes)}
+    class_of = np.array([number.get(folder[len(prefix) :].split(os.sep, 1)[0], -1) for folder in folders], np.int64)
+    wrong = np.flatnonzero(class_of[arrays["folder_of"].view(np.ndarray)] != labels.view(np.ndarray))
+    if not len(wrong):
+        return []
+    table = FileTable.from_arrays(arrays)
+    first = int(wrong[0])
+    label = int(labels[first])
+    return [f"{len(wrong):,} label(s) in the index '{files.index}' do not name the class folder of their file: "
+            f"'{table.path(first)}' has label {label} ({classes[label]!r})"]
+
+
+class WrongRowsError(IncompleteCacheError):
+    """Rows that every open hashes (``probe_rows``) do not match their checksums: another array, or damage."""
+
+
+def _wrong_probe_rows(files: CacheFiles, state: CacheState) -> list[int]:
+    """Hash the few rows the metadata names and compare them with the index: is this the build's array?
+
+    The rows are read from ``state.images``, the very file whose header was checked.
+    """
+    if state.checksums is None or not len(state.images):
+        return []
+    rows = np.asarray(state.meta["probe_rows"], np.int64)
+    if not len(rows):
+        return []
+    return rows[row_checksums(state.images, rows) != state.checksums[rows]].tolist()
 
 
 def _checked_failures(files: CacheFiles, records: list, count: int) -> list[Failure]:
@@ -1793,7 +2069,8 @@ def verify_cache(path: str | os.PathLike, *, deep: bool = False) -> dict:
     except CacheError as exc:
         status = {"partial": "partial", "missing": "missing"}.get(cache_info(files.data)["status"], "damaged")
         result.update(status=status, problem=str(exc))
-        return result
+        if not (deep and isinstance(exc, WrongRowsError)):  # a deep check names every row that differs
+            return result
     else:
         # Fresh, but these were modified within the timestamp granularity of the build: a rewrite in
         # that same tick would not show, so the next build decodes them again.
@@ -1811,7 +2088,7 @@ def verify_cache(path: str | os.PathLike, *, deep: bool = False) -> dict:
 
 
 def _deep_check(files: CacheFiles, result: dict) -> None:
-    state = _load_state(files)
+    state = _load_state(files, probe_rows=False)
     started = time.perf_counter()
     if state.checksums is None:
         result["deep_check"] = {"rows": 0, "bytes": 0, "seconds": 0.0,

@@ -9,9 +9,19 @@ file system.
 The rules
 ---------
 A file is **changed** when its size, its mtime or its ctime (all in
-nanoseconds) differ from the record. ``cp -p``, ``rsync -t`` and
-``touch -d`` can put an old mtime back; nothing but the kernel sets a ctime,
-so a rewrite shows in the ctime even when size and mtime were restored.
+nanoseconds) or its inode number differ from the record. ``cp -p``,
+``rsync -t`` and ``touch -d`` can put an old mtime back; nothing but the
+kernel sets a ctime, so a rewrite shows in the ctime even when size and mtime
+were restored. Renaming a folder changes the ctime of the folder only, not of
+the files in it: swap two class folders whose files were written in one batch
+(one ``touch``, ``tar x`` or ``cp -p`` gives many files the same coarse-clock
+ctime) and every path would name a file with the old stamps of another. The
+inode number is what such a swap cannot keep, so it is part of the record.
+The device number is not: it is given out per mount (an NFS share may get
+another after a reboot) and would make a cache stale for nothing. A file
+system that numbers its inodes anew at every mount (FAT/exFAT, CIFS with
+``noserverino``, some FUSE file systems) makes its caches stale after a
+remount; a copy or a restore of the sources already did, by their ctimes.
 
 A file is **unverifiable** when its mtime or ctime falls within the file
 system's timestamp granularity of the moment the build took the record
@@ -76,14 +86,15 @@ open): ``folders`` (the distinct parent folders, each with its trailing
 separator, UTF-8 joined by NUL), ``folder_of`` (int32 per file), ``names``
 (the base names, UTF-8 joined by NUL) and ``name_starts`` (N + 1 offsets
 into ``names``: uint32, or int64 past 4 GiB of names), ``file_size``, ``mtime_ns`` and ``ctime_ns``
-(int64, -1 where the file could not be stat-ed), ``listing`` (the folders
+(int64, -1 where the file could not be stat-ed), ``inode`` (uint64 ``st_ino``, 0 where
+the file could not be stat-ed), ``listing`` (the folders
 the build listed, or the CSV, joined by NUL) with ``listing_stat`` (int64,
 (M, 3): size, mtime_ns, ctime_ns), ``taken`` (int64: the wall clock in ns
 when the record was taken, and the granularity in ns), ``labels`` and
 ``classes`` when known, and ``rows`` (see :mod:`preload.cache`).
-Measured at 1M files named like ``0000123.png`` in 1,000 folders: 52 bytes a
-file on disk (labels included), of which a check maps 44 and an open with
-``check=False`` reads only the labels.
+Measured at 1M files named like ``0000123.png`` in 1,000 folders (before the
+inode column, which adds 8): 52 bytes a file on disk (labels included), of which
+a check maps 44 and an open with ``check=False`` reads only the labels.
 """
 
 from __future__ import annotations
@@ -117,6 +128,7 @@ CHUNK = 512  # files per task: big enough to amortise a task, small enough to ba
 FOLDER_FD_MIN = 8  # fewer files than this in a folder: stat full paths, skip the open/close
 BAR_SECONDS = 1.0
 MISSING = -1
+MISSING_INODE = 0  # no file has inode 0 on Linux; unsigned, so not MISSING
 _clock = time.time_ns  # the wall clock a record is dated by (a seam for tests)
 
 
@@ -156,6 +168,8 @@ class FileTable:
         Base names joined by NUL (uint8) and where each starts (N + 1 int64).
     size, mtime_ns, ctime_ns : numpy.ndarray of int64
         ``stat`` of each file; -1 where it could not be stat-ed.
+    inode : numpy.ndarray of uint64
+        ``st_ino`` of each file; 0 where it could not be stat-ed.
     listing : list of str
         The folders the build listed (or the CSV file).
     listing_stat : numpy.ndarray of int64, shape (M, 3)
@@ -179,6 +193,7 @@ class FileTable:
     size: np.ndarray
     mtime_ns: np.ndarray
     ctime_ns: np.ndarray
+    inode: np.ndarray
     listing: list[str] = field(default_factory=list)
     listing_stat: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
     taken_ns: int = 0
@@ -204,7 +219,8 @@ class FileTable:
         if starts[-1] < 2**32:  # 4 bytes a file instead of 8 below 4 GiB of names (any int type reads back)
             starts = starts.astype(np.uint32)
         missing = np.full(len(paths), MISSING, np.int64)
-        return cls(list(index), folder_of, blob, starts, missing, missing.copy(), missing.copy(), list(listing),
+        return cls(list(index), folder_of, blob, starts, missing, missing.copy(), missing.copy(),
+                   np.full(len(paths), MISSING_INODE, np.uint64), list(listing),
                    np.full((len(listing), 3), MISSING, np.int64), 0, COARSE_GRANULARITY_NS, labels, classes)
 
     def __len__(self) -> int:
@@ -235,7 +251,7 @@ class FileTable:
         """The members this table contributes to the index file."""
         arrays = {"folders": join_texts(self.folders), "folder_of": self.folder_of, "names": self.names,
                   "name_starts": self.name_starts, "file_size": self.size, "mtime_ns": self.mtime_ns,
-                  "ctime_ns": self.ctime_ns, "listing": join_texts(self.listing),
+                  "ctime_ns": self.ctime_ns, "inode": self.inode, "listing": join_texts(self.listing),
                   "listing_stat": self.listing_stat.reshape(-1, 3),
                   "taken": np.array([self.taken_ns, self.granularity_ns], np.int64)}
         if self.labels is not None:
@@ -251,7 +267,7 @@ class FileTable:
         taken = data["taken"]
         classes = split_texts(data["classes"]) if "classes" in data else None
         return cls(split_texts(data["folders"]), data["folder_of"], data["names"], data["name_starts"],
-                   data["file_size"], data["mtime_ns"], data["ctime_ns"], split_texts(data["listing"]),
+                   data["file_size"], data["mtime_ns"], data["ctime_ns"], data["inode"], split_texts(data["listing"]),
                    np.asarray(data["listing_stat"]).reshape(-1, 3), int(taken[0]), int(taken[1]),
                    data.get("labels"), classes)
 
@@ -272,7 +288,8 @@ def take(files: Manifest, *, threads: int | None = None, progress: bool | None =
     table.taken_ns = _clock()
     engine = StatEngine(threads=threads)
     table.listing_stat = engine.stat_paths(table.listing)
-    table.size, table.mtime_ns, table.ctime_ns = engine.stat_table(table, progress=progress, desc="recording")
+    table.size, table.mtime_ns, table.ctime_ns, table.inode = engine.stat_table(table, progress=progress,
+                                                                               desc="recording")
     stamps = np.concatenate([table.mtime_ns, table.ctime_ns, table.listing_stat[:, 1:].ravel()])
     stamps = stamps[stamps >= 0]
     fine = bool(np.any(stamps % 1_000_000_000 != 0))
@@ -431,10 +448,11 @@ class StatEngine:
         return info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
     def _stat_names(self, names: list, dir_fd: int | None) -> np.ndarray:
-        """(len(names), 3) int64 for names relative to ``dir_fd``: the hot loop of a check.
+        """(len(names), 4) int64 for names relative to ``dir_fd``: the hot loop of a check.
 
-        Written flat, with no call per file but ``os.stat``: at a million files
-        every 100 ns of Python here is 0.1 s.
+        Size, mtime_ns, ctime_ns and the 64 bits of ``st_ino`` (read back as
+        uint64). Written flat, with no call per file but ``os.stat``: at a
+        million files every 100 ns of Python here is 0.1 s.
         """
         stat = os.stat  # looked up per chunk, not at import: tests watch it
         delay = self.delay_us / 1e6
@@ -447,10 +465,17 @@ class StatEngine:
             try:
                 info = stat(name, dir_fd=dir_fd)
             except (OSError, ValueError):
-                add((MISSING, MISSING, MISSING))
+                add((MISSING, MISSING, MISSING, MISSING_INODE))
                 continue
-            add((info.st_size, info.st_mtime_ns, info.st_ctime_ns))
-        return np.array(flat, np.int64).reshape(-1, 3)
+            add((info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino))
+        try:
+            return np.array(flat, np.int64).reshape(-1, 4)
+        except OverflowError:  # an inode number of 2**63 or more (overlayfs with xino, some servers)
+            values = np.empty((len(flat) // 4, 4), np.int64)
+            for k in range(3):
+                values[:, k] = flat[k::4]
+            values[:, 3] = np.array(flat[3::4], np.uint64).view(np.int64)
+            return values
 
     def stat_paths(self, paths: Sequence[str]) -> np.ndarray:
         """(len(paths), 3) int64: size, mtime_ns, ctime_ns; -1 where ``stat`` failed."""
@@ -469,8 +494,10 @@ class StatEngine:
         return threads_for(self.latency)
 
     def stat_table(self, table: FileTable, *, progress: bool | None = None, rows: np.ndarray | None = None,
-                   desc: str = "checking") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """size, mtime_ns, ctime_ns of the table's files (or of ``rows`` only, the rest -1).
+                   desc: str = "checking") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """size, mtime_ns, ctime_ns (int64) and inode (uint64) of the table's files (or of ``rows`` only).
+
+        Files not stat-ed, or that could not be, are -1 (inode 0).
 
         ``progress``: True/False, or None for a bar (``desc``) only when the
         probe predicts a second or more and stderr is a terminal or a notebook.
@@ -479,9 +506,10 @@ class StatEngine:
         size = np.full(count, MISSING, np.int64)
         mtime = size.copy()
         ctime = size.copy()
+        inode = np.full(count, MISSING_INODE, np.int64)  # the bits of st_ino; viewed as uint64 at the end
         tasks = _tasks(table, rows)
         if not tasks:
-            return size, mtime, ctime
+            return size, mtime, ctime, inode.view(np.uint64)
         threads = self._choose([table.path(int(t[1][0])) for t in tasks[:PROBE_FILES]])
         todo = sum(len(t[1]) for t in tasks)
         # Eight tasks a thread at least, so the last round does not leave most threads idle.
@@ -500,7 +528,8 @@ class StatEngine:
                 try:
                     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
                 except OSError:  # the folder is gone: every file in it is too
-                    values = np.full((len(names), 3), MISSING, np.int64)
+                    values = np.full((len(names), 4), MISSING, np.int64)
+                    values[:, 3] = MISSING_INODE
                 else:
                     try:
                         values = self._stat_names(names, fd)
@@ -509,7 +538,7 @@ class StatEngine:
             else:
                 prefix = os.fsencode(folder)
                 values = self._stat_names([prefix + name for name in names], None)
-            size[indices], mtime[indices], ctime[indices] = values.T
+            size[indices], mtime[indices], ctime[indices], inode[indices] = values.T
             if bar is not None:
                 with lock:
                     bar.update(len(indices))
@@ -525,7 +554,7 @@ class StatEngine:
         finally:
             if bar is not None:
                 bar.close()
-        return size, mtime, ctime
+        return size, mtime, ctime, inode.view(np.uint64)
 
 
 def _names(table: FileTable, indices: np.ndarray) -> list[bytes]:
@@ -620,10 +649,11 @@ def check(table: FileTable, source: dict, *, threads: int | None = None, progres
         _whole_source_again(table, source, relist, verdict)
     elif moved_listing and kind == "folder":
         _folders_again(table, moved_listing, verdict)
-    size, mtime, ctime = engine.stat_table(table, progress=progress)
+    size, mtime, ctime, inode = engine.stat_table(table, progress=progress)
     verdict.threads = engine.threads or threads_for(engine.latency or 0.0)
     present = size >= 0
-    differs = (size != table.size) | (mtime != table.mtime_ns) | (ctime != table.ctime_ns)
+    # The inode: a folder renamed or swapped moves its files under other paths without touching their stamps.
+    differs = (size != table.size) | (mtime != table.mtime_ns) | (ctime != table.ctime_ns) | (inode != table.inode)
     # A file that could not be stat-ed when the build recorded it (a dangling link, skipped or zeroed by
     # on_error) and still cannot be is unchanged; it is gone only if it was there at the build.
     gone = ~present & (table.size >= 0)

@@ -71,7 +71,7 @@ def test_metadata_records_options_versions_and_files(tmp_path, source):
     out = tmp_path / "c.npy"
     build(source, out, resize="cover", color="bgr")
     meta = json.loads((tmp_path / "c.npy.json").read_text())
-    assert meta["format"] == "preload-cache" and meta["version"] == 2
+    assert meta["format"] == "preload-cache" and meta["version"] == 3
     assert meta["shape"] == [60, 3, 16, 16]
     assert meta["options"]["resize"] == "cover" and meta["options"]["color"] == "bgr"
     assert meta["options"]["size"] == [16, 16] and meta["options"]["exif"] is True
@@ -85,6 +85,7 @@ def test_metadata_records_options_versions_and_files(tmp_path, source):
         assert index["file_size"][0] == os.path.getsize(first)
         assert index["mtime_ns"][0] == os.stat(first).st_mtime_ns
         assert index["ctime_ns"][0] == os.stat(first).st_ctime_ns
+        assert index["inode"][0] == os.stat(first).st_ino and index["inode"].dtype == np.uint64
     info = preload.cache_info(out)
     assert (info["status"], info["images"], info["bytes"]) == ("complete", 60, 60 * 3 * 16 * 16)
 

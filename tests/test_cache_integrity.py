@@ -177,6 +177,7 @@ def test_the_file_record_of_the_index_is_cross_checked(tmp_path, source, capsys)
     (lambda m: m.update(shape="60x3x16x16"), r"has shape = '60x3x16x16'"),
     (lambda m: m.update(version=cache.VERSION + 1),
      rf"is not a version-{cache.VERSION} preload cache \(format 'preload-cache', version {cache.VERSION + 1}\)"),
+    (lambda m: m.update(version=2), r"version 2\); build it again \(a build replaces a cache of another version"),
 ])
 def test_damaged_metadata_is_named(tmp_path, source, capsys, damage, words):
     out = tmp_path / "c.npy"
@@ -228,6 +229,188 @@ def test_a_damaged_cache_of_ours_is_rebuilt_a_foreign_metadata_needs_force(tmp_p
     with pytest.raises(preload.IncompleteCacheError, match=r"holds a JSON list.*pass force=True"):
         build(source, out)
     assert np.array_equal(build(source, out, force=True).images, expected_images(source))
+
+
+# ------------------------------------------- 1. every index member checked, everywhere
+
+
+@pytest.mark.parametrize("member, change, words, at_open", [
+    ("file_size", lambda a: np.array(["a"] * len(a)), r"member 'file_size' is <U1 of shape \(60,\); it must be "
+     r"integers of shape \(60,\)", True),
+    ("taken", lambda a: a.astype(np.float64), r"member 'taken' is float64 of shape \(2,\)", True),
+    ("listing_stat", lambda a: a.astype(np.float64), r"member 'listing_stat' is float64 of shape \(4, 3\)", True),
+    ("names", lambda a: a.astype(np.int32), r"member 'names' is int32 of shape .*; it must be uint8 1-D", True),
+    ("inode", lambda a: a.astype(np.int64), r"member 'inode' is int64 of shape \(60,\); it must be uint64", True),
+    ("mtime_ns", lambda a: a.reshape(6, 10), r"member 'mtime_ns' is int64 of shape \(6, 10\)", True),
+    # Ranges are read with every file's record: by a check, info, verify, a build, or the first path.
+    ("folder_of", lambda a: a + 100, r"folder numbers run from 100 to 102 but it lists 3 folders", False),
+    ("name_starts", lambda a: a * 1000, r"name offsets do not cut its", False),
+])
+def test_an_index_member_of_the_wrong_type_or_range_is_damaged_everywhere(tmp_path, source, capsys, member, change,
+                                                                          words, at_open):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    index = tmp_path / "c.npy.index.npz"
+    with np.load(index) as data:
+        rewrite_index(index, **{member: change(data[member])})
+    assert_damaged(out, capsys, words)
+    if at_open:
+        with pytest.raises(preload.IncompleteCacheError, match=words):
+            preload.open_cache(out, check=False)
+    else:
+        ds = preload.open_cache(out, check=False)  # reads nothing per file ...
+        with pytest.raises(preload.IncompleteCacheError, match=words):
+            ds.paths[0]  # ... until a path is asked for
+    code, _, err = cli(capsys, "build", source, out, "--size", "16", "--layout", "NCHW")
+    assert code == 0 and "building it again" in err and "Traceback" not in err
+    assert np.array_equal(preload.open_cache(out).images, expected_images(source))
+
+
+# ---------------------------------------------- 1. the three files of one build, bound
+
+
+def other_source(tmp_path, rng) -> Path:
+    """60 BMPs in three other classes, so a cache of it has as many rows as one of ``source``."""
+    root = tmp_path / "other"
+    for name in ("xen", "yak", "zebu"):
+        (root / name).mkdir(parents=True)
+        for k in range(20):
+            write(root / name / f"{k:02d}.bmp", smooth_image(rng, 33, 41))
+    settle()
+    return root
+
+
+def reseal(out: Path) -> None:
+    """Make the metadata's digests fit the files again after an edit: a forgery, or a writer's bug."""
+    meta_path = Path(f"{out}.json")
+    meta = json.loads(meta_path.read_text())
+    arrays = preload.freshness.read_index(f"{out}.index.npz")
+    meta["index_digests"] = {name: cache._member_digest(array) for name, array in arrays.items()}
+    meta["meta_digest"] = cache._meta_digest(meta)
+    meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("suffix, words", [
+    (".index.npz", r"the index '.*a.npy.index.npz' was written by build '\w+' and '.*a.npy.json' by build '\w+': "
+                   "the files of two caches are mixed"),
+    (".json", r"the files of two caches are mixed"),
+    ("", r"row\(s\) 0, \d+, .* do not match the checksums in its index: the array is another build's"),
+])
+def test_a_file_of_another_cache_is_damaged_and_rebuilt(tmp_path, source, rng, capsys, suffix, words):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    build(source, a)
+    build(other_source(tmp_path, rng), b)
+    Path(f"{a}{suffix}").write_bytes(Path(f"{b}{suffix}").read_bytes())
+    assert_damaged(a, capsys, words)
+    if suffix == "":  # a deep verify names every row, and the build decodes them all again
+        code, text, _ = cli(capsys, "verify", a, "--deep")
+        assert code == 3 and text.startswith("damaged: 60 of 60 rows")
+    assert np.array_equal(build(source, a).images, expected_images(source))
+    assert preload.verify_cache(a, deep=True)["status"] == "fresh"
+
+
+def test_the_other_caches_metadata_and_index_together_do_not_fit_the_array(tmp_path, source, rng, capsys):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    build(source, a)
+    build(other_source(tmp_path, rng), b)
+    for suffix in (".json", ".index.npz"):
+        Path(f"{a}{suffix}").write_bytes(Path(f"{b}{suffix}").read_bytes())
+    assert_damaged(a, capsys, r"do not match the checksums in its index")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(classes=list(reversed(m["classes"]))),
+    lambda m: m["options"].update(color="bgr"),
+    lambda m: m["options"].update(exif=False),
+    lambda m: m["source"].update(path=m["source"]["path"] + "2"),
+    lambda m: m.update(build_id="0" * 16),
+    lambda m: m.update(created="2020-01-01T00:00:00+00:00"),
+    lambda m: m["failed"].append({"index": 3, "path": "x", "reason": "corrupt", "detail": "x"}),
+])
+def test_a_hand_edited_metadata_file_is_damaged(tmp_path, source, capsys, edit):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    edit_json(tmp_path / "c.npy.json", edit)
+    assert_damaged(out, capsys, r"c.npy.json' is not as the build wrote it: its fields do not match its meta_digest")
+    assert np.array_equal(build(source, out).images, expected_images(source))  # ours: built again
+
+
+@pytest.mark.parametrize("member, change", [
+    ("labels", lambda a: 2 - a),
+    ("classes", lambda a: np.frombuffer(b"cow\0bee\0ant", np.uint8)),
+    ("checksums", lambda a: a[::-1].copy()),
+    ("names", lambda a: np.where(a == ord("3"), ord("4"), a).astype(np.uint8)),
+])
+def test_a_hand_edited_index_member_is_damaged(tmp_path, source, capsys, member, change):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    index = tmp_path / "c.npy.index.npz"
+    with np.load(index) as data:
+        rewrite_index(index, **{member: change(data[member])})
+    assert_damaged(out, capsys, rf"member\(s\) '{member}' are not the ones the build wrote")
+    if member == "names":  # read only with the paths: an open without the check finds it there
+        ds = preload.open_cache(out, check=False)
+        with pytest.raises(preload.IncompleteCacheError, match=r"'names' are not the ones the build wrote"):
+            list(ds.paths)
+    elif member == "checksums":  # not hashed by an open without the check, but the probe rows differ
+        with pytest.raises(preload.IncompleteCacheError, match=r"do not match the checksums"):
+            preload.open_cache(out, check=False)
+    else:
+        with pytest.raises(preload.IncompleteCacheError, match=rf"'{member}' are not the ones"):
+            preload.open_cache(out, check=False)
+
+
+@pytest.mark.parametrize("edit, words", [
+    # Every label shifted by one class, digests made to match: the class folders still tell.
+    (lambda out, index, meta: rewrite_index(index, labels=(index_member(index, "labels") + 1) % 3),
+     r"60 label\(s\) in the index .* do not name the class folder of their file: '.*ant/00.bmp' has label 1 \('bee'\)"),
+    # The class names in both files reversed together: every label now names another folder.
+    (lambda out, index, meta: (rewrite_index(index, classes=np.frombuffer(b"cow\0bee\0ant", np.uint8)),
+                               edit_json(meta, lambda m: m.update(classes=["cow", "bee", "ant"]))),
+     r"40 label\(s\) .* '.*ant/00.bmp' has label 0 \('cow'\)"),
+    (lambda out, index, meta: rewrite_index(index, classes=np.frombuffer(b"cow\0bee\0ant", np.uint8)),
+     r"the index '.*' has the classes \['cow', 'bee', 'ant'\], '.*c.npy.json' \['ant', 'bee', 'cow'\]"),
+    (lambda out, index, meta: edit_json(meta, lambda m: m["source"].update(path=str(out.parent / "elsewhere"))),
+     r"lists the folder '.*src/ant/', which is not in the source '.*elsewhere'"),
+    (lambda out, index, meta: edit_json(meta, lambda m: m.update(classes=None)),
+     r"has the classes \['ant', 'bee', 'cow'\], '.*c.npy.json' None"),
+])
+def test_files_that_fit_each_other_must_still_fit_the_class_folders(tmp_path, source, capsys, edit, words):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    edit(out, tmp_path / "c.npy.index.npz", tmp_path / "c.npy.json")
+    reseal(out)
+    assert_damaged(out, capsys, words)
+
+
+def index_member(index: Path, name: str) -> np.ndarray:
+    with np.load(index) as data:
+        return data[name]
+
+
+def test_a_damaged_probe_row_is_found_by_every_open_and_only_it_is_decoded_again(tmp_path, source, monkeypatch,
+                                                                                 capsys):
+    out = tmp_path / "c.npy"
+    build(source, out)
+    meta = json.loads((tmp_path / "c.npy.json").read_text())
+    assert len(meta["probe_rows"]) == cache.PROBE_ROWS and meta["probe_rows"][0] == 0
+    assert meta["probe_rows"][-1] == 59  # the first, the last, and the rows of the newest files
+
+    def damage_last_row():
+        with open(out, "r+b") as handle:
+            handle.seek(meta["data_offset"] + 3 * 16 * 16 * 59 + 10)
+            handle.write(b"\x00\xff\x00")
+
+    damage_last_row()
+    with pytest.raises(preload.IncompleteCacheError, match=r"row\(s\) 59 do not match the checksums"):
+        preload.open_cache(out, check=False)
+    calls = count_decodes(monkeypatch)
+    ds = build(source, out)  # no deep verify first: the build checks every row itself
+    assert calls == [str(source / "cow" / "19.bmp")]
+    assert np.array_equal(ds.images, expected_images(source))
+    damage_last_row()
+    code, text, _ = cli(capsys, "verify", out, "--deep")  # names every damaged row, not only the probed ones
+    assert code == 3 and text.startswith("damaged: 1 of 60 rows") and "cow/19.bmp" in text
 
 
 # ------------------------------------------------------------------ 4. checksums

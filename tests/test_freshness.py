@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import types
 import zipfile
 
 import numpy as np
@@ -42,7 +44,7 @@ def rewrite_keeping_stamps(path, data: bytes) -> None:
 # ------------------------------------------------------------- the three compares
 
 
-@pytest.mark.parametrize("column", ["size", "mtime_ns", "ctime_ns"])
+@pytest.mark.parametrize("column", ["size", "mtime_ns", "ctime_ns", "inode"])
 def test_each_stat_column_alone_makes_a_file_changed(tmp_path, source, column):
     table = freshness.take(Manifest.from_folder(source))
     getattr(table, column)[4] -= 1  # the record differs from the disk in this column only
@@ -51,7 +53,7 @@ def test_each_stat_column_alone_makes_a_file_changed(tmp_path, source, column):
     assert verdict.stale and not verdict.added and not verdict.removed
 
 
-@pytest.mark.parametrize("column", ["size", "mtime_ns", "ctime_ns"])
+@pytest.mark.parametrize("column", ["size", "mtime_ns", "ctime_ns", "inode"])
 def test_each_stat_column_alone_makes_a_rebuild_redo_the_row(tmp_path, source, column):
     files = Manifest.from_folder(source)
     old = cache.Snapshot.take(files)
@@ -96,6 +98,89 @@ def test_a_rebuild_redecodes_a_file_changed_with_its_stamps_restored(tmp_path, s
     ds = build(source, out)
     assert calls == [str(victim)]
     assert np.array_equal(ds.images[3], ds.images[9])
+
+
+class BatchStamps:
+    """``os`` as preload.freshness sees it on a coarse-clock file system after one ``touch`` of a batch.
+
+    Every file and folder has the same whole-second mtime and ctime, so only
+    the size and the inode number tell files apart. ``inodes`` (path -> number)
+    replaces ``st_ino`` where given.
+    """
+
+    STAMP = 1_577_836_800 * 10**9  # 2020-01-01, long before any record
+
+    def __init__(self, inodes: dict | None = None):
+        self.inodes = inodes or {}
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def stat(self, path, *, dir_fd=None, follow_symlinks=True):
+        info = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+        return types.SimpleNamespace(st_size=info.st_size, st_mtime_ns=self.STAMP, st_ctime_ns=self.STAMP,
+                                     st_ino=self.inodes.get(os.fsdecode(os.path.basename(path)), info.st_ino),
+                                     st_mode=info.st_mode, st_dev=info.st_dev)
+
+
+def same_size_classes(root, values=(("cat", 30), ("dog", 220))):
+    for name, value in values:
+        (root / name).mkdir(parents=True)
+        for k in range(3):
+            write(root / name / f"{k}.bmp", np.full((20, 20, 3), value, np.uint8))
+    settle()
+    return root
+
+
+def test_swapped_class_folders_are_stale_when_every_stamp_matches(tmp_path, monkeypatch):
+    root = same_size_classes(tmp_path / "src")
+    monkeypatch.setattr(freshness, "os", BatchStamps())
+    out = tmp_path / "c.npy"
+    assert build(root, out).images[:, 0, 0, 0].tolist() == [30] * 3 + [220] * 3
+    os.rename(root / "cat", root / "tmp")
+    os.rename(root / "dog", root / "cat")
+    os.rename(root / "tmp", root / "dog")
+    with pytest.raises(preload.StaleCacheError, match=r"6 changed") as caught:
+        preload.open_cache(out)
+    assert sorted(caught.value.changed) == sorted(str(p) for p in root.rglob("*.bmp"))
+    assert preload.verify_cache(out)["status"] == "stale"
+    ds = build(root, out)  # every file moved: decoded again, each row the pixels of its path now
+    assert ds.images[:, 0, 0, 0].tolist() == [220] * 3 + [30] * 3 and ds.classes == ["cat", "dog"]
+    assert preload.verify_cache(out)["status"] == "fresh"
+
+
+def test_swapped_class_folders_are_stale_on_this_file_system(tmp_path):
+    """The same without a stand-in, where one touch gives every file the same ctime (a coarse kernel clock)."""
+    for attempt in range(20):
+        root = same_size_classes(tmp_path / f"src{attempt}")
+        files = sorted(root.rglob("*.bmp"))
+        for path in files:
+            os.utime(path, ns=(BatchStamps.STAMP, BatchStamps.STAMP))
+        if len({(os.stat(p).st_mtime_ns, os.stat(p).st_ctime_ns) for p in files}) == 1:
+            break
+    else:
+        pytest.skip("this file system gives files touched together different ctimes: the stamps catch a swap")
+    time.sleep(freshness.FINE_GRANULARITY_NS / 1e9 * 1.5)  # the folders' ctimes too, so no file is unverifiable
+    out = tmp_path / "c.npy"
+    build(root, out)
+    for a, b in (("cat", "tmp"), ("dog", "cat"), ("tmp", "dog")):
+        os.rename(root / a, root / b)
+    with pytest.raises(preload.StaleCacheError, match=r"6 changed"):
+        preload.open_cache(out)
+
+
+def test_inode_numbers_past_two_to_the_63_are_kept_exactly(tmp_path, source, monkeypatch):
+    big = {f"{k}.png": 2**64 - 1 - k for k in range(6)}  # overlayfs with xino puts its layer in the top bits
+    monkeypatch.setattr(freshness, "os", BatchStamps(big))
+    table = freshness.take(Manifest.from_folder(source))
+    assert table.inode.dtype == np.uint64 and table.inode.tolist() == [2**64 - 1 - k for k in range(6)] * 2
+    assert not freshness.check(table, {"kind": "folder", "path": str(source)}, threads=1).stale
+    out = tmp_path / "c.npy"
+    build(source, out)
+    assert preload.verify_cache(out)["status"] == "fresh"
+    big["0.png"] -= 10
+    with pytest.raises(preload.StaleCacheError, match=r"2 changed \('.*ant/0.png', '.*bee/0.png'\)"):
+        preload.open_cache(out)
 
 
 # ----------------------------------------------------------- the granularity window
