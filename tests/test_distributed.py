@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ distributed = pytest.importorskip("distributed")
 import cloudpickle  # noqa: E402 - a dependency of distributed
 import dask  # noqa: E402
 from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
+from distributed.utils import get_mp_context  # noqa: E402
 
 import preload  # noqa: E402
 from preload import cache  # noqa: E402
@@ -83,17 +85,26 @@ def client():
     # worker has not joined within it (15 s by default). On a loaded machine
     # starting two workers at once can take longer, and every later test then
     # waited 30 s for a second worker that never came (seen: 3 errors).
-    settings = {"distributed.scheduler.allowed-failures": 1, "distributed.deploy.lost-worker-timeout": "10 minutes"}
+    # forkserver: the workers, and the ones the nannies start after each kill,
+    # are forked from one process that has imported Dask and preload, instead
+    # of each being a fresh interpreter that imports them (spawn, the default).
+    settings = {"distributed.scheduler.allowed-failures": 1, "distributed.deploy.lost-worker-timeout": "10 minutes",
+                "distributed.worker.multiprocessing-method": "forkserver"}
+    server = forkserver._forkserver
+    preloaded = list(server._preload_modules)
     with dask.config.set(settings):
+        get_mp_context()  # Dask names its modules for the server once per process; preload's are added
+        server._preload_modules = [*server._preload_modules, "preload.distributed"]
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                            dashboard_address=None)
         with cluster, distributed.Client(cluster) as client:
             yield client
-    # Spawning the workers started multiprocessing's resource tracker, a child
-    # that would otherwise live as long as pytest and count in the RSS of later
-    # tests that measure this process with its children (tests/test_memory.py).
-    from multiprocessing import resource_tracker
-
+    # The fork server and multiprocessing's resource tracker are children that
+    # would otherwise live as long as pytest and count in the RSS of later tests
+    # that measure this process with its children (tests/test_measure.py); a
+    # later fork server (tests/test_torch_loader.py) imports only what it did.
+    server._stop()
+    server._preload_modules = preloaded
     resource_tracker._resource_tracker._stop()
 
 
