@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ distributed = pytest.importorskip("distributed")
 import cloudpickle  # noqa: E402 - a dependency of distributed
 import dask  # noqa: E402
 from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
+from distributed.utils import get_mp_context  # noqa: E402
 
 import preload  # noqa: E402
 from preload import cache  # noqa: E402
@@ -35,6 +37,9 @@ from preload.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT = 60
+# How long to wait for the nannies to replace killed workers: seconds when the machine is idle,
+# far longer when other processes load it (a timeout here only ends a test that already failed).
+RESTART_SECONDS = 300
 
 # The workers cannot import this test module: ship SlowDecode by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -75,23 +80,38 @@ class SlowDecode(WorkerPlugin):
 def client():
     # allowed-failures=1: a chunk may lose one worker and is run again; a second
     # death makes it a KilledWorker (read by the scheduler when it starts).
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    # lost-worker-timeout (read when a worker leaves, so set for the whole module):
+    # a LocalCluster closes for good the nanny of a killed worker whose new
+    # worker has not joined within it (15 s by default). On a loaded machine
+    # starting two workers at once can take longer, and every later test then
+    # waited 30 s for a second worker that never came (seen: 3 errors).
+    # forkserver: the workers, and the ones the nannies start after each kill,
+    # are forked from one process that has imported Dask and preload, instead
+    # of each being a fresh interpreter that imports them (spawn, the default).
+    settings = {"distributed.scheduler.allowed-failures": 1, "distributed.deploy.lost-worker-timeout": "10 minutes",
+                "distributed.worker.multiprocessing-method": "forkserver"}
+    server = forkserver._forkserver
+    preloaded = list(server._preload_modules)
+    with dask.config.set(settings):
+        get_mp_context()  # Dask names its modules for the server once per process; preload's are added
+        server._preload_modules = [*server._preload_modules, "preload.distributed"]
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                            dashboard_address=None)
-    with cluster, distributed.Client(cluster) as client:
-        yield client
-    # Spawning the workers started multiprocessing's resource tracker, a child
-    # that would otherwise live as long as pytest and count in the RSS of later
-    # tests that measure this process with its children (tests/test_memory.py).
-    from multiprocessing import resource_tracker
-
+        with cluster, distributed.Client(cluster) as client:
+            yield client
+    # The fork server and multiprocessing's resource tracker are children that
+    # would otherwise live as long as pytest and count in the RSS of later tests
+    # that measure this process with its children (tests/test_measure.py); a
+    # later fork server (tests/test_torch_loader.py) imports only what it did.
+    server._stop()
+    server._preload_modules = preloaded
     resource_tracker._resource_tracker._stop()
 
 
 @pytest.fixture
 def workers(client):
     """The module's client, once both workers are up (a test before may have killed one)."""
-    client.wait_for_workers(2, timeout=30)
+    client.wait_for_workers(2, timeout=RESTART_SECONDS)
     return client
 
 
@@ -248,7 +268,7 @@ def test_killing_a_worker_mid_build_still_completes(tmp_path, source, reference,
         killer.join()
     assert killed and killed["rows"] < COUNT  # the worker died while the build ran
     assert out.read_bytes() == reference
-    workers.wait_for_workers(2, timeout=30)
+    workers.wait_for_workers(2, timeout=RESTART_SECONDS)
     assert pids[killed["address"]] not in workers.run(os.getpid).values()  # the nanny started a new one
 
 
@@ -301,7 +321,7 @@ def test_a_chunk_that_keeps_killing_its_workers_is_reported_with_its_paths(tmp_p
     assert str(crash) in caught.value.paths
     info = preload.cache_info(out)
     assert info["status"] == "partial" and 0 <= info["done"] <= COUNT - 16
-    workers.wait_for_workers(2, timeout=30)
+    workers.wait_for_workers(2, timeout=RESTART_SECONDS)
     build(source, out, client=workers)  # the crash is gone: the same build resumes
     assert out.read_bytes() == reference
 

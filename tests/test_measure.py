@@ -219,9 +219,16 @@ EVERY_OPTION_CASES = [
     {"interpolation": "area"},
     {"resize": "fit", "fill": 200},
 ]
+# A measuring child is a fresh interpreter (over half a second of CPU), so the children take
+# the cases above together, as far as they combine (the two interpolations cannot).
+CHILD_CASES = [{"interpolation": "nearest", "resize": "fit", "fill": 200}, {"interpolation": "area"}]
 
 
-@pytest.mark.parametrize("extra", EVERY_OPTION_CASES, ids=lambda extra: ",".join(f"{k}={v}" for k, v in extra.items()))
+def _case_id(extra: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in extra.items())
+
+
+@pytest.mark.parametrize("extra", EVERY_OPTION_CASES, ids=_case_id)
 def test_every_decode_option_reaches_every_strategy(photos, tmp_path, extra):
     paths = preload.Manifest.from_folder(photos).paths[:3]
     kwargs = {"size": (40, 72), "layout": "NHWC", **extra}
@@ -235,6 +242,19 @@ def test_every_decode_option_reaches_every_strategy(photos, tmp_path, extra):
                                        mark=lambda: None)
         assert np.array_equal(images, expected), name
         del images
+
+
+@pytest.mark.parametrize("extra", CHILD_CASES, ids=_case_id)
+def test_every_decode_option_reaches_the_measuring_child(photos, extra):
+    assert all(any(case.items() <= merged.items() for merged in CHILD_CASES) for case in EVERY_OPTION_CASES)
+    paths = preload.Manifest.from_folder(photos).paths[:3]
+    kwargs = {"size": (40, 72), "layout": "NHWC", **extra}
+    expected = preload.load(paths, progress=False, **kwargs).images
+    for key in extra:  # each option changes the pixels on its own here: a child that dropped one would differ
+        without = {k: v for k, v in kwargs.items() if k != key}
+        assert not np.array_equal(preload.load(paths, progress=False, **without).images, expected), key
+    options = DecodeOptions.create(**kwargs)
+
     for name in ("naive", "preload"):
         run = measure(name, paths, options, workers=1)
         assert run.status == "ok", run.detail
