@@ -45,6 +45,11 @@ sys.argv = ["preload", "info", "missing.npy"]
 """
 
 
+def terminal_sigint() -> None:
+    """In the child before it starts: Ctrl-C as in a terminal, even when the tests run as a background job."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def child_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
@@ -168,7 +173,8 @@ def test_a_real_sigint_at_any_moment_is_one_line(source, tmp_path):
     for delay in (0.0, 0.1, 0.3, 0.6):
         process = subprocess.Popen([sys.executable, "-m", "preload", "build", str(source), str(target), "--size",
                                     "64", "--no-progress", "--workers", "1"], cwd=tmp_path, env=child_env(),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=terminal_sigint)
         deadline = time.monotonic() + 30
         while not loading_numpy(process.pid) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.001)
@@ -187,6 +193,7 @@ def test_a_real_sigint_at_any_moment_is_one_line(source, tmp_path):
 
 IMPORT_CUT_SHORT = """
 import importlib.abc, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if the tests run in the background
 class Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "preload.cli":
