@@ -1072,7 +1072,12 @@ def _resume(files: CacheFiles, plan: dict, old_plan: dict, old_text: bytes, snap
     try:
         header = inspect_npy(files.partial)
         old, _ = Snapshot.load(files.plan_index)
+        stamp = read_index(files.plan_index).get("build_id")
     except (OSError, ValueError, KeyError, TargetError, CacheError, zipfile.BadZipFile):
+        return None
+    if stamp is None or stamp.tobytes().decode("ascii", "replace") != old_plan["build_id"]:
+        logger.warning("the file list of the unfinished build '%s' is not its plan's (a kill while a new plan "
+                       "was being written); starting over", files.partial)
         return None
     if len(old.table) != old_count:
         return None
@@ -1107,7 +1112,7 @@ def _resume(files: CacheFiles, plan: dict, old_plan: dict, old_text: bytes, snap
         # Sources changed while the build was stopped, rows were damaged, or the log holds failures of rows to redo.
         journal = Journal.create(files, count, journal.plan_hash, keep, journal.sums)
         _write_failures(files.failures, [f for f in failures if keep[f.index]])
-        snapshot.save(files.plan_index)
+        snapshot.save(files.plan_index, build_id=plan["build_id"])
     kept = int(keep.sum())
     doing = f"resuming: {kept:,} of {count:,} already written"
     if kept < written:
@@ -1268,7 +1273,9 @@ def _same_labels(a: Manifest, b: Manifest, of: np.ndarray) -> np.ndarray:
 
 
 def _start_plan(files: CacheFiles, plan: dict, snapshot: Snapshot) -> bytes:
-    snapshot.save(files.plan_index)
+    # The plan index carries the build id: a kill between it and the plan leaves an index that
+    # the old plan and journal do not accept (they would read new files as the old ones).
+    snapshot.save(files.plan_index, build_id=plan["build_id"])
     return _write_json(files.plan, plan)
 
 

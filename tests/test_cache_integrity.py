@@ -897,6 +897,45 @@ def test_skip_compaction_finishes_without_room_for_a_saved_block(tmp_path, sourc
     assert preload.verify_cache(out, deep=True)["status"] == "fresh"
 
 
+def test_a_kill_between_a_new_file_list_and_its_plan_starts_over_instead_of_misreading_rows(tmp_path, rng,
+                                                                                            monkeypatch):
+    root = tmp_path / "src"
+    (root / "a").mkdir(parents=True)
+    for name in ("000", "002", "004", "006"):
+        write(root / "a" / f"{name}.png", rng.integers(0, 256, (16, 16, 3), np.uint8))
+    write(root / "a" / "004.png", np.zeros((16, 16, 3), np.uint8))  # a black row: its checksum is a blank row's
+    settle()
+    out = tmp_path / "c.npy"
+    options = {"size": 8, "layout": "NHWC", "workers": 1}
+
+    def kill(target, name, when=1):
+        real, calls = getattr(cache, name), []
+
+        def dying(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == when:
+                raise SystemExit("killed")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(target, name, dying)
+
+    kill(cache, "_finalize")  # every row written, not yet committed
+    with pytest.raises(SystemExit):
+        build(root, out, **options)
+    monkeypatch.undo()
+    os.remove(root / "a" / "000.png")  # same count; a/0041 takes a/004's place in the list
+    write(root / "a" / "0041.png", np.full((16, 16, 3), 200, np.uint8))
+    settle()
+    kill(cache, "_write_json")  # the new file list is saved, its plan is not
+    with pytest.raises(SystemExit):
+        build(root, out, **options)
+    monkeypatch.undo()
+    ds = build(root, out, **options)
+    expected = preload.load(root, progress=False, **options)
+    assert ds.paths == expected.paths and np.array_equal(ds.images, expected.images)
+    assert ds.images[ds.paths.index(str(root / "a" / "0041.png"))].min() == 200
+
+
 COMPACTING_CHILD = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
