@@ -258,11 +258,11 @@ def libjpeg_once(libjpeg_outputs, monkeypatch):
     """simplejpeg's decode of each JPEG at each scale done once for the module, then copied where it would write.
 
     The 20 cases below decode the same 25 files at the same few scales (the
-    full size, and each file's 1/2, 1/4 or 1/8): nine tenths of their CPU
-    time went to decoding them again. libjpeg's output depends only on the
-    bytes, the colour space and the minimum size asked for, so each case
-    still reads every file, plans its geometry, picks its scale, and resizes
-    and pads exactly as before; only the repeated libjpeg calls are saved.
+    full size, and each file's 1/2, 1/4 or 1/8), and decoding them again was
+    most of their time. libjpeg's output depends only on the bytes, the
+    colour space and the minimum size asked for, so each case still reads
+    every file, plans its geometry, picks its scale, and resizes and pads
+    exactly as before; only the repeated libjpeg calls are saved.
     """
     real = simplejpeg.decode_jpeg
 

@@ -219,7 +219,7 @@ EVERY_OPTION_CASES = [
     {"interpolation": "area"},
     {"resize": "fit", "fill": 200},
 ]
-# A measuring child is a fresh interpreter (over half a second of CPU), so the children take
+# A measuring child is a fresh interpreter, the costliest step here, so the children take
 # the cases above together, as far as they combine (the two interpolations cannot).
 CHILD_CASES = [{"interpolation": "nearest", "resize": "fit", "fill": 200}, {"interpolation": "area"}]
 
