@@ -526,6 +526,8 @@ class Journal:
     @classmethod
     def open(cls, files: CacheFiles, count: int, plan_hash: bytes) -> Journal | None:
         """The journal of ``files`` if it belongs to this plan (and has its checksums), else None."""
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count < 2**48:
+            return None  # a plan edited or damaged into a row count no journal can have
         try:
             raw = read_file(files.journal)
             sums = read_file(files.sums)

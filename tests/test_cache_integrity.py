@@ -936,6 +936,24 @@ def test_a_kill_between_a_new_file_list_and_its_plan_starts_over_instead_of_misr
     assert ds.images[ds.paths.index(str(root / "a" / "0041.png"))].min() == 200
 
 
+@pytest.mark.parametrize("rows", [-1, 2**64, True])
+def test_a_plan_with_an_impossible_row_count_is_unusable_not_a_traceback(tmp_path, source, monkeypatch, capsys,
+                                                                          rows):
+    out = tmp_path / "c.npy"
+    monkeypatch.setattr(cache, "_finalize", lambda *args, **kwargs: (_ for _ in ()).throw(SystemExit("killed")))
+    with pytest.raises(SystemExit):
+        build(source, out)
+    monkeypatch.undo()
+    plan_path = str(out) + ".build.json"
+    plan = json.loads(open(plan_path).read())
+    plan["shape"][0] = rows
+    with open(plan_path, "w") as handle:
+        json.dump(plan, handle)
+    assert preload.cache_info(out)["status"] == "partial"
+    assert cli(capsys, "info", out)[0] == 3
+    assert np.array_equal(build(source, out).images, expected_images(source))
+
+
 COMPACTING_CHILD = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
