@@ -291,6 +291,7 @@ def without_permission_override(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 def test_chmod_000_for_real(src, tmp_path):
     # The same, with real permission bits: root gives up the capabilities that ignore them.
     if os.geteuid() != 0 or shutil.which("setpriv") is None:

@@ -163,6 +163,7 @@ def loading_numpy(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 def test_a_real_sigint_at_any_moment_is_one_line(source, tmp_path):
     # Whenever the signal lands (while NumPy loads, listing, decoding, writing the metadata, or
     # after the build ended), there is no traceback; an interrupted build resumes to the same cache.

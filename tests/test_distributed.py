@@ -249,6 +249,7 @@ def test_chunks_are_sized_by_time_bytes_and_the_tail():
 # ----------------------------------------------------------------------- kills
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 def test_killing_a_worker_mid_build_still_completes(tmp_path, source, reference, workers, monkeypatch):
     monkeypatch.setattr(cache, "COMMIT_SECONDS", 0.0)  # journal every chunk, so the test sees progress
     out, journal = tmp_path / "c.npy", tmp_path / "c.npy.journal"
@@ -284,6 +285,7 @@ with Client({address!r}) as client:
 """
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 @pytest.mark.parametrize("resume", ["cluster", "local"])
 def test_killing_the_coordinator_leaves_a_partial_that_a_rerun_completes(tmp_path, source, reference, workers,
                                                                          resume):
@@ -310,6 +312,7 @@ def test_killing_the_coordinator_leaves_a_partial_that_a_rerun_completes(tmp_pat
         "c.npy", "c.npy.index.npz", "c.npy.json"]
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 def test_a_chunk_that_keeps_killing_its_workers_is_reported_with_its_paths(tmp_path, source, reference, workers):
     out = tmp_path / "c.npy"
     crash = source / "ant" / "05.png"

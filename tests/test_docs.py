@@ -154,6 +154,7 @@ def test_the_shell_checks_see_a_wrong_flag_and_a_failing_command(tmp_path, monke
         ["pip", "install", ".[demo]"], ["preload", "demo"], ["ruff", "check", "."]]
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 def test_the_cluster_example_builds_the_cache_it_prints(tmp_path):
     pytest.importorskip("distributed")
     page = ROOT / "docs" / "cluster.md"

@@ -228,6 +228,7 @@ def _case_id(extra: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in extra.items())
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 @pytest.mark.parametrize("extra", EVERY_OPTION_CASES, ids=_case_id)
 def test_every_decode_option_reaches_every_strategy(photos, tmp_path, extra):
     paths = preload.Manifest.from_folder(photos).paths[:3]

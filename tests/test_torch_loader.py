@@ -112,6 +112,7 @@ class Measured(preload_torch.TorchDataset):
         return image.sum(), private_bytes(images.ctypes.data), psutil.Process().memory_full_info().uss
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_in_ram_images_reach_workers_without_a_copy(method):
     count = 2048  # 96 MiB of images: a pickled copy would be that much private memory in the worker
