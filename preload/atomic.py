@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import IO
 
 from .errors import TargetError
+from .sources import file_kind
 
 TEMP_SUFFIX = ".tmp"  # the one temporary name of a path: a killed writer leaves exactly ``path + TEMP_SUFFIX``
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -171,7 +172,7 @@ def open_existing(path: str, flags: int = os.O_RDONLY, *, follow: bool = False) 
             raise TargetError(message) from None
         refuse_link(path, exc)
         raise
-    kind = _kind(os.fstat(fd).st_mode)
+    kind = file_kind(os.fstat(fd).st_mode)
     if kind is not None:
         os.close(fd)
         # A folder opens fine read-only (EISDIR is only for writing): name it, as for the rest.
@@ -179,18 +180,6 @@ def open_existing(path: str, flags: int = os.O_RDONLY, *, follow: bool = False) 
         raise TargetError(message)
     os.set_blocking(fd, True)
     return fd
-
-
-def _kind(mode: int) -> str | None:
-    """What a file of ``mode`` is when it is not a regular file, else None."""
-    if stat.S_ISREG(mode):
-        return None
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "a special file"
 
 
 def read_file(path: str) -> bytes:

@@ -413,7 +413,7 @@ def open_regular(path: str, buffering: int = 0) -> tuple[io.RawIOBase | io.Buffe
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         try:  # a socket cannot be opened at all (ENXIO): say what it is
-            kind = _file_kind(os.stat(path).st_mode)
+            kind = file_kind(os.stat(path).st_mode)
         except OSError:
             kind = None
         if kind is not None:
@@ -421,7 +421,7 @@ def open_regular(path: str, buffering: int = 0) -> tuple[io.RawIOBase | io.Buffe
         raise
     try:
         info = os.fstat(fd)
-        kind = _file_kind(info.st_mode)
+        kind = file_kind(info.st_mode)
         if kind is not None:
             raise NotRegularFile(path, kind)
         # O_NONBLOCK stays set: it changes nothing for a regular file (reads from disk never return EAGAIN).
@@ -431,7 +431,7 @@ def open_regular(path: str, buffering: int = 0) -> tuple[io.RawIOBase | io.Buffe
         raise
 
 
-def _file_kind(mode: int) -> str | None:
+def file_kind(mode: int) -> str | None:
     """None for a regular file, else what it is ("a FIFO (named pipe)", ...)."""
     if stat.S_ISREG(mode):
         return None
