@@ -135,6 +135,7 @@ preload.build_cache({src!r}, {out!r}, size=16, layout="NCHW", workers=2, progres
 """
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 @pytest.mark.parametrize("kill_at", [0.0, 0.25, 0.6, 0.85])
 def test_kill_9_then_resume_is_byte_identical(tmp_path, source, kill_at):
     reference = tmp_path / "reference.npy"

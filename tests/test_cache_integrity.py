@@ -977,6 +977,7 @@ preload.build_cache({src!r}, {out!r}, size=16, layout="NCHW", workers=1, progres
 """
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 @pytest.mark.parametrize("kill_at", [1, 2, 3, 14, 24, 25, 0])  # the n-th progress record (of 25); 0: cutting the file
 def test_kill_9_while_compacting_then_resume_is_byte_identical(tmp_path, source, monkeypatch, kill_at):
     for name in ("ant/00.bmp", "bee/10.bmp"):  # the first row: every later row moves, every block overlaps

@@ -456,6 +456,7 @@ def test_ctrl_c_is_130_for_every_command(src, capsys, tmp_path, monkeypatch, com
      (["info", "{missing}"], NO_CACHE), (["build", "--help"], 0), ([], USAGE)],
     ids=["info-json", "verify", "load", "info-missing", "help", "no-command"],
 )
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 def test_a_closed_stdout_is_not_an_error(src, capsys, tmp_path, argv, code):
     target = tmp_path / "c.npy"
     assert run(capsys, "build", src, target, "--size", 8, *NO_PROGRESS)[0] == 0

@@ -549,6 +549,7 @@ def test_a_non_image_whose_name_is_not_utf8_is_a_named_failure_not_a_crash(tmp_p
         assert "bad\\udcff\\udcfe.png" in done.stdout
 
 
+@pytest.mark.slow  # starts and kills several processes: run by the second test step (-m "slow or bench")
 def test_running_out_of_memory_mid_decode_stops_the_build_and_is_not_remembered_as_the_files_fault(tmp_path):
     # A valid 6000x6000 PNG (108 MB decoded, a small file) under an address-space
     # limit that the up-front check passes (the array is tiny) but the decode does not.
